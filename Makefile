@@ -1,0 +1,41 @@
+# Everything a fresh machine needs: system packages (as root), a .venv with the project, then the job.
+SHELL := /bin/bash
+PYTHON ?= python3
+VENV := .venv
+BIN := $(VENV)/bin
+DEMO := recipes/hello
+# The demo signing key lives in the project, apart from the user's own keyring.
+DEMO_GNUPGHOME := $(CURDIR)/.demo-gnupg
+
+.PHONY: setup system-deps venv demo test lint bench clean
+
+setup: system-deps venv
+
+system-deps:
+	@scripts/install-system-deps
+
+venv: $(BIN)/.installed
+
+$(BIN)/.installed: pyproject.toml
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/pip install -q --upgrade pip
+	$(BIN)/pip install -q -e '.[dev]'
+	touch $@
+
+$(DEMO)/busybox-rootfs.tar: scripts/busybox_rootfs.py
+	$(BIN)/python scripts/busybox_rootfs.py $@
+
+demo: setup $(DEMO)/busybox-rootfs.tar
+	$(BIN)/dualbuild validate $(DEMO)/recipe.toml
+	$(BIN)/dualbuild plan $(DEMO)/recipe.toml
+
+test: setup lint
+	$(BIN)/pytest
+
+lint: venv
+	$(BIN)/ruff check dualbuild tests scripts
+	$(BIN)/ruff format --check dualbuild tests scripts
+	$(BIN)/mypy
+
+clean:
+	rm -rf $(VENV) $(DEMO)/dist $(DEMO)/busybox-rootfs.tar .pytest_cache .mypy_cache .ruff_cache

@@ -1,0 +1,5 @@
+"""``python -m dualbuild``."""
+
+from dualbuild.cli import main
+
+main()

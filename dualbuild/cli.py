@@ -1,0 +1,153 @@
+"""The command line: parse, build a request, call one function. Errors become messages here only."""
+
+from __future__ import annotations
+
+import json
+import os
+import sys
+import traceback
+from pathlib import Path
+from typing import Any
+
+import click
+
+from dualbuild import __version__, log
+from dualbuild.errors import DualbuildError, Problem, RecipeError, UsageError
+from dualbuild.plan import make_plan, plan_to_dict
+from dualbuild.recipe import load_recipe
+from dualbuild.schema import RECIPE_SCHEMA
+
+# Internal errors (bugs) exit with EX_SOFTWARE so pipelines can tell them from user errors.
+EXIT_INTERNAL = 70
+
+
+def _report(error: DualbuildError) -> None:
+    if isinstance(error, RecipeError):
+        for problem in error.problems:
+            click.echo(f"error: {problem}", err=True)
+        count = len(error.problems)
+        if count > 1:
+            click.echo(f"{count} problems found", err=True)
+        return
+    click.echo(f"error: {error.message}", err=True)
+    if error.hint:
+        click.echo(f"  hint: {error.hint}", err=True)
+
+
+class _Group(click.Group):
+    """Turns dualbuild's errors into messages and exit codes, never a traceback."""
+
+    def invoke(self, ctx: click.Context) -> Any:
+        try:
+            return super().invoke(ctx)
+        except DualbuildError as error:
+            _report(error)
+            ctx.exit(error.exit_code)
+        except KeyboardInterrupt:
+            click.echo("error: interrupted", err=True)
+            ctx.exit(130)
+        except (click.exceptions.Exit, click.ClickException, click.Abort):
+            raise
+        except Exception as error:  # noqa: BLE001 - the one place that catches everything
+            if ctx.obj and ctx.obj.get("debug"):
+                traceback.print_exc()
+            click.echo(f"internal error: {type(error).__name__}: {error}", err=True)
+            click.echo("  hint: this is a bug in dualbuild; run with --debug for the traceback", err=True)
+            ctx.exit(EXIT_INTERNAL)
+
+
+def _build_args(values: tuple[str, ...]) -> dict[str, str]:
+    args: dict[str, str] = {}
+    for value in values:
+        name, sep, text = value.partition("=")
+        if not sep or not name:
+            raise UsageError(f"--build-arg {value!r} is not KEY=VALUE", hint="e.g. --build-arg GREETING=hi")
+        args[name] = text
+    return args
+
+
+@click.group(cls=_Group, context_settings={"help_option_names": ["-h", "--help"]})
+@click.version_option(__version__, "--version", prog_name="dualbuild")
+@click.option("-v", "--verbose", count=True, help="More output: -v timings, -vv every command run.")
+@click.option("-q", "--quiet", is_flag=True, help="Only warnings and errors.")
+@click.option("--debug", is_flag=True, help="Show tracebacks of internal errors.")
+@click.pass_context
+def cli(ctx: click.Context, verbose: int, quiet: bool, debug: bool) -> None:
+    """Build a Docker image tarball and a signed appc ACI from one TOML recipe."""
+    ctx.obj = {"debug": debug}
+    log.setup(verbose, quiet=quiet)
+
+
+@cli.command()
+@click.argument("recipes", nargs=-1, required=True, type=click.Path(path_type=Path))
+def validate(recipes: tuple[Path, ...]) -> None:
+    """Check recipes without building; report every problem of each file (exit 2 if any)."""
+    problems: list[Problem] = []
+    for path in recipes:
+        try:
+            load_recipe(path)
+        except RecipeError as error:
+            problems.extend(error.problems)
+            continue
+        click.echo(f"ok: {path}")
+    if problems:
+        raise RecipeError(problems)
+
+
+@cli.command()
+@click.argument("recipe", type=click.Path(path_type=Path))
+@click.option(
+    "--build-arg", "build_args", multiple=True, metavar="KEY=VALUE", help="Override an [args] value."
+)
+@click.option(
+    "--context",
+    type=click.Path(path_type=Path, file_okay=False),
+    help="Build context (default: the recipe's folder).",
+)
+@click.option(
+    "--out", type=click.Path(path_type=Path, file_okay=False), help="Output directory (default: output.dir)."
+)
+@click.option("--json", "as_json", is_flag=True, help="Print the plan as JSON on stdout.")
+def plan(
+    recipe: Path, build_args: tuple[str, ...], context: Path | None, out: Path | None, as_json: bool
+) -> None:
+    """Show what a build would do: stages, steps with args substituted, output files."""
+    built = make_plan(
+        load_recipe(recipe), build_args=_build_args(build_args), context=context, out_dir=out,
+        environ=os.environ,
+    )  # fmt: skip
+    data = plan_to_dict(built)
+    if as_json:
+        click.echo(json.dumps(data, indent=2))
+        return
+    click.echo(_plan_text(data))
+
+
+def _plan_text(data: dict[str, Any]) -> str:
+    image = data["image"]
+    lines = [f"image {image['name']}:{image['version']} ({image['os']}/{image['arch']})"]
+    if image["tags"]:
+        lines.append(f"  tags: {', '.join(image['tags'])}")
+    stages = data["stages"]
+    for stage in stages:
+        final = " (final)" if stage["final"] else ""
+        lines.append(f"[{stage['number']}/{len(stages)} {stage['name']}]{final} from {stage['from']}")
+        for step in stage["steps"]:
+            lines.append(f"  step {step['number']}/{len(stage['steps'])} {step['summary']}")
+    lines.append(f"source_date_epoch: {data['source_date_epoch']}")
+    lines.append("artifacts:")
+    lines.extend(f"  {path}" for path in data["artifacts"].values() if path)
+    lines.extend(f"warning: {warning}" for warning in data["warnings"])
+    return "\n".join(lines)
+
+
+@cli.command()
+def schema() -> None:
+    """Print the JSON Schema of recipe format v1 (for editors such as taplo / Even Better TOML)."""
+    click.echo(json.dumps(RECIPE_SCHEMA, indent=2))
+
+
+def main() -> None:
+    """Entry point of the ``dualbuild`` console script."""
+    cli(prog_name="dualbuild")
+    sys.exit(0)

@@ -1,0 +1,1 @@
+"""Recipe templates for `dualbuild new`; each folder is one template."""
