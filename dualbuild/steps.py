@@ -145,8 +145,8 @@ def _read_copy(
         elif from_stage is not None and not resolved(source, args).startswith("/"):
             reader.error(here, f"{source!r} is not absolute", f"paths in stage {from_stage!r} are absolute")
             good = False
-        elif from_stage is None and "from" not in value and not check_context_path(reader, resolved(source, args), here):
-            good = False
+        elif from_stage is None and "from" not in value:
+            good = check_context_path(reader, resolved(source, args), here) and good
     if "to" not in value:
         reader.error((*path, "to"), "copy needs a destination", 'add to = "/path/in/image/"')
         return None

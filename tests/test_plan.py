@@ -108,7 +108,7 @@ def test_source_date_epoch_precedence(recipe_path: Path, tmp_path: Path) -> None
     recipe = load_recipe(recipe_path)
     assert make_plan(recipe, environ={}).source_date_epoch == 0
     assert make_plan(recipe, environ={"SOURCE_DATE_EPOCH": "1234"}).source_date_epoch == 1234
-    with pytest.raises(RecipeError, match="SOURCE_DATE_EPOCH|non-negative"):
+    with pytest.raises(RecipeError, match="not a non-negative integer"):
         make_plan(recipe, environ={"SOURCE_DATE_EPOCH": "yesterday"})
     pinned = tmp_path / "pinned.toml"
     pinned.write_text(RECIPE.replace('formats = ["docker", "aci", "oci"]', "source_date_epoch = 99"))

@@ -72,10 +72,12 @@ def _accept_or_recipe_error(load: object) -> None:
     try:
         recipe = load()
     except RecipeError as error:
-        assert error.problems
-        assert all(p.file for p in error.problems)
+        problems = error.problems
+    else:
+        make_plan(recipe, environ={})
         return
-    make_plan(recipe, environ={})
+    assert problems
+    assert all(p.file for p in problems)
 
 
 @FUZZ
