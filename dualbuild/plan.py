@@ -109,8 +109,9 @@ def make_plan(
     """
     args = _effective_args(recipe, build_args or {})
     recipe_dir = recipe.path.parent
-    context = context if context is not None else recipe_dir
-    out_dir = out_dir if out_dir is not None else recipe_dir / recipe.output.dir
+    # Absolute, since buildah resolves copy sources against an absolute context directory.
+    context = (context if context is not None else recipe_dir).absolute()
+    out_dir = (out_dir if out_dir is not None else recipe_dir / recipe.output.dir).absolute()
     stages = tuple(_plan_stage(recipe, index, args) for index in range(len(recipe.stages)))
     return BuildPlan(
         recipe=recipe,
@@ -194,6 +195,8 @@ def substitute_step(step: Step, args: Mapping[str, str]) -> Step:
     changes: dict[str, object] = {}
     for item in dataclasses.fields(step):
         value = getattr(step, item.name)
+        if isinstance(value, enum.Enum):
+            continue
         if isinstance(value, str):
             changes[item.name] = _sub(value, args)
         elif isinstance(value, tuple):

@@ -2,11 +2,19 @@
 
 from __future__ import annotations
 
+import json
 import os
 import shutil
+import socket
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+
+from dualbuild.buildah import StorageOptions
 
 ROOT = Path(__file__).resolve().parent.parent
 IN_CI = os.environ.get("CI", "").lower() not in ("", "0", "false", "no")
@@ -30,3 +38,125 @@ def require_tools(*names: str) -> None:
 def require_root() -> None:
     """Require running as root (buildah, docker and device nodes need it here)."""
     require(os.geteuid() == 0, "needs root")
+
+
+# --- real components -------------------------------------------------------------------------
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+@pytest.fixture(scope="session")
+def busybox_rootfs(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A busybox root filesystem tarball made from Debian's busybox-static."""
+    require_tools("busybox")
+    out = tmp_path_factory.mktemp("busybox") / "busybox-rootfs.tar"
+    subprocess.run([sys.executable, str(ROOT / "scripts" / "busybox_rootfs.py"), str(out)], check=True)
+    return out
+
+
+@pytest.fixture(scope="session")
+def buildah_storage(tmp_path_factory: pytest.TempPathFactory) -> Iterator[StorageOptions]:
+    """A private buildah store for the session; emptied and checked for leftovers at the end."""
+    require_root()
+    require_tools("buildah")
+    base = Path("/tmp") / f"dbt-{os.getpid()}"
+    storage = StorageOptions(root=base / "root", runroot=base / "run")
+    yield storage
+    leftover = subprocess.run(
+        ["buildah", *storage.argv(), "containers", "-q"], capture_output=True, text=True, check=False
+    ).stdout.split()
+    subprocess.run(["buildah", *storage.argv(), "rm", "--all"], capture_output=True, check=False)
+    subprocess.run(["buildah", *storage.argv(), "rmi", "--all", "--force"], capture_output=True, check=False)
+    subprocess.run(["umount", "-R", str(base / "root" / "overlay")], capture_output=True, check=False)
+    subprocess.run(["rm", "-rf", str(base)], check=False)
+    assert not leftover, f"the tests left buildah containers behind: {leftover}"
+
+
+def buildah(storage: StorageOptions, *args: str) -> str:
+    """Run buildah against the test store; return stdout."""
+    return subprocess.run(
+        ["buildah", *storage.argv(), *args], capture_output=True, text=True, check=True
+    ).stdout.strip()
+
+
+@pytest.fixture(scope="session")
+def busybox_archives(
+    buildah_storage: StorageOptions, busybox_rootfs: Path, tmp_path_factory: pytest.TempPathFactory
+) -> dict[str, Path]:
+    """The busybox rootfs as a docker-archive and an oci-archive, with a config to inherit."""
+    out = tmp_path_factory.mktemp("archives")
+    container = buildah(buildah_storage, "from", "--quiet", "scratch")
+    try:
+        buildah(buildah_storage, "add", "--quiet", container, str(busybox_rootfs), "/")
+        buildah(
+            buildah_storage, "config", "--env", "BASE_VAR=from-base", "--cmd", '["/bin/sh"]',
+            "--workingdir", "/root", "--label", "base.label=yes", "--port", "8080/tcp", container,
+        )  # fmt: skip
+        image = buildah(buildah_storage, "commit", "--quiet", container)
+    finally:
+        buildah(buildah_storage, "rm", container)
+    archives = {
+        "docker": out / "busybox.docker.tar",
+        "oci": out / "busybox.oci.tar",
+    }
+    buildah(buildah_storage, "push", "--quiet", image, f"docker-archive:{archives['docker']}:busybox:latest")
+    buildah(buildah_storage, "push", "--quiet", image, f"oci-archive:{archives['oci']}:busybox:latest")
+    buildah(buildah_storage, "rmi", image)
+    return archives
+
+
+@pytest.fixture(scope="session")
+def registry(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
+    """A real docker-registry on 127.0.0.1 and a free port; yields HOST:PORT."""
+    require_tools("docker-registry")
+    base = tmp_path_factory.mktemp("registry")
+    port = free_port()
+    config = base / "config.yml"
+    config.write_text(
+        "version: 0.1\nlog:\n  level: error\n  accesslog:\n    disabled: true\n"
+        f"storage:\n  filesystem:\n    rootdirectory: {base / 'storage'}\n  delete:\n    enabled: true\n"
+        f"http:\n  addr: 127.0.0.1:{port}\n  secret: dualbuild-tests\n"
+    )
+    log = (base / "registry.log").open("wb")
+    process = subprocess.Popen(["docker-registry", "serve", str(config)], stdout=log, stderr=log)
+    address = f"127.0.0.1:{port}"
+    deadline = time.monotonic() + 20
+    while time.monotonic() < deadline:
+        try:
+            with socket.create_connection(("127.0.0.1", port), timeout=0.5):
+                break
+        except OSError:
+            time.sleep(0.05)
+    else:
+        process.kill()
+        pytest.fail("docker-registry did not start")
+    yield address
+    process.terminate()
+    process.wait(timeout=10)
+    log.close()
+
+
+def push_to_registry(archive: Path, reference: str) -> None:
+    """Copy a docker-archive into the test registry with skopeo."""
+    require_tools("skopeo")
+    subprocess.run(
+        [
+            "skopeo",
+            "copy",
+            "--quiet",
+            "--dest-tls-verify=false",
+            f"docker-archive:{archive}",
+            f"docker://{reference}",
+        ],
+        check=True,
+    )
+
+
+def inspect_json(path: Path) -> dict[str, object]:
+    data = json.loads(path.read_text())
+    assert isinstance(data, dict)
+    return data

@@ -1,0 +1,213 @@
+"""The one place that starts processes: argv lists, the command logged, the tool checked up front.
+
+Failures raise ``CommandError`` with the exact command and the tail of its output. A process
+still running when the build is interrupted is terminated before the interruption propagates.
+"""
+
+from __future__ import annotations
+
+import collections
+import os
+import shlex
+import shutil
+import signal
+import subprocess
+import threading
+from collections.abc import Callable, Iterator, Mapping, Sequence
+from contextlib import contextmanager
+from dataclasses import dataclass
+from pathlib import Path
+from types import FrameType
+from typing import IO
+
+from dualbuild.errors import CommandError, Interrupted, ToolNotFoundError
+from dualbuild.log import log
+
+TAIL_LINES = 20
+# Debian package that provides each tool, for the install hint.
+PACKAGES = {
+    "buildah": "buildah",
+    "skopeo": "skopeo",
+    "gpg": "gnupg",
+    "actool": "appc-spec",
+    "mmdebstrap": "mmdebstrap",
+    "docker": "docker.io",
+    "runc": "runc",
+    "zstd": "zstd",
+    "unshare": "util-linux",
+}
+
+Argv = Sequence[str | os.PathLike[str]]
+
+
+@dataclass(frozen=True)
+class Result:
+    """What a finished command left: its exit code, its stdout and the tail of its output."""
+
+    returncode: int
+    stdout: str
+    tail: str
+
+
+def find_tool(name: str, reason: str) -> str:
+    """The path of ``name``, or ToolNotFoundError saying why it is needed and how to get it."""
+    path = shutil.which(name)
+    if path is None:
+        package = PACKAGES.get(name, name)
+        raise ToolNotFoundError(
+            f"could not find {name!r}, which is required to {reason}",
+            hint=f"install it: apt-get install {package}",
+        )
+    return path
+
+
+def _terminate(process: subprocess.Popen[bytes]) -> None:
+    if process.poll() is not None:
+        return
+    try:
+        os.killpg(process.pid, signal.SIGTERM)
+    except ProcessLookupError:
+        return
+    try:
+        process.wait(timeout=20)
+    except subprocess.TimeoutExpired:
+        os.killpg(process.pid, signal.SIGKILL)
+        process.wait()
+
+
+def run(
+    argv: Argv,
+    *,
+    env: Mapping[str, str] | None = None,
+    cwd: Path | None = None,
+    input: bytes | None = None,
+    on_line: Callable[[str], None] | None = None,
+    check: bool = True,
+    hint: str | None = None,
+) -> Result:
+    """Run a command to completion.
+
+    Args:
+        argv: the command; paths are converted with os.fspath.
+        env: the complete environment (default: inherit).
+        cwd: working directory.
+        input: bytes for stdin (default: no stdin).
+        on_line: receives every line of the combined stdout/stderr as it comes (live output);
+            without it stdout is captured and returned, stderr kept for the error message.
+        check: raise CommandError on a non-zero exit.
+        hint: a hint attached to the CommandError.
+
+    Raises:
+        CommandError: the command failed (with check).
+    """
+    args = [os.fspath(a) for a in argv]
+    log.debug("+ %s", shlex.join(args))
+    tail: collections.deque[str] = collections.deque(maxlen=TAIL_LINES)
+    # A new session: a terminal's Ctrl-C reaches us alone, and we stop the child in order.
+    process = subprocess.Popen(
+        args,
+        env=dict(env) if env is not None else None,
+        cwd=cwd,
+        stdin=subprocess.PIPE if input is not None else subprocess.DEVNULL,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT if on_line else subprocess.PIPE,
+        start_new_session=True,
+    )
+    stdout = b""
+    with process:
+        try:
+            if on_line is not None:
+                assert process.stdout is not None
+                if input is not None:
+                    assert process.stdin is not None
+                    process.stdin.write(input)
+                    process.stdin.close()
+                for raw in process.stdout:
+                    line = raw.decode("utf-8", "replace").rstrip("\n")
+                    tail.append(line)
+                    on_line(line)
+                process.wait()
+            else:
+                stdout, stderr = process.communicate(input)
+                tail.extend(stderr.decode("utf-8", "replace").splitlines()[-TAIL_LINES:])
+        except BaseException:
+            _terminate(process)
+            raise
+    if check and process.returncode != 0:
+        raise CommandError(args, process.returncode, "\n".join(tail), hint=hint)
+    return Result(process.returncode, stdout.decode("utf-8", "replace"), "\n".join(tail))
+
+
+@contextmanager
+def stream_stdout(argv: Argv) -> Iterator[IO[bytes]]:
+    """Run a command and read its stdout as a stream (e.g. a decompressor); checked at the end.
+
+    Raises:
+        CommandError: the command failed.
+    """
+    args = [os.fspath(a) for a in argv]
+    log.debug("+ %s", shlex.join(args))
+    process = subprocess.Popen(
+        args, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+        start_new_session=True,
+    )  # fmt: skip
+    assert process.stdout is not None
+    assert process.stderr is not None
+    errors: list[bytes] = []
+    reader = threading.Thread(target=lambda: errors.append(process.stderr.read() if process.stderr else b""))
+    reader.start()
+    try:
+        yield process.stdout
+        process.stdout.read()
+        process.wait()
+    except BaseException:
+        _terminate(process)
+        raise
+    finally:
+        reader.join()
+        process.stdout.close()
+        process.stderr.close()
+    if process.returncode != 0:
+        text = b"".join(errors).decode("utf-8", "replace").splitlines()[-TAIL_LINES:]
+        raise CommandError(args, process.returncode, "\n".join(text))
+
+
+_HANDLED = (signal.SIGINT, signal.SIGTERM)
+
+
+def _raise_interrupted(signum: int, _frame: FrameType | None) -> None:
+    raise Interrupted(signum)
+
+
+@contextmanager
+def interrupts_as_errors() -> Iterator[None]:
+    """Turn SIGINT/SIGTERM into ``Interrupted`` so cleanup code runs (exit 130/143).
+
+    Only in the main thread; elsewhere (tests in threads) this does nothing.
+    """
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    previous = {s: signal.signal(s, _raise_interrupted) for s in _HANDLED}
+    try:
+        yield
+    finally:
+        for signum, handler in previous.items():
+            signal.signal(signum, handler)
+
+
+@contextmanager
+def deferred_interrupts() -> Iterator[None]:
+    """Hold SIGINT/SIGTERM while cleanup runs, then raise the first one that came."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    pending: list[int] = []
+    previous = {s: signal.signal(s, lambda signum, _frame: pending.append(signum)) for s in _HANDLED}
+    try:
+        yield
+    finally:
+        for signum, handler in previous.items():
+            signal.signal(signum, handler)
+    if pending and previous[signal.Signals(pending[0])] is _raise_interrupted:
+        raise Interrupted(pending[0])
