@@ -1,0 +1,197 @@
+"""Signing the ACI: ``gpg --armor --detach-sign`` over the exact .aci bytes → ``.aci.asc``.
+
+The key is checked before the build starts (it exists, can sign, is not expired), so a release
+never fails after minutes of building because of a key problem. rkt verifies only RSA and DSA
+signatures (appc.md §3), so another algorithm gets a warning.
+"""
+
+from __future__ import annotations
+
+import itertools
+import os
+from collections.abc import Mapping
+from dataclasses import dataclass
+from pathlib import Path
+
+from dualbuild import gpg, run
+from dualbuild.errors import CommandError, SigningError, ToolNotFoundError
+from dualbuild.log import log
+
+# OpenPGP public-key algorithm ids (RFC 4880 §9.1, RFC 9580) as gpg's --with-colons prints them.
+ALGORITHMS = {
+    "1": "RSA",
+    "2": "RSA",
+    "3": "RSA",
+    "17": "DSA",
+    "16": "ElGamal",
+    "18": "ECDH",
+    "19": "ECDSA",
+    "22": "EdDSA",
+}
+RKT_ALGORITHMS = ("RSA", "DSA")
+KEY_ENV = "DUALBUILD_SIGN_KEY"
+PASSPHRASE_ENV = "DUALBUILD_SIGN_PASSPHRASE"
+
+
+@dataclass(frozen=True, kw_only=True)
+class SigningKey:
+    """A secret key checked to be able to sign."""
+
+    selector: str
+    fingerprint: str
+    algorithm: str
+    user_id: str
+    gnupghome: Path | None
+    passphrase: str | None = None
+
+    def __repr__(self) -> str:
+        # Never show the passphrase, not even in a debug dump.
+        return f"SigningKey(fingerprint={self.fingerprint!r}, algorithm={self.algorithm!r})"
+
+
+def choose_key(option: str | None, environ: Mapping[str, str], recipe_key: str | None) -> str | None:
+    """The key to sign with: --sign-key, then $DUALBUILD_SIGN_KEY, then [sign].key."""
+    return option or environ.get(KEY_ENV) or recipe_key
+
+
+def check_signing_key(
+    selector: str, *, gnupghome: Path | None = None, passphrase: str | None = None
+) -> tuple[SigningKey, list[str]]:
+    """Check that ``selector`` names a usable secret signing key; return it and warnings.
+
+    Raises:
+        SigningError: gpg is missing, the key is unknown, expired, revoked, cannot sign, or
+            its passphrase is wrong (a trial signature is made).
+    """
+    env = gpg.gpg_env(gnupghome)
+    try:
+        run.find_tool("gpg", "sign the ACI")
+    except ToolNotFoundError as error:
+        raise SigningError(str(error), hint="install gnupg, or build with --no-sign") from None
+    records = gpg.key_status(selector, env)
+    primary = next((r for r in records if r[0] == "sec"), None)
+    if primary is None:
+        raise SigningError(
+            f"no secret key {selector!r} in the keyring{_where(gnupghome)}",
+            hint="create one with `dualbuild key create`, set GNUPGHOME, or build with --no-sign",
+        )
+    if sum(1 for r in records if r[0] == "sec") > 1:
+        raise SigningError(f"{selector!r} matches more than one secret key", hint="give the full fingerprint")
+    validity = primary[1]
+    if validity in ("e", "r"):
+        state = "expired" if validity == "e" else "revoked"
+        raise SigningError(f"signing key {selector!r} is {state}", hint="extend or replace it, then retry")
+    capabilities = primary[11] if len(primary) > 11 else ""
+    if "S" not in capabilities:
+        raise SigningError(f"key {selector!r} cannot sign (capabilities: {capabilities or 'none'})")
+    fingerprint = next((r[9] for r in records if r[0] == "fpr"), selector)
+    user_id = next((r[9] for r in records if r[0] == "uid"), "")
+    algorithm = ALGORITHMS.get(primary[3], f"algorithm {primary[3]}")
+    warnings = []
+    if algorithm not in RKT_ALGORITHMS:
+        warnings.append(
+            f"signing key {fingerprint} is {algorithm}: rkt verifies only RSA and DSA signatures, "
+            "so rkt users cannot verify this ACI (create an RSA key with `dualbuild key create`)"
+        )
+    key = SigningKey(
+        selector=selector, fingerprint=fingerprint, algorithm=algorithm, user_id=user_id,
+        gnupghome=gnupghome, passphrase=passphrase,
+    )  # fmt: skip
+    _trial_signature(key)
+    return key, warnings
+
+
+def _where(gnupghome: Path | None) -> str:
+    home = gnupghome or os.environ.get("GNUPGHOME")
+    return f" ({home})" if home else ""
+
+
+def _sign_argv(key: SigningKey, output: Path, data: Path | None) -> tuple[list[str], bytes | None]:
+    gpg_binary = run.find_tool("gpg", "sign the ACI")
+    argv = [gpg_binary, "--batch", "--yes", "--armor", "--detach-sign", "--local-user", key.fingerprint]
+    stdin = None
+    if key.passphrase is not None:
+        # The passphrase goes through stdin, never the command line (which is logged).
+        argv += ["--pinentry-mode", "loopback", "--passphrase-fd", "0"]
+        stdin = key.passphrase.encode() + b"\n"
+    argv += ["--output", os.fspath(output)]
+    if data is not None:
+        argv.append(os.fspath(data))
+    return argv, stdin
+
+
+def _trial_signature(key: SigningKey) -> None:
+    with gpg.temporary_home() as scratch:
+        probe = scratch / "probe"
+        probe.write_bytes(b"dualbuild signing check\n")
+        argv, stdin = _sign_argv(key, scratch / "probe.asc", probe)
+        try:
+            run.run(argv, env=gpg.gpg_env(key.gnupghome), input=stdin)
+        except CommandError as error:
+            raise SigningError(
+                f"key {key.fingerprint} cannot sign here: {error.output_tail.strip() or 'gpg failed'}",
+                hint=f"a protected key needs its passphrase in ${PASSPHRASE_ENV}",
+            ) from None
+
+
+def sign_file(data: Path, key: SigningKey) -> Path:
+    """Write ``data``.asc, an armored detached signature, atomically.
+
+    Raises:
+        SigningError: gpg failed; no signature file is left.
+    """
+    signature = data.with_name(data.name + ".asc")
+    partial = data.with_name(f".{data.name}.asc.{os.getpid()}.tmp")
+    argv, stdin = _sign_argv(key, partial, data)
+    try:
+        run.run(argv, env=gpg.gpg_env(key.gnupghome), input=stdin)
+        partial.replace(signature)
+    except CommandError as error:
+        raise SigningError(f"signing {data.name} failed: {error.output_tail.strip()}") from None
+    finally:
+        partial.unlink(missing_ok=True)
+    log.debug("signed %s with %s", data.name, key.fingerprint)
+    return signature
+
+
+def create_key(name: str, email: str, *, gnupghome: Path | None = None, comment: str = "") -> str:
+    """Create an RSA 4096 signing key without a passphrase; return its fingerprint.
+
+    Raises:
+        SigningError: gpg failed.
+    """
+    gpg_binary = run.find_tool("gpg", "create a signing key")
+    user_id = f"{name} ({comment}) <{email}>" if comment else f"{name} <{email}>"
+    env = gpg.gpg_env(gnupghome)
+    if gnupghome is not None:
+        gnupghome.mkdir(mode=0o700, parents=True, exist_ok=True)
+    try:
+        run.run(
+            [
+                gpg_binary,
+                "--batch",
+                "--passphrase",
+                "",
+                "--quick-generate-key",
+                user_id,
+                "rsa4096",
+                "sign",
+                "0",
+            ],
+            env=env,
+        )
+    except CommandError as error:
+        raise SigningError(f"creating the key failed: {error.output_tail.strip()}") from None
+    records = gpg.key_status(f"={user_id}", env)
+    # The fingerprint record right after each primary key ("sec"); the newest key is last.
+    fingerprints = [b[9] for a, b in itertools.pairwise(records) if a[0] == "sec" and b[0] == "fpr"]
+    if not fingerprints:
+        raise SigningError(f"gpg made no key for {user_id!r}")
+    return fingerprints[-1]
+
+
+def export_public_key(fingerprint: str, destination: Path, *, gnupghome: Path | None = None) -> None:
+    """Write the armored public key (one key per file, as appc discovery expects)."""
+    gpg_binary = run.find_tool("gpg", "export a public key")
+    result = run.run([gpg_binary, "--batch", "--armor", "--export", fingerprint], env=gpg.gpg_env(gnupghome))
+    destination.write_text(result.stdout)

@@ -1,0 +1,112 @@
+"""Signing with real gpg: key checks before the build, detached signatures, verification."""
+
+from __future__ import annotations
+
+import subprocess
+import tempfile
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+from conftest import require_tools
+
+from dualbuild.errors import SigningError
+from dualbuild.gpg import gpg_env, stop_agent, verify_detached
+from dualbuild.sign import check_signing_key, choose_key, create_key, export_public_key, sign_file
+
+pytestmark = pytest.mark.integration
+
+
+@pytest.fixture
+def home() -> Iterator[Path]:
+    require_tools("gpg", "gpgconf")
+
+    # Short path: gpg-agent's socket path has a length limit.
+    path = Path(tempfile.mkdtemp(prefix="dbk-", dir="/tmp"))
+    path.chmod(0o700)
+    yield path
+    stop_agent(path)
+    subprocess.run(["rm", "-rf", str(path)], check=False)
+
+
+def gpg(home: Path, *args: str, input: bytes | None = None) -> subprocess.CompletedProcess[bytes]:
+    return subprocess.run(
+        ["gpg", "--batch", *args], env=gpg_env(home), input=input, capture_output=True, check=True
+    )
+
+
+def quick_key(
+    home: Path, user_id: str, algo: str = "rsa2048", expire: str = "0", passphrase: str = ""
+) -> str:
+    gpg(
+        home,
+        "--passphrase",
+        passphrase,
+        "--pinentry-mode",
+        "loopback",
+        "--quick-generate-key",
+        user_id,
+        algo,
+        "sign",
+        expire,
+    )
+    out = gpg(home, "--with-colons", "--list-secret-keys", f"={user_id}").stdout.decode()
+    return next(line.split(":")[9] for line in out.splitlines() if line.startswith("fpr"))
+
+
+def test_create_key_check_sign_and_verify_with_only_the_public_key(home: Path, tmp_path: Path) -> None:
+    fingerprint = create_key("Release Bot", "release@example.com", gnupghome=home)
+    key, warnings = check_signing_key(fingerprint, gnupghome=home)
+    assert key.fingerprint == fingerprint
+    assert key.algorithm == "RSA"
+    assert warnings == []
+    data = tmp_path / "image.aci"
+    data.write_bytes(b"\x1f\x8b pretend aci bytes" * 100)
+    signature = sign_file(data, key)
+    assert signature.name == "image.aci.asc"
+    assert signature.read_text().startswith("-----BEGIN PGP SIGNATURE-----")
+    public = tmp_path / "pubkey.asc"
+    export_public_key(fingerprint, public, gnupghome=home)
+    assert verify_detached(data, signature, public) == fingerprint
+    data.write_bytes(data.read_bytes() + b"x")
+    with pytest.raises(SigningError, match="does not verify"):
+        verify_detached(data, signature, public)
+    assert not list(tmp_path.glob(".*tmp"))
+
+
+def test_unknown_key_is_refused(home: Path) -> None:
+    with pytest.raises(SigningError, match=r"no secret key 'nobody@example\.com'") as caught:
+        check_signing_key("nobody@example.com", gnupghome=home)
+    assert caught.value.exit_code == 4
+
+
+def test_expired_key_is_refused(home: Path) -> None:
+    fingerprint = quick_key(home, "Old <old@example.com>", expire="seconds=1")
+
+    time.sleep(2)
+    with pytest.raises(SigningError, match="expired"):
+        check_signing_key(fingerprint, gnupghome=home)
+
+
+def test_wrong_or_missing_passphrase_is_refused_up_front(home: Path) -> None:
+    fingerprint = quick_key(home, "Locked <locked@example.com>", passphrase="right horse")
+    stop_agent(home)  # forget any cached passphrase
+    with pytest.raises(SigningError, match="cannot sign here"):
+        check_signing_key(fingerprint, gnupghome=home, passphrase="wrong")
+    key, _ = check_signing_key(fingerprint, gnupghome=home, passphrase="right horse")
+    assert "right horse" not in repr(key)
+
+
+def test_non_rsa_key_gets_a_warning(home: Path) -> None:
+    fingerprint = quick_key(home, "Ed <ed@example.com>", algo="ed25519")
+    key, warnings = check_signing_key(fingerprint, gnupghome=home)
+    assert key.algorithm == "EdDSA"
+    assert any("rkt verifies only RSA and DSA" in w for w in warnings)
+
+
+def test_key_choice_order() -> None:
+    assert choose_key("cli", {"DUALBUILD_SIGN_KEY": "env"}, "recipe") == "cli"
+    assert choose_key(None, {"DUALBUILD_SIGN_KEY": "env"}, "recipe") == "env"
+    assert choose_key(None, {}, "recipe") == "recipe"
+    assert choose_key(None, {}, None) is None
