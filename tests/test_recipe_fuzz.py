@@ -11,7 +11,6 @@ from hypothesis import strategies as st
 from dualbuild.errors import RecipeError
 from dualbuild.plan import make_plan
 from dualbuild.recipe import (
-    APP_KEYS,
     IMAGE_KEYS,
     OUTPUT_KEYS,
     PUBLISH_KEYS,
@@ -19,6 +18,7 @@ from dualbuild.recipe import (
     parse_recipe_bytes,
     parse_recipe_document,
 )
+from dualbuild.recipe_app import APP_KEYS
 from dualbuild.steps import ACTION_KEYS, ACTIONS
 
 EXAMPLES = int(os.environ.get("DUALBUILD_FUZZ_EXAMPLES", "1000"))

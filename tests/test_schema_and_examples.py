@@ -11,6 +11,7 @@ import pytest
 from click.testing import CliRunner
 
 from dualbuild import recipe as recipe_module
+from dualbuild import recipe_app
 from dualbuild import steps as steps_module
 from dualbuild.cli import cli
 from dualbuild.recipe import load_recipe
@@ -49,7 +50,7 @@ def test_schema_knows_exactly_the_loaders_keys() -> None:
     top = _properties(RECIPE_SCHEMA)
     assert set(top) == set(recipe_module.TOP_KEYS)
     assert set(_properties(top["image"])) == set(recipe_module.IMAGE_KEYS)
-    assert set(_properties(top["app"])) == set(recipe_module.APP_KEYS)
+    assert set(_properties(top["app"])) == set(recipe_app.APP_KEYS)
     assert set(_properties(top["output"])) == set(recipe_module.OUTPUT_KEYS)
     assert set(_properties(top["publish"])) == set(recipe_module.PUBLISH_KEYS)
     assert set(_properties(top["sign"])) == set(recipe_module.SIGN_KEYS)
