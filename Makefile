@@ -25,9 +25,18 @@ $(BIN)/.installed: pyproject.toml
 $(DEMO)/busybox-rootfs.tar: scripts/busybox_rootfs.py
 	$(BIN)/python scripts/busybox_rootfs.py $@
 
-demo: setup $(DEMO)/busybox-rootfs.tar
-	$(BIN)/dualbuild validate $(DEMO)/recipe.toml
-	$(BIN)/dualbuild plan $(DEMO)/recipe.toml
+# A DEMO signing key, made on first use in a project-local keyring; never use it for releases.
+$(DEMO_GNUPGHOME)/demo-key.fpr: | venv
+	mkdir -p -m 700 $(DEMO_GNUPGHOME)
+	GNUPGHOME=$(DEMO_GNUPGHOME) $(BIN)/dualbuild key create --name "dualbuild demo" \
+	  --email demo@dualbuild.invalid --comment "DEMO KEY - not for releases" \
+	  --export $(DEMO_GNUPGHOME)/demo-key.asc > $@.tmp
+	mv $@.tmp $@
+
+demo: setup $(DEMO)/busybox-rootfs.tar $(DEMO_GNUPGHOME)/demo-key.fpr
+	GNUPGHOME=$(DEMO_GNUPGHOME) $(BIN)/dualbuild build $(DEMO)/recipe.toml \
+	  --sign-key "$$(cat $(DEMO_GNUPGHOME)/demo-key.fpr)" --json; \
+	  status=$$?; GNUPGHOME=$(DEMO_GNUPGHOME) gpgconf --kill all; exit $$status
 
 test: setup lint
 	$(BIN)/pytest
@@ -38,4 +47,4 @@ lint: venv
 	$(BIN)/mypy
 
 clean:
-	rm -rf $(VENV) $(DEMO)/dist $(DEMO)/busybox-rootfs.tar .pytest_cache .mypy_cache .ruff_cache
+	rm -rf $(VENV) $(DEMO)/dist $(DEMO)/busybox-rootfs.tar $(DEMO_GNUPGHOME) .pytest_cache .mypy_cache .ruff_cache

@@ -13,9 +13,12 @@ import click
 
 from dualbuild import __version__, log
 from dualbuild.errors import DualbuildError, Problem, RecipeError, UsageError
+from dualbuild.pipeline import BuildRequest
+from dualbuild.pipeline import build as run_build
 from dualbuild.plan import make_plan, plan_to_dict
 from dualbuild.recipe import load_recipe
 from dualbuild.schema import RECIPE_SCHEMA
+from dualbuild.sign import create_key, export_public_key
 
 # Internal errors (bugs) exit with EX_SOFTWARE so pipelines can tell them from user errors.
 EXIT_INTERNAL = 70
@@ -139,6 +142,89 @@ def _plan_text(data: dict[str, Any]) -> str:
     lines.extend(f"  {path}" for path in data["artifacts"].values() if path)
     lines.extend(f"warning: {warning}" for warning in data["warnings"])
     return "\n".join(lines)
+
+
+@cli.command()
+@click.argument("recipe", type=click.Path(path_type=Path))
+@click.option(
+    "--build-arg", "build_args", multiple=True, metavar="KEY=VALUE", help="Override an [args] value."
+)
+@click.option(
+    "--context",
+    type=click.Path(path_type=Path, file_okay=False),
+    help="Build context (default: the recipe's folder).",
+)
+@click.option(
+    "--out", type=click.Path(path_type=Path, file_okay=False), help="Output directory (default: output.dir)."
+)
+@click.option(
+    "--sign-key",
+    metavar="KEY",
+    help="gpg key for the ACI signature (else $DUALBUILD_SIGN_KEY, else [sign].key).",
+)
+@click.option("--no-sign", is_flag=True, help="Write the ACI without a signature.")
+@click.option(
+    "--isolation",
+    type=click.Choice(["oci", "runc", "chroot"]),
+    envvar="DUALBUILD_ISOLATION",
+    help="How run steps are isolated (default: probed once and remembered).",
+)
+@click.option("--tls-verify/--no-tls-verify", default=True, help="Verify TLS when pulling registry bases.")
+@click.option(
+    "--authfile",
+    type=click.Path(path_type=Path, dir_okay=False),
+    help="Registry credentials (default: REGISTRY_AUTH_FILE, containers auth.json, ~/.docker/config.json).",
+)
+@click.option(
+    "--keyring",
+    type=click.Path(path_type=Path, dir_okay=False, exists=True),
+    help="Public key(s) that must have signed an aci: base.",
+)
+@click.option("--json", "as_json", is_flag=True, help="Print the report as JSON on stdout.")
+def build(
+    recipe: Path, build_args: tuple[str, ...], context: Path | None, out: Path | None, sign_key: str | None,
+    no_sign: bool, isolation: str | None, tls_verify: bool, authfile: Path | None, keyring: Path | None,
+    as_json: bool,
+) -> None:  # fmt: skip
+    """Build RECIPE into a Docker image tarball and a signed ACI (and an OCI archive if asked)."""
+    request = BuildRequest(
+        recipe=recipe, build_args=_build_args(build_args), context=context, out_dir=out, sign=not no_sign,
+        sign_key=sign_key, isolation=isolation, tls_verify=tls_verify, authfile=authfile, keyring=keyring,
+    )  # fmt: skip
+    report = run_build(request)
+    if as_json:
+        click.echo(json.dumps(report, indent=2))
+        return
+    for name, artifact in report["artifacts"].items():  # type: ignore[attr-defined]
+        click.echo(f"{name:7} {artifact['file']}  {artifact['image_id']}")
+        if "signature" in artifact:
+            click.echo(f"{'':7} {artifact['signature']}  signed by {artifact['signing_key']}")
+
+
+@cli.group()
+def key() -> None:
+    """Manage ACI signing keys."""
+
+
+@key.command("create")
+@click.option("--name", required=True, help="Name on the key, e.g. 'Example Releases'.")
+@click.option("--email", required=True, help="Email on the key.")
+@click.option("--comment", default="", help="Comment on the key's user id.")
+@click.option(
+    "--export",
+    "export",
+    type=click.Path(path_type=Path, dir_okay=False),
+    help="Also write the armored public key here.",
+)
+def key_create(name: str, email: str, comment: str, export: Path | None) -> None:
+    """Create an RSA 4096 signing key (the kind rkt verifies) in the keyring ($GNUPGHOME)."""
+    home = os.environ.get("GNUPGHOME")
+    fingerprint = create_key(name, email, comment=comment, gnupghome=Path(home) if home else None)
+    if export is not None:
+        export_public_key(fingerprint, export, gnupghome=Path(home) if home else None)
+        click.echo(f"public key written to {export}", err=True)
+    click.echo(fingerprint)
+    click.echo(f'use it in a recipe:\n[sign]\nkey = "{fingerprint}"', err=True)
 
 
 @cli.command()

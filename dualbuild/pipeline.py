@@ -1,0 +1,183 @@
+"""The build, read as a list of calls: recipe → plan → stages → tree → emit → sign → report.
+
+Outputs are written under pending names and renamed together at the end, so a failed or
+interrupted build leaves the output directory as it was: no half-written or unsigned artifact.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import json
+import os
+import time
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from dualbuild import __version__, run
+from dualbuild.buildah import StorageOptions
+from dualbuild.emit import Artifact, run_emitters
+from dualbuild.errors import SigningError
+from dualbuild.log import log
+from dualbuild.model import Format
+from dualbuild.plan import BuildPlan, make_plan
+from dualbuild.recipe import load_recipe
+from dualbuild.sign import PASSPHRASE_ENV, SigningKey, check_signing_key, choose_key, sign_file
+from dualbuild.stages import BuildOptions, build_stages, default_cache_dir
+from dualbuild.tree import snapshot
+
+
+@dataclass(frozen=True, kw_only=True)
+class BuildRequest:
+    """What `dualbuild build` was asked to do."""
+
+    recipe: Path
+    build_args: Mapping[str, str] = field(default_factory=dict)
+    context: Path | None = None
+    out_dir: Path | None = None
+    sign: bool = True
+    sign_key: str | None = None
+    isolation: str | None = None
+    tls_verify: bool = True
+    authfile: Path | None = None
+    keyring: Path | None = None
+    storage: StorageOptions = field(default_factory=StorageOptions)
+    cache_dir: Path = field(default_factory=default_cache_dir)
+    environ: Mapping[str, str] = field(default_factory=lambda: dict(os.environ))
+
+
+def build(request: BuildRequest) -> dict[str, object]:
+    """Build the recipe into its artifacts; return the report (also written next to them).
+
+    Raises:
+        RecipeError: the recipe or a --build-arg is invalid (exit 2).
+        SigningError: no usable signing key (checked before anything is built; exit 4).
+        BuildError: a base or step failed (exit 1).
+        Interrupted: SIGINT/SIGTERM (exit 130/143), after cleaning up.
+    """
+    timings: dict[str, float] = {}
+    plan = make_plan(
+        load_recipe(request.recipe), build_args=request.build_args, context=request.context,
+        out_dir=request.out_dir, environ=request.environ, sign=request.sign,
+    )  # fmt: skip
+    key, warnings = _signing_key(plan, request)
+    warnings += list(plan.warnings)
+    for warning in warnings:
+        log.warning("%s", warning)
+    targets = _targets(plan)
+    pending = {fmt: _pending(path) for fmt, path in targets.items()}
+    pending_signature = _pending(plan.artifacts.aci_signature) if plan.artifacts.aci_signature else None
+    plan.out_dir.mkdir(parents=True, exist_ok=True)
+    options = BuildOptions(
+        isolation=request.isolation, tls_verify=request.tls_verify, authfile=request.authfile,
+        keyring=request.keyring, storage=request.storage, cache_dir=request.cache_dir,
+    )  # fmt: skip
+    try:
+        with run.interrupts_as_errors():
+            start = time.monotonic()
+            with build_stages(plan, options) as built:
+                timings["stages"] = time.monotonic() - start
+                start = time.monotonic()
+                tree = snapshot(built.rootfs, plan.source_date_epoch)
+                timings["snapshot"] = time.monotonic() - start
+                warnings += list(tree.warnings)
+                start = time.monotonic()
+                artifacts = run_emitters(
+                    tree, plan.recipe.image, built.config, plan.source_date_epoch, pending
+                )
+                timings["emit"] = time.monotonic() - start
+            if key is not None and pending_signature is not None:
+                start = time.monotonic()
+                signed = sign_file(pending[Format.ACI], key)
+                signed.replace(pending_signature)
+                timings["sign"] = time.monotonic() - start
+            # Every output is complete: make them visible together.
+            for fmt, path in pending.items():
+                path.replace(targets[fmt])
+            if pending_signature is not None and plan.artifacts.aci_signature is not None:
+                pending_signature.replace(plan.artifacts.aci_signature)
+    finally:
+        leftovers: list[Path | None] = [*pending.values(), pending_signature]
+        for leftover in leftovers:
+            if leftover is not None:
+                leftover.unlink(missing_ok=True)
+    report = _report(plan, artifacts, targets, key, warnings, timings)
+    _write_json_atomically(plan.artifacts.report, report)
+    return report
+
+
+def _signing_key(plan: BuildPlan, request: BuildRequest) -> tuple[SigningKey | None, list[str]]:
+    if plan.artifacts.aci is None or not request.sign:
+        return None, []
+    selector = choose_key(request.sign_key, request.environ, plan.recipe.sign.key)
+    if selector is None:
+        raise SigningError(
+            "the ACI must be signed, but no signing key is set",
+            hint="pass --sign-key, set $DUALBUILD_SIGN_KEY or [sign].key, or build with --no-sign",
+        )
+    gnupghome = request.environ.get("GNUPGHOME")
+    return check_signing_key(
+        selector, gnupghome=Path(gnupghome) if gnupghome else None,
+        passphrase=request.environ.get(PASSPHRASE_ENV),
+    )  # fmt: skip
+
+
+def _targets(plan: BuildPlan) -> dict[Format, Path]:
+    artifacts = plan.artifacts
+    candidates = {Format.DOCKER: artifacts.docker, Format.ACI: artifacts.aci, Format.OCI: artifacts.oci}
+    return {fmt: path for fmt, path in candidates.items() if path is not None}
+
+
+def _pending(path: Path) -> Path:
+    return path.with_name(f".{path.name}.{os.getpid()}.pending")
+
+
+def _file_sha256(path: Path) -> str:
+    digest = hashlib.sha256()
+    with path.open("rb") as handle:
+        while chunk := handle.read(1 << 20):
+            digest.update(chunk)
+    return digest.hexdigest()
+
+
+def _report(
+    plan: BuildPlan,
+    artifacts: list[Artifact],
+    targets: Mapping[Format, Path],
+    key: SigningKey | None,
+    warnings: list[str],
+    timings: Mapping[str, float],
+) -> dict[str, object]:
+    image = plan.recipe.image
+    outputs: dict[str, object] = {}
+    for artifact in artifacts:
+        entry = dataclasses.replace(artifact, path=targets[artifact.format]).to_dict()
+        if artifact.format is Format.ACI and plan.artifacts.aci_signature is not None and key is not None:
+            entry["signature"] = str(plan.artifacts.aci_signature)
+            entry["signing_key"] = key.fingerprint
+        outputs[str(artifact.format)] = entry
+    return {
+        "dualbuild": __version__,
+        "recipe": {"path": str(plan.recipe.path), "sha256": _file_sha256(plan.recipe.path)},
+        "image": {
+            "name": image.name,
+            "version": image.version,
+            "tags": list(image.tags),
+            "os": image.os,
+            "arch": str(image.arch),
+        },
+        "source_date_epoch": plan.source_date_epoch,
+        "artifacts": outputs,
+        "warnings": warnings,
+        "timings": {phase: round(seconds, 3) for phase, seconds in timings.items()},
+    }
+
+
+def _write_json_atomically(path: Path, data: Mapping[str, object]) -> None:
+    partial = _pending(path)
+    try:
+        partial.write_text(json.dumps(data, indent=2) + "\n")
+        partial.replace(path)
+    finally:
+        partial.unlink(missing_ok=True)
