@@ -78,27 +78,36 @@ class Buildah:
     # --- containers ---------------------------------------------------------------------------
 
     def new_container(self, image: str, *, label: str, tls_verify: bool = True) -> str:
-        """``buildah from``: a working container from ``image`` ("scratch" for none)."""
+        """``buildah from``: a working container from ``image`` ("scratch" for none).
+
+        The image is pulled first (interruptible); the container is then made from the local
+        image with interrupts held, since a ``buildah from`` killed half-way leaves a container
+        record that ``buildah rm`` can no longer remove.
+        """
+        source = image
+        if image != "scratch":
+            args = ["pull", "--quiet"]
+            if not tls_verify:
+                args.append("--tls-verify=false")
+            if self.authfile is not None:
+                args += ["--authfile", os.fspath(self.authfile)]
+            try:
+                source = self._run(*args, image).stdout.strip().splitlines()[-1]
+            except (CommandError, IndexError) as error:
+                tail = error.output_tail if isinstance(error, CommandError) else "no image id printed"
+                raise BuildError(
+                    f"cannot use base {image!r}: buildah pull failed\n{tail}",
+                    hint="check the reference, credentials (--authfile) and tls_verify",
+                ) from None
         name = f"{NAME_PREFIX}{self.session}-{len(self.containers)}-{label}"
-        args = ["from", "--quiet", "--pull=missing", "--name", name]
-        if not tls_verify:
-            args.append("--tls-verify=false")
-        if self.authfile is not None:
-            args += ["--authfile", os.fspath(self.authfile)]
-        # Registered before it exists, so an interrupt during `from` still cleans up by name.
+        # Registered before it exists, so cleanup removes it by name whatever happens next.
         self.containers.append(name)
-        try:
-            self._run(*args, image)
-        except CommandError as error:
-            raise BuildError(
-                f"cannot use base {image!r}: buildah from failed\n{error.output_tail}",
-                hint="check the reference, credentials (--authfile) and tls_verify",
-            ) from None
+        self._run("from", "--quiet", "--pull=never", "--name", name, source, shield=True)
         return name
 
     def mount(self, container: str) -> Path:
         """Mount a container's root filesystem; returns the host path."""
-        return Path(self._run("mount", container).stdout.strip())
+        return Path(self._run("mount", container, shield=True).stdout.strip())
 
     def run_in(
         self,

@@ -84,6 +84,7 @@ def run(
     on_line: Callable[[str], None] | None = None,
     check: bool = True,
     hint: str | None = None,
+    shield: bool = False,
 ) -> Result:
     """Run a command to completion.
 
@@ -96,10 +97,15 @@ def run(
             without it stdout is captured and returned, stderr kept for the error message.
         check: raise CommandError on a non-zero exit.
         hint: a hint attached to the CommandError.
+        shield: let the command finish before an interrupt is raised (for short commands that
+            must not be killed half-way, such as creating a container).
 
     Raises:
         CommandError: the command failed (with check).
     """
+    if shield:
+        with deferred_interrupts():
+            return run(argv, env=env, cwd=cwd, input=input, on_line=on_line, check=check, hint=hint)
     args = [os.fspath(a) for a in argv]
     log.debug("+ %s", shlex.join(args))
     tail: collections.deque[str] = collections.deque(maxlen=TAIL_LINES)

@@ -1,0 +1,269 @@
+"""`dualbuild build` end to end, as a user runs it: real buildah, gpg, actool; signals; exit codes."""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import tempfile
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+from conftest import ROOT, buildah, require_tools
+
+from dualbuild.buildah import StorageOptions
+from dualbuild.gpg import gpg_env, stop_agent
+
+pytestmark = pytest.mark.integration
+DUALBUILD = str(Path(sys.executable).parent / "dualbuild")
+
+
+@pytest.fixture(scope="session")
+def signing_home() -> Iterator[tuple[Path, str]]:
+    """A throwaway GNUPGHOME with an RSA key (2048 bits: fast to make, still what rkt verifies)."""
+    require_tools("gpg", "gpgconf")
+    home = Path(tempfile.mkdtemp(prefix="dbs-", dir="/tmp"))
+    home.chmod(0o700)
+    env = gpg_env(home)
+    user_id = "dualbuild tests <tests@dualbuild.invalid>"
+    subprocess.run(
+        ["gpg", "--batch", "--passphrase", "", "--quick-generate-key", user_id, "rsa2048", "sign", "0"],
+        env=env, check=True, capture_output=True,
+    )  # fmt: skip
+    listing = subprocess.run(
+        ["gpg", "--batch", "--with-colons", "--list-secret-keys"],
+        env=env,
+        check=True,
+        capture_output=True,
+        text=True,
+    ).stdout
+    fingerprint = next(line.split(":")[9] for line in listing.splitlines() if line.startswith("fpr"))
+    yield home, fingerprint
+    stop_agent(home)
+    shutil.rmtree(home, ignore_errors=True)
+
+
+@pytest.fixture
+def cli_env(
+    buildah_storage: StorageOptions, signing_home: tuple[Path, str], tmp_path: Path
+) -> dict[str, str]:
+    """The environment of a `dualbuild` child: the test buildah store, the test keyring and key."""
+    conf = tmp_path / "storage.conf"
+    conf.write_text(
+        f'[storage]\ndriver = "overlay"\ngraphroot = "{buildah_storage.root}"\n'
+        f'runroot = "{buildah_storage.runroot}"\n'
+    )
+    home, fingerprint = signing_home
+    return {
+        **os.environ,
+        "CONTAINERS_STORAGE_CONF": str(conf),
+        "GNUPGHOME": str(home),
+        "DUALBUILD_SIGN_KEY": fingerprint,
+        "XDG_CACHE_HOME": str(tmp_path / "cache"),
+    }
+
+
+@pytest.fixture
+def project(tmp_path: Path, busybox_rootfs: Path) -> Path:
+    directory = tmp_path / "project"
+    directory.mkdir()
+    shutil.copy(busybox_rootfs, directory / "busybox.tar")
+    (directory / "greeting.txt").write_text("hello from the context\n")
+    return directory
+
+
+RECIPE = """
+[image]
+name = "example.com/e2e/hello"
+version = "2.0.0"
+tags = ["latest"]
+annotations = { homepage = "https://example.com" }
+
+[args]
+WORD = "dual"
+
+[[stages]]
+name = "build"
+from = "rootfs:busybox.tar"
+  [[stages.steps]]
+  run = "mkdir -p /out && echo ${WORD}build > /out/word"
+
+[[stages]]
+name = "final"
+from = "rootfs:busybox.tar"
+  [[stages.steps]]
+  copy = "/out/word"
+  from = "build"
+  to = "/srv/"
+  [[stages.steps]]
+  copy = "greeting.txt"
+  to = "/srv/greeting.txt"
+  [[stages.steps]]
+  write = "/usr/local/bin/hello"
+  content = "#!/bin/sh\\ncat /srv/word /srv/greeting.txt\\n"
+  mode = "0755"
+
+[app]
+entrypoint = ["/usr/local/bin/hello"]
+workdir = "/srv"
+stop_signal = "SIGQUIT"
+
+[output]
+formats = ["docker", "aci", "oci"]
+source_date_epoch = 1700000000
+"""
+
+
+def dualbuild(args: list[str], env: dict[str, str], timeout: float = 300) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [DUALBUILD, *args], env=env, capture_output=True, text=True, timeout=timeout, check=False
+    )
+
+
+def test_build_writes_signed_valid_artifacts_and_a_report(
+    project: Path, cli_env: dict[str, str], signing_home: tuple[Path, str], buildah_storage: StorageOptions
+) -> None:
+    require_tools("actool", "skopeo")
+    (project / "recipe.toml").write_text(RECIPE)
+    result = dualbuild(["build", str(project / "recipe.toml"), "--json"], cli_env)
+    assert result.returncode == 0, result.stderr
+    report = json.loads(result.stdout)  # stdout holds only the report; logs went to stderr
+    assert "[2/2 final] step 3/3 write /usr/local/bin/hello" in result.stderr
+    assert "app.stop_signal: the aci format has no stop signal" in result.stderr
+    artifacts = report["artifacts"]
+    assert set(artifacts) == {"docker", "aci", "oci"}
+    dist = project / "dist"
+    aci = dist / "hello-2.0.0-linux-amd64.aci"
+    assert Path(artifacts["aci"]["file"]) == aci
+    assert artifacts["aci"]["signing_key"] == signing_home[1]
+    assert sorted(p.name for p in dist.iterdir()) == [
+        "hello-2.0.0-linux-amd64.aci",
+        "hello-2.0.0-linux-amd64.aci.asc",
+        "hello-2.0.0-linux-amd64.docker.tar",
+        "hello-2.0.0-linux-amd64.oci.tar",
+        "hello-2.0.0-linux-amd64.report.json",
+    ]
+    assert json.loads((dist / "hello-2.0.0-linux-amd64.report.json").read_text()) == report
+    subprocess.run(["actool", "validate", str(aci)], check=True)
+    # Verify as rkt would: a fresh keyring holding only the exported public key.
+    home, fingerprint = signing_home
+    public = project / "pub.asc"
+    public.write_bytes(
+        subprocess.run(
+            ["gpg", "--batch", "--armor", "--export", fingerprint],
+            env=gpg_env(home),
+            capture_output=True,
+            check=True,
+        ).stdout
+    )
+    with tempfile.TemporaryDirectory(prefix="dbv-", dir="/tmp") as fresh:
+        env = gpg_env(Path(fresh))
+        subprocess.run(["gpg", "--batch", "--import", str(public)], env=env, check=True, capture_output=True)
+        verify = subprocess.run(
+            ["gpg", "--batch", "--verify", f"{aci}.asc", str(aci)], env=env, capture_output=True, text=True
+        )
+        stop_agent(Path(fresh))
+    assert verify.returncode == 0, verify.stderr
+    assert "Good signature" in verify.stderr
+    config = json.loads(
+        subprocess.run(
+            ["skopeo", "inspect", "--config", f"oci-archive:{artifacts['oci']['file']}"],
+            capture_output=True,
+            check=True,
+        ).stdout
+    )
+    assert config["config"]["Entrypoint"] == ["/usr/local/bin/hello"]
+    assert not buildah(buildah_storage, "containers", "-q")
+
+
+def test_same_recipe_gives_byte_identical_artifacts(project: Path, cli_env: dict[str, str]) -> None:
+    (project / "recipe.toml").write_text(RECIPE)
+    digests = []
+    for out in ("one", "two"):
+        result = dualbuild(
+            ["build", str(project / "recipe.toml"), "--out", str(project / out), "--json"], cli_env
+        )
+        assert result.returncode == 0, result.stderr
+        report = json.loads(result.stdout)
+        digests.append({name: a["sha256"] for name, a in report["artifacts"].items()})
+    assert digests[0] == digests[1]
+
+
+def test_missing_signing_key_fails_before_building(project: Path, cli_env: dict[str, str]) -> None:
+    (project / "recipe.toml").write_text(RECIPE)
+    env = {**cli_env, "DUALBUILD_SIGN_KEY": "no-such-key@example.com"}
+    result = dualbuild(["build", str(project / "recipe.toml")], env)
+    assert result.returncode == 4, result.stderr
+    assert "no secret key 'no-such-key@example.com'" in result.stderr
+    assert "step" not in result.stderr  # nothing was built
+    assert not (project / "dist").exists() or not list((project / "dist").iterdir())
+
+
+def test_no_sign_writes_no_signature(project: Path, cli_env: dict[str, str]) -> None:
+    (project / "recipe.toml").write_text(RECIPE.replace('"docker", "aci", "oci"', '"aci"'))
+    env = {k: v for k, v in cli_env.items() if k != "DUALBUILD_SIGN_KEY"}
+    refused = dualbuild(["build", str(project / "recipe.toml")], env)
+    assert refused.returncode == 4
+    assert "no signing key is set" in refused.stderr
+    result = dualbuild(["build", str(project / "recipe.toml"), "--no-sign"], env)
+    assert result.returncode == 0, result.stderr
+    assert sorted(p.name for p in (project / "dist").iterdir()) == [
+        "hello-2.0.0-linux-amd64.aci",
+        "hello-2.0.0-linux-amd64.report.json",
+    ]
+
+
+def test_missing_buildah_exits_3_with_a_hint(project: Path, cli_env: dict[str, str], tmp_path: Path) -> None:
+    (project / "recipe.toml").write_text(RECIPE)
+    bin_dir = tmp_path / "bin"
+    bin_dir.mkdir()
+    for tool in ("gpg", "gpgconf", "gpg-agent"):
+        found = shutil.which(tool)
+        assert found
+        (bin_dir / tool).symlink_to(found)
+    env = {**cli_env, "PATH": str(bin_dir)}
+    result = dualbuild(["build", str(project / "recipe.toml")], env)
+    assert result.returncode == 3, result.stderr
+    assert "could not find 'buildah'" in result.stderr
+    assert "hint: install it: apt-get install buildah" in result.stderr
+    assert "Traceback" not in result.stderr
+
+
+@pytest.mark.parametrize(("signum", "code"), [(signal.SIGTERM, 143), (signal.SIGINT, 130)])
+def test_interrupt_during_a_run_step_cleans_up(
+    project: Path, cli_env: dict[str, str], buildah_storage: StorageOptions, signum: int, code: int
+) -> None:
+    (project / "recipe.toml").write_text(
+        RECIPE.replace('run = "mkdir -p /out', 'run = "echo started; sleep 60; mkdir -p /out')
+    )
+    process = subprocess.Popen(
+        [DUALBUILD, "build", str(project / "recipe.toml")], env=cli_env, stderr=subprocess.PIPE, text=True
+    )
+    assert process.stderr is not None
+    deadline = time.monotonic() + 60
+    seen = ""
+    # The step's own output (not its header, which names the command) says it is running.
+    while "| started" not in seen and time.monotonic() < deadline:
+        seen += process.stderr.readline()
+    assert "| started" in seen, seen
+    process.send_signal(signum)
+    rest = process.stderr.read()
+    process.stderr.close()
+    assert process.wait(timeout=60) == code, rest
+    assert "interrupted" in rest
+    assert "Traceback" not in rest
+    assert not buildah(buildah_storage, "containers", "-q"), rest
+    dist = project / "dist"
+    assert not dist.exists() or not list(dist.iterdir())
+
+
+def test_demo_recipe_is_in_the_readme() -> None:
+    readme = (ROOT / "README.md").read_text().splitlines()
+    assert readme[2:5] == ["```sh", readme[3], readme[4]]
+    assert readme[3].startswith("make demo")
+    assert readme[4].startswith("make test")
