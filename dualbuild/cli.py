@@ -12,6 +12,8 @@ from typing import Any
 import click
 
 from dualbuild import __version__, log
+from dualbuild.convert import ConvertRequest
+from dualbuild.convert import convert as run_convert
 from dualbuild.errors import DualbuildError, Problem, RecipeError, UsageError
 from dualbuild.pipeline import BuildRequest
 from dualbuild.pipeline import build as run_build
@@ -191,14 +193,60 @@ def build(
         recipe=recipe, build_args=_build_args(build_args), context=context, out_dir=out, sign=not no_sign,
         sign_key=sign_key, isolation=isolation, tls_verify=tls_verify, authfile=authfile, keyring=keyring,
     )  # fmt: skip
-    report = run_build(request)
+    _print_report(run_build(request), as_json)
+
+
+def _print_report(report: dict[str, Any], as_json: bool) -> None:
     if as_json:
         click.echo(json.dumps(report, indent=2))
         return
-    for name, artifact in report["artifacts"].items():  # type: ignore[attr-defined]
+    for name, artifact in report["artifacts"].items():
         click.echo(f"{name:7} {artifact['file']}  {artifact['image_id']}")
         if "signature" in artifact:
             click.echo(f"{'':7} {artifact['signature']}  signed by {artifact['signing_key']}")
+
+
+@cli.command()
+@click.argument("source")
+@click.option("--name", help="Image name (default: the one the source carries).")
+@click.option("--version", "version", help="Image version (default: the source's tag or version label).")
+@click.option(
+    "--format",
+    "formats",
+    multiple=True,
+    type=click.Choice(["docker", "aci", "oci"]),
+    help="Formats to write (default: docker and aci).",
+)
+@click.option(
+    "--out", type=click.Path(path_type=Path, file_okay=False), help="Output directory (default: ./dist)."
+)
+@click.option("--sign-key", metavar="KEY", help="gpg key for the ACI signature (else $DUALBUILD_SIGN_KEY).")
+@click.option("--no-sign", is_flag=True, help="Write the ACI without a signature.")
+@click.option("--tls-verify/--no-tls-verify", default=True, help="Verify TLS when pulling a registry source.")
+@click.option("--authfile", type=click.Path(path_type=Path, dir_okay=False), help="Registry credentials.")
+@click.option(
+    "--keyring",
+    type=click.Path(path_type=Path, dir_okay=False, exists=True),
+    help="Public key(s) that must have signed an ACI source.",
+)
+@click.option("--json", "as_json", is_flag=True, help="Print the report as JSON on stdout.")
+def convert(
+    source: str, name: str | None, version: str | None, formats: tuple[str, ...], out: Path | None,
+    sign_key: str | None, no_sign: bool, tls_verify: bool, authfile: Path | None, keyring: Path | None,
+    as_json: bool,
+) -> None:  # fmt: skip
+    """Convert an existing image into a Docker tarball and a signed ACI.
+
+    SOURCE is a docker-archive or oci-archive tarball, an ACI (.aci), or a registry reference.
+    """
+    request = ConvertRequest(
+        source=source, name=name, version=version, formats=formats or ("docker", "aci"),
+        build=BuildRequest(
+            recipe=Path(source), out_dir=out, sign=not no_sign, sign_key=sign_key, tls_verify=tls_verify,
+            authfile=authfile, keyring=keyring,
+        ),
+    )  # fmt: skip
+    _print_report(run_convert(request), as_json)
 
 
 @cli.group()

@@ -10,6 +10,7 @@ import dataclasses
 import hashlib
 import json
 import os
+import shutil
 import time
 from collections.abc import Mapping
 from dataclasses import dataclass, field
@@ -20,7 +21,7 @@ from dualbuild.buildah import StorageOptions
 from dualbuild.emit import Artifact, run_emitters
 from dualbuild.errors import SigningError
 from dualbuild.log import log
-from dualbuild.model import Format
+from dualbuild.model import Format, Recipe
 from dualbuild.plan import BuildPlan, make_plan
 from dualbuild.recipe import load_recipe
 from dualbuild.sign import PASSPHRASE_ENV, SigningKey, check_signing_key, choose_key, sign_file
@@ -56,19 +57,28 @@ def build(request: BuildRequest) -> dict[str, object]:
         BuildError: a base or step failed (exit 1).
         Interrupted: SIGINT/SIGTERM (exit 130/143), after cleaning up.
     """
+    return build_recipe(load_recipe(request.recipe), request)
+
+
+def build_recipe(recipe: Recipe, request: BuildRequest) -> dict[str, object]:
+    """Build an already loaded recipe (``build`` and ``convert`` share this)."""
     timings: dict[str, float] = {}
     plan = make_plan(
-        load_recipe(request.recipe), build_args=request.build_args, context=request.context,
-        out_dir=request.out_dir, environ=request.environ, sign=request.sign,
+        recipe, build_args=request.build_args, context=request.context, out_dir=request.out_dir,
+        environ=request.environ, sign=request.sign,
     )  # fmt: skip
     key, warnings = _signing_key(plan, request)
     warnings += list(plan.warnings)
     for warning in warnings:
         log.warning("%s", warning)
     targets = _targets(plan)
-    pending = {fmt: _pending(path) for fmt, path in targets.items()}
-    pending_signature = _pending(plan.artifacts.aci_signature) if plan.artifacts.aci_signature else None
-    plan.out_dir.mkdir(parents=True, exist_ok=True)
+    # Outputs are written in a private folder beside their final place (same file system, so
+    # the final renames are atomic), under their final names, so logs name them as users know them.
+    staging = plan.out_dir / f".dualbuild-{os.getpid()}"
+    pending = {fmt: staging / path.name for fmt, path in targets.items()}
+    signature = plan.artifacts.aci_signature
+    pending_signature = staging / signature.name if signature is not None else None
+    staging.mkdir(parents=True, exist_ok=True)
     options = BuildOptions(
         isolation=request.isolation, tls_verify=request.tls_verify, authfile=request.authfile,
         keyring=request.keyring, storage=request.storage, cache_dir=request.cache_dir,
@@ -87,21 +97,17 @@ def build(request: BuildRequest) -> dict[str, object]:
                     tree, plan.recipe.image, built.config, plan.source_date_epoch, pending
                 )
                 timings["emit"] = time.monotonic() - start
-            if key is not None and pending_signature is not None:
+            if key is not None:
                 start = time.monotonic()
-                signed = sign_file(pending[Format.ACI], key)
-                signed.replace(pending_signature)
+                sign_file(pending[Format.ACI], key)
                 timings["sign"] = time.monotonic() - start
             # Every output is complete: make them visible together.
             for fmt, path in pending.items():
                 path.replace(targets[fmt])
-            if pending_signature is not None and plan.artifacts.aci_signature is not None:
-                pending_signature.replace(plan.artifacts.aci_signature)
+            if pending_signature is not None and signature is not None:
+                pending_signature.replace(signature)
     finally:
-        leftovers: list[Path | None] = [*pending.values(), pending_signature]
-        for leftover in leftovers:
-            if leftover is not None:
-                leftover.unlink(missing_ok=True)
+        shutil.rmtree(staging, ignore_errors=True)
     report = _report(plan, artifacts, targets, key, warnings, timings)
     _write_json_atomically(plan.artifacts.report, report)
     return report
@@ -127,10 +133,6 @@ def _targets(plan: BuildPlan) -> dict[Format, Path]:
     artifacts = plan.artifacts
     candidates = {Format.DOCKER: artifacts.docker, Format.ACI: artifacts.aci, Format.OCI: artifacts.oci}
     return {fmt: path for fmt, path in candidates.items() if path is not None}
-
-
-def _pending(path: Path) -> Path:
-    return path.with_name(f".{path.name}.{os.getpid()}.pending")
 
 
 def _file_sha256(path: Path) -> str:
@@ -159,7 +161,10 @@ def _report(
         outputs[str(artifact.format)] = entry
     return {
         "dualbuild": __version__,
-        "recipe": {"path": str(plan.recipe.path), "sha256": _file_sha256(plan.recipe.path)},
+        "recipe": {
+            "path": str(plan.recipe.path),
+            "sha256": _file_sha256(plan.recipe.path) if plan.recipe.path.is_file() else None,
+        },
         "image": {
             "name": image.name,
             "version": image.version,
@@ -175,7 +180,7 @@ def _report(
 
 
 def _write_json_atomically(path: Path, data: Mapping[str, object]) -> None:
-    partial = _pending(path)
+    partial = path.with_name(f".{path.name}.{os.getpid()}.tmp")
     try:
         partial.write_text(json.dumps(data, indent=2) + "\n")
         partial.replace(path)
