@@ -12,6 +12,7 @@ from typing import Any
 import click
 
 from dualbuild import __version__, log
+from dualbuild.cli_new import new_command
 from dualbuild.convert import ConvertRequest
 from dualbuild.convert import convert as run_convert
 from dualbuild.errors import DualbuildError, Problem, RecipeError, UsageError
@@ -279,6 +280,9 @@ def key_create(name: str, email: str, comment: str, export: Path | None) -> None
 def schema() -> None:
     """Print the JSON Schema of recipe format v1 (for editors such as taplo / Even Better TOML)."""
     click.echo(json.dumps(RECIPE_SCHEMA, indent=2))
+
+
+cli.add_command(new_command)
 
 
 def main() -> None:

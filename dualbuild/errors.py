@@ -100,6 +100,12 @@ class PublishError(DualbuildError):
     exit_code = 5
 
 
+class TemplateError(DualbuildError):
+    """A `dualbuild new` template is broken (not the user's input). Exit 1."""
+
+    exit_code = 1
+
+
 class VerifyError(DualbuildError):
     """An artifact failed verification. Exit 1."""
 

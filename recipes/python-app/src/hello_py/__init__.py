@@ -1,0 +1,1 @@
+"""hello-py: the application of the python-app example recipe."""
