@@ -110,36 +110,68 @@ def archive_reference(base: ArchiveBase, context: Path) -> str:
     return f"{base.kind}:{context_file(context, base.path, str(base.kind))}"
 
 
-def image_config_of(buildah: Buildah, container: str) -> ImageConfig:
-    """The config a container inherited from its image (Env, Entrypoint, User, ...)."""
+def raw_image_config(buildah: Buildah, container: str) -> dict[str, object]:
+    """The Docker/OCI ``config`` object a container inherited from its image."""
     data = buildah.inspect(container)
     oci = data.get("OCIv1")
     config = oci.get("config") if isinstance(oci, dict) else None
-    return from_docker_config(config if isinstance(config, dict) else {})
+    return config if isinstance(config, dict) else {}
+
+
+def image_config_of(buildah: Buildah, container: str) -> ImageConfig:
+    """The config a container inherited from its image (Env, Entrypoint, User, ...)."""
+    return from_docker_config(raw_image_config(buildah, container))
 
 
 # --- ACI bases -------------------------------------------------------------------------------
 
 
-def prepare_aci(
-    buildah: Buildah, base: AciBase, context: Path, label: str, keyring: Path | None
-) -> tuple[str, ImageConfig]:
+def aci_file(base: AciBase, context: Path, keyring: Path | None) -> Path:
+    """The ACI a stage starts from, its signature checked when a keyring is given.
+
+    Raises:
+        BuildError: the file is missing.
+        SigningError: the signature does not verify with the keyring.
+    """
+    aci = context_file(context, base.path, "ACI")
+    if keyring is not None:
+        fingerprint = gpg.verify_detached(aci, aci.with_name(aci.name + ".asc"), keyring)
+        log.info("ACI %s: signature good (key %s)", aci.name, fingerprint)
+    return aci
+
+
+def aci_manifest_config(aci: Path) -> ImageConfig:
+    """The app of an ACI as an ImageConfig, reading only up to its manifest.
+
+    Raises:
+        BuildError: the ACI has no readable manifest.
+    """
+    try:
+        with open_tar_stream(aci) as archive:
+            for member in archive:
+                if member.name.rstrip("/") == "manifest" and member.isfile():
+                    raw = archive.extractfile(member)
+                    manifest = json.loads(raw.read()) if raw else None
+                    if isinstance(manifest, dict):
+                        return aci_app_config(manifest)
+    except (tarfile.TarError, EOFError, OSError, ValueError) as error:
+        raise BuildError(f"ACI {aci.name} cannot be read: {error}") from None
+    raise BuildError(f"ACI {aci.name}: no image manifest found")
+
+
+def prepare_aci(buildah: Buildah, aci: Path, label: str) -> tuple[str, ImageConfig]:
     """A container holding an ACI's rootfs/, and its app as the inherited config.
 
     Raises:
         BuildError: the ACI is unreadable, has dependencies, or unsafe entries.
         SigningError: --keyring was given and its signature does not verify.
     """
-    aci = context_file(context, base.path, "ACI")
-    if keyring is not None:
-        fingerprint = gpg.verify_detached(aci, aci.with_name(aci.name + ".asc"), keyring)
-        log.info("ACI %s: signature good (key %s)", aci.name, fingerprint)
     with tempfile.TemporaryDirectory(prefix="dualbuild-aci-") as scratch:
         rootfs_tar = Path(scratch) / "rootfs.tar"
         manifest = _split_aci(aci, rootfs_tar)
         if manifest.get("dependencies"):
             raise BuildError(
-                f"ACI {base.path}: it has dependencies, which dualbuild does not resolve",
+                f"ACI {aci.name}: it has dependencies, which dualbuild does not resolve",
                 hint="flatten it first (e.g. `actool` or docker2aci squashed output), then use it as a base",
             )
         container = buildah.new_container("scratch", label=label)

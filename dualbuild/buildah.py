@@ -77,33 +77,55 @@ class Buildah:
 
     # --- containers ---------------------------------------------------------------------------
 
-    def new_container(self, image: str, *, label: str, tls_verify: bool = True) -> str:
-        """``buildah from``: a working container from ``image`` ("scratch" for none).
+    def pull(self, image: str, *, tls_verify: bool = True) -> str:
+        """``buildah pull``: bring an image into the store; returns its image id.
 
-        The image is pulled first (interruptible); the container is then made from the local
-        image with interrupts held, since a ``buildah from`` killed half-way leaves a container
-        record that ``buildah rm`` can no longer remove.
+        Raises:
+            BuildError: the image cannot be pulled (naming it, with buildah's reason).
         """
-        source = image
-        if image != "scratch":
-            args = ["pull", "--quiet"]
-            if not tls_verify:
-                args.append("--tls-verify=false")
-            if self.authfile is not None:
-                args += ["--authfile", os.fspath(self.authfile)]
-            try:
-                source = self._run(*args, image).stdout.strip().splitlines()[-1]
-            except (CommandError, IndexError) as error:
-                tail = error.output_tail if isinstance(error, CommandError) else "no image id printed"
-                raise BuildError(
-                    f"cannot use base {image!r}: buildah pull failed\n{tail}",
-                    hint="check the reference, credentials (--authfile) and tls_verify",
-                ) from None
+        args = ["pull", "--quiet"]
+        if not tls_verify:
+            args.append("--tls-verify=false")
+        if self.authfile is not None:
+            args += ["--authfile", os.fspath(self.authfile)]
+        try:
+            return self._run(*args, image).stdout.strip().splitlines()[-1]
+        except (CommandError, IndexError) as error:
+            tail = error.output_tail if isinstance(error, CommandError) else "no image id printed"
+            raise BuildError(
+                f"cannot use base {image!r}: buildah pull failed\n{tail}",
+                hint="check the reference, credentials (--authfile) and tls_verify",
+            ) from None
+
+    def new_container(self, image: str, *, label: str) -> str:
+        """``buildah from`` a local image ("scratch" for none); pull() first for remote ones.
+
+        Interrupts are held while it runs: a ``buildah from`` killed half-way leaves a
+        container record that ``buildah rm`` can no longer remove.
+        """
         name = f"{NAME_PREFIX}{self.session}-{len(self.containers)}-{label}"
         # Registered before it exists, so cleanup removes it by name whatever happens next.
         self.containers.append(name)
-        self._run("from", "--quiet", "--pull=never", "--name", name, source, shield=True)
+        self._run("from", "--quiet", "--pull=never", "--name", name, image, shield=True)
         return name
+
+    def image_exists(self, image: str) -> bool:
+        """Whether the store holds ``image``."""
+        return run.run(self._argv("inspect", "--type", "image", image), check=False).returncode == 0
+
+    def commit_as(self, container: str, image: str) -> None:
+        """Commit a container to a named image that outlives the build (a cache entry)."""
+        self._run("commit", "--quiet", container, image)
+
+    def list_images(self, repository: str) -> list[dict[str, object]]:
+        """Images of a repository, as ``buildah images --json`` describes them."""
+        result = self._run("images", "--json", "--filter", f"reference={repository}")
+        data = json.loads(result.stdout or "[]")
+        return [item for item in data if isinstance(item, dict)] if isinstance(data, list) else []
+
+    def remove_image(self, image: str) -> bool:
+        """Remove an image; False if buildah refused (in use, already gone)."""
+        return run.run(self._argv("rmi", image), check=False).returncode == 0
 
     def mount(self, container: str) -> Path:
         """Mount a container's root filesystem; returns the host path."""

@@ -257,7 +257,7 @@ def plan_to_dict(plan: BuildPlan) -> dict[str, object]:
     """The plan as JSON-ready data, keys in a fixed order."""
     return {
         "recipe": str(plan.recipe.path),
-        "image": _jsonable(plan.recipe.image),
+        "image": to_jsonable(plan.recipe.image),
         "context": str(plan.context),
         "out_dir": str(plan.out_dir),
         "args": dict(plan.args),
@@ -276,7 +276,7 @@ def plan_to_dict(plan: BuildPlan) -> dict[str, object]:
                         "action": step.step.action,
                         "summary": step.summary,
                         "workdir": step.workdir,
-                        "definition": _jsonable(step.step),
+                        "definition": to_jsonable(step.step),
                         **({"env": dict(step.env)} if isinstance(step.step, RunStep) else {}),
                     }
                     for step in stage.steps
@@ -284,7 +284,7 @@ def plan_to_dict(plan: BuildPlan) -> dict[str, object]:
             }
             for stage in plan.stages
         ],
-        "app": _jsonable(plan.recipe.app),
+        "app": to_jsonable(plan.recipe.app),
         "artifacts": {k: str(v) if v else None for k, v in _jsonable_fields(plan.artifacts).items()},
         "warnings": list(plan.warnings),
     }
@@ -295,15 +295,16 @@ def _jsonable_fields(value: object) -> dict[str, object]:
     return {f.name: getattr(value, f.name) for f in dataclasses.fields(value)}
 
 
-def _jsonable(value: object) -> object:
+def to_jsonable(value: object) -> object:
+    """Dataclasses, enums, paths and containers as JSON-ready data."""
     if dataclasses.is_dataclass(value) and not isinstance(value, type):
-        return {k: _jsonable(v) for k, v in _jsonable_fields(value).items()}
+        return {k: to_jsonable(v) for k, v in _jsonable_fields(value).items()}
     if isinstance(value, enum.Enum):
         return value.value
     if isinstance(value, (tuple, list)):
-        return [_jsonable(v) for v in value]
+        return [to_jsonable(v) for v in value]
     if isinstance(value, Mapping):
-        return {str(k): _jsonable(v) for k, v in value.items()}
+        return {str(k): to_jsonable(v) for k, v in value.items()}
     if isinstance(value, Path):
         return str(value)
     return value

@@ -7,6 +7,7 @@ and its config known; on leaving it (success, failure or interrupt) every contai
 from __future__ import annotations
 
 import glob
+import json
 import os
 import shlex
 import sys
@@ -17,8 +18,19 @@ from pathlib import Path
 
 from dualbuild import bases, fsops, run
 from dualbuild.buildah import Buildah, StorageOptions
+from dualbuild.cache import (
+    CopyInput,
+    Position,
+    StepIndex,
+    base_key,
+    cache_image,
+    copy_inputs,
+    definition,
+    file_sha256,
+    step_key,
+)
 from dualbuild.errors import BuildError, CommandError
-from dualbuild.imageconfig import ImageConfig, apply_app
+from dualbuild.imageconfig import ImageConfig, apply_app, from_docker_config
 from dualbuild.log import log
 from dualbuild.model import (
     AciBase,
@@ -58,6 +70,7 @@ class BuildOptions:
     keyring: Path | None = None
     storage: StorageOptions = field(default_factory=StorageOptions)
     cache_dir: Path = field(default_factory=default_cache_dir)
+    cache: bool = True
     on_output: Callable[[str], None] | None = None
 
 
@@ -67,6 +80,7 @@ class BuiltImage:
 
     rootfs: Path
     config: ImageConfig
+    key: str
 
 
 @dataclass
@@ -74,6 +88,7 @@ class _Stage:
     container: str
     root: Path
     inherited: ImageConfig
+    key: str
 
 
 def _print_output(line: str) -> None:
@@ -85,6 +100,9 @@ def _print_output(line: str) -> None:
 def build_stages(plan: BuildPlan, options: BuildOptions) -> Iterator[BuiltImage]:
     """Build every stage; yield the final tree while it is mounted; then remove everything.
 
+    With the cache on, the tree after every step is kept as a buildah image named by the
+    step's key, and a build starts each stage from the last position whose key it already has.
+
     Raises:
         BuildError: a base is missing or a step failed (naming stage, step and command).
         ToolNotFoundError: buildah (or a tool a base needs) is missing.
@@ -93,89 +111,211 @@ def build_stages(plan: BuildPlan, options: BuildOptions) -> Iterator[BuiltImage]
         storage=options.storage, isolation=options.isolation, cache_dir=options.cache_dir,
         authfile=options.authfile,
     )  # fmt: skip
+    index = StepIndex(options.cache_dir, plan.recipe.path)
     on_output = options.on_output or _print_output
     try:
         built: dict[str, _Stage] = {}
         for stage in plan.stages:
-            built[stage.name] = _build_stage(buildah, plan, stage, built, options, on_output)
+            builder = _StageBuilder(buildah, plan, stage, built, options, index, on_output)
+            built[stage.name] = builder.build()
         final = built[plan.final_stage.name]
         recipe = plan.recipe
         yield BuiltImage(
-            rootfs=final.root, config=apply_app(final.inherited, recipe.app, recipe.image.labels)
+            rootfs=final.root,
+            config=apply_app(final.inherited, recipe.app, recipe.image.labels),
+            key=final.key,
         )
     finally:
         with run.deferred_interrupts():
             buildah.cleanup()
+            if options.cache:
+                index.save()
 
 
 def _stage_label(plan: BuildPlan, stage: PlannedStage) -> str:
     return f"[{stage.number}/{len(plan.stages)} {stage.name}]"
 
 
-def _build_stage(
-    buildah: Buildah,
-    plan: BuildPlan,
-    stage: PlannedStage,
-    built: dict[str, _Stage],
-    options: BuildOptions,
-    on_output: Callable[[str], None],
-) -> _Stage:
-    label = _stage_label(plan, stage)
-    log.info("%s from %s", label, stage.base.describe())
-    container, inherited = _start(buildah, plan, stage, built, options, on_output)
-    state = _Stage(container=container, root=buildah.mount(container), inherited=inherited)
-    for step in stage.steps:
-        log.info("%s step %d/%d %s", label, step.number, len(stage.steps), step.summary)
-        try:
-            _run_step(buildah, plan, state, step, built, on_output)
-        except CommandError as error:
-            raise BuildError(
-                f"{label} step {step.number}/{len(stage.steps)} ({step.summary}) failed with exit code "
-                f"{error.returncode}\ncommand: {shlex.join(error.argv)}\nlast lines of its output:\n"
-                f"{error.output_tail}",
-            ) from None
-        except BuildError as error:
-            raise BuildError(
-                f"{label} step {step.number}/{len(stage.steps)}: {error.message}", hint=error.hint
-            ) from None
-    return state
+@dataclass
+class _StageBuilder:
+    """Builds one stage: keys every position, starts from the last cached one, runs the rest."""
 
+    buildah: Buildah
+    plan: BuildPlan
+    stage: PlannedStage
+    built: dict[str, _Stage]
+    options: BuildOptions
+    index: StepIndex
+    on_output: Callable[[str], None]
+    image_id: str | None = None
+    base_file: Path | None = None
 
-def _start(
-    buildah: Buildah,
-    plan: BuildPlan,
-    stage: PlannedStage,
-    built: dict[str, _Stage],
-    options: BuildOptions,
-    on_output: Callable[[str], None],
-) -> tuple[str, ImageConfig]:
-    base = stage.base
-    label = stage.name
-    match base:
-        case ScratchBase():
-            return buildah.new_container("scratch", label=label), ImageConfig()
-        case RegistryBase():
-            container = buildah.new_container(
-                base.reference, label=label, tls_verify=stage.tls_verify and options.tls_verify
+    def build(self) -> _Stage:
+        label = _stage_label(self.plan, self.stage)
+        log.info("%s from %s", label, self.stage.base.describe())
+        positions = self._positions()
+        hit = self._last_cached(positions)
+        if hit is not None:
+            container = self.buildah.new_container(cache_image(positions[hit].key), label=self.stage.name)
+            inherited = self._inherited_on_hit(positions[0].key)
+        else:
+            container, inherited = self._start()
+            self._remember_inherited(positions[0].key, container)
+            self._keep(container, positions, 0)
+        state = _Stage(
+            container=container,
+            root=self.buildah.mount(container),
+            inherited=inherited,
+            key=positions[-1].key,
+        )
+        steps = self.stage.steps
+        for step in steps:
+            header = f"{label} step {step.number}/{len(steps)} {step.summary}"
+            if hit is not None and step.number <= hit:
+                log.info("%s  [cached]", header)
+                continue
+            reason = self._miss_reason(positions, step.number)
+            log.info("%s  [run: %s]", header, reason)
+            try:
+                _run_step(self.buildah, self.plan, state, step, self.built, self.on_output)
+            except CommandError as error:
+                raise BuildError(
+                    f"{label} step {step.number}/{len(steps)} ({step.summary}) failed with exit code "
+                    f"{error.returncode}\ncommand: {shlex.join(error.argv)}\nlast lines of its output:\n"
+                    f"{error.output_tail}",
+                ) from None
+            except BuildError as error:
+                raise BuildError(
+                    f"{label} step {step.number}/{len(steps)}: {error.message}", hint=error.hint
+                ) from None
+            self._keep(container, positions, step.number)
+        for number, position in enumerate(positions):
+            self.index.record(self.stage.name, number, position)
+        return state
+
+    def _positions(self) -> list[Position]:
+        """The key of the base (position 0) and of the tree after every step."""
+        key = self._base_key()
+        positions = [Position(key=key, parent="", definition="", inputs={})]
+        for step in self.stage.steps:
+            inputs: list[CopyInput] = []
+            source = None
+            if isinstance(step.step, CopyStep):
+                if step.step.from_stage is not None:
+                    source = self.built[step.step.from_stage].key
+                else:
+                    inputs = copy_inputs(
+                        self.plan.context, _context_sources(self.plan.context, step.step.sources)
+                    )
+            step_definition = definition(step)
+            key = step_key(positions[-1].key, step_definition, inputs, source)
+            positions.append(
+                Position(
+                    key=key,
+                    parent=positions[-1].key,
+                    definition=step_definition,
+                    inputs={i.path: f"{i.kind}:{i.mode:o}:{i.content}" for i in inputs},
+                )
             )
-            return container, bases.image_config_of(buildah, container)
-        case ArchiveBase():
-            container = buildah.new_container(bases.archive_reference(base, plan.context), label=label)
-            return container, bases.image_config_of(buildah, container)
-        case RootfsBase():
-            return bases.prepare_rootfs(
-                buildah, bases.rootfs_tarball(base, plan.context), label
-            ), ImageConfig()
-        case BootstrapBase():
-            arch = plan.recipe.image.arch
-            tarball = bases.bootstrap_tarball(base, arch, options.cache_dir, on_output)
-            return bases.prepare_rootfs(buildah, tarball, label), ImageConfig()
-        case AciBase():
-            return bases.prepare_aci(buildah, base, plan.context, label, options.keyring)
-        case StageBase():
-            earlier = built[base.stage]
-            image = buildah.commit(earlier.container, label=base.stage)
-            return buildah.new_container(image, label=label), earlier.inherited
+        return positions
+
+    def _base_key(self) -> str:
+        base, context = self.stage.base, self.plan.context
+        match base:
+            case ScratchBase():
+                return base_key("scratch", "")
+            case RegistryBase():
+                tls_verify = self.stage.tls_verify and self.options.tls_verify
+                self.image_id = self.buildah.pull(base.reference, tls_verify=tls_verify)
+                return base_key("image", self.image_id)
+            case ArchiveBase():
+                self.base_file = bases.context_file(context, base.path, str(base.kind))
+                return base_key(str(base.kind), file_sha256(self.base_file))
+            case RootfsBase():
+                self.base_file = bases.rootfs_tarball(base, context)
+                return base_key("rootfs", file_sha256(self.base_file))
+            case BootstrapBase():
+                arch = self.plan.recipe.image.arch
+                self.base_file = bases.bootstrap_tarball(base, arch, self.options.cache_dir, self.on_output)
+                return base_key("bootstrap", self.base_file.name)
+            case AciBase():
+                self.base_file = bases.aci_file(base, context, self.options.keyring)
+                return base_key("aci", file_sha256(self.base_file))
+            case StageBase():
+                return base_key("stage", self.built[base.stage].key)
+
+    def _last_cached(self, positions: list[Position]) -> int | None:
+        if not self.options.cache:
+            return None
+        if not self._inherited_known(positions[0].key):
+            return None
+        for number in range(len(positions) - 1, -1, -1):
+            if self.buildah.image_exists(cache_image(positions[number].key)):
+                return number
+        return None
+
+    def _miss_reason(self, positions: list[Position], number: int) -> str:
+        if not self.options.cache:
+            return "--no-cache"
+        return self.index.reason(self.stage.name, number, positions[number])
+
+    def _keep(self, container: str, positions: list[Position], number: int) -> None:
+        if self.options.cache:
+            self.buildah.commit_as(container, cache_image(positions[number].key))
+
+    def _start(self) -> tuple[str, ImageConfig]:
+        base, label = self.stage.base, self.stage.name
+        match base:
+            case ScratchBase():
+                return self.buildah.new_container("scratch", label=label), ImageConfig()
+            case RegistryBase():
+                assert self.image_id is not None
+                container = self.buildah.new_container(self.image_id, label=label)
+                return container, bases.image_config_of(self.buildah, container)
+            case ArchiveBase():
+                assert self.base_file is not None
+                image_id = self.buildah.pull(f"{base.kind}:{self.base_file}")
+                container = self.buildah.new_container(image_id, label=label)
+                return container, bases.image_config_of(self.buildah, container)
+            case RootfsBase() | BootstrapBase():
+                assert self.base_file is not None
+                return bases.prepare_rootfs(self.buildah, self.base_file, label), ImageConfig()
+            case AciBase():
+                assert self.base_file is not None
+                return bases.prepare_aci(self.buildah, self.base_file, label)
+            case StageBase():
+                earlier = self.built[base.stage]
+                if self.options.cache:
+                    image = cache_image(earlier.key)
+                else:
+                    image = self.buildah.commit(earlier.container, label=base.stage)
+                return self.buildah.new_container(image, label=label), earlier.inherited
+
+    # The config a base brings is not in the cached trees (buildah commit adds its own label),
+    # so for image bases it is kept beside them, keyed by the base key.
+    def _config_file(self, key: str) -> Path:
+        return self.options.cache_dir / "configs" / f"{key}.json"
+
+    def _remember_inherited(self, key: str, container: str) -> None:
+        if self.options.cache and isinstance(self.stage.base, (RegistryBase, ArchiveBase)):
+            path = self._config_file(key)
+            path.parent.mkdir(parents=True, exist_ok=True)
+            path.write_text(json.dumps(bases.raw_image_config(self.buildah, container), sort_keys=True))
+
+    def _inherited_known(self, key: str) -> bool:
+        return not isinstance(self.stage.base, (RegistryBase, ArchiveBase)) or self._config_file(key).exists()
+
+    def _inherited_on_hit(self, key: str) -> ImageConfig:
+        match self.stage.base:
+            case RegistryBase() | ArchiveBase():
+                return from_docker_config(json.loads(self._config_file(key).read_text()))
+            case AciBase():
+                assert self.base_file is not None
+                return bases.aci_manifest_config(self.base_file)
+            case StageBase(stage=name):
+                return self.built[name].inherited
+            case _:
+                return ImageConfig()
 
 
 def _run_step(

@@ -1,0 +1,164 @@
+"""The step cache: content keys for every stage position, and why a step ran instead of hitting.
+
+Position 0 of a stage is its base; position k is the tree after step k. The key of a position
+is the hash of the previous key, the step after substitution (with its env and workdir) and, for
+``copy``, the path, type, mode and content of every input file. ``run`` steps are keyed by their
+definition, as Docker does: a command that fetches from the network is not re-run unless its
+text changes. The tree at each position is kept as a buildah image tagged with its key.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import stat
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+from dualbuild import __version__
+from dualbuild.plan import PlannedStep, to_jsonable
+
+CACHE_REPOSITORY = "localhost/dualbuild-cache"
+_CHUNK = 1 << 20
+
+
+def cache_image(key: str) -> str:
+    """The buildah image holding the tree of a position."""
+    return f"{CACHE_REPOSITORY}:{key}"
+
+
+def _digest(*parts: str) -> str:
+    hasher = hashlib.sha256()
+    for part in parts:
+        hasher.update(part.encode("utf-8", "surrogateescape"))
+        hasher.update(b"\0")
+    return hasher.hexdigest()
+
+
+def file_sha256(path: Path) -> str:
+    """sha256 of a file's content, streamed."""
+    hasher = hashlib.sha256()
+    with path.open("rb") as handle:
+        while chunk := handle.read(_CHUNK):
+            hasher.update(chunk)
+    return hasher.hexdigest()
+
+
+@dataclass(frozen=True)
+class CopyInput:
+    """One file a copy step reads: what decides whether the step's result can be reused."""
+
+    path: str
+    kind: str
+    mode: int
+    content: str
+
+
+def copy_inputs(context: Path, sources: Sequence[Path]) -> list[CopyInput]:
+    """Every file under ``sources`` (paths in the context), sorted, with its content hash."""
+    inputs: list[CopyInput] = []
+    for source in sources:
+        for path in _walk(source):
+            info = path.lstat()
+            relative = os.path.relpath(path, context)
+            if stat.S_ISLNK(info.st_mode):
+                inputs.append(CopyInput(relative, "symlink", 0o777, os.readlink(path)))
+            elif stat.S_ISDIR(info.st_mode):
+                inputs.append(CopyInput(relative, "dir", stat.S_IMODE(info.st_mode), ""))
+            else:
+                inputs.append(CopyInput(relative, "file", stat.S_IMODE(info.st_mode), file_sha256(path)))
+    return inputs
+
+
+def _walk(path: Path) -> list[Path]:
+    if not path.is_dir() or path.is_symlink():
+        return [path]
+    found = [path]
+    for directory, dirnames, filenames in os.walk(path):
+        dirnames.sort()
+        for name in sorted(dirnames + filenames):
+            found.append(Path(directory) / name)
+    return sorted(set(found))
+
+
+def base_key(kind: str, identity: str) -> str:
+    """Key of a stage's position 0, from what identifies its base (an image id, a file hash)."""
+    return _digest("base", __version__, kind, identity)
+
+
+def definition(step: PlannedStep) -> str:
+    """Hash of a step as it will run: its substituted definition, env and workdir."""
+    data = {"step": to_jsonable(step.step), "env": dict(step.env), "workdir": step.workdir}
+    return _digest(json.dumps(data, sort_keys=True))
+
+
+def step_key(parent: str, step_definition: str, inputs: Sequence[CopyInput], source: str | None) -> str:
+    """Key of the position after a step."""
+    listed = json.dumps([[i.path, i.kind, i.mode, i.content] for i in inputs])
+    return _digest("step", parent, step_definition, listed, source or "")
+
+
+@dataclass(frozen=True, kw_only=True)
+class Position:
+    """What decided one position's key, kept to explain the next miss."""
+
+    key: str
+    parent: str
+    definition: str
+    inputs: Mapping[str, str]
+
+
+class StepIndex:
+    """The last keys seen for each stage position of one recipe, to say why a step re-ran."""
+
+    def __init__(self, cache_dir: Path, recipe: Path) -> None:
+        name = hashlib.sha256(str(recipe.absolute()).encode()).hexdigest()[:24]
+        self.path = cache_dir / "index" / f"{name}.json"
+        self.positions: dict[str, dict[str, object]] = {}
+        try:
+            loaded = json.loads(self.path.read_text())
+            if isinstance(loaded, dict):
+                self.positions = loaded
+        except (OSError, ValueError):
+            pass
+
+    @staticmethod
+    def _slot(stage: str, position: int) -> str:
+        return f"{stage}/{position}"
+
+    def record(self, stage: str, position: int, entry: Position) -> None:
+        """Remember how a position was keyed in this build."""
+        self.positions[self._slot(stage, position)] = {
+            "key": entry.key,
+            "parent": entry.parent,
+            "definition": entry.definition,
+            "inputs": dict(entry.inputs),
+        }
+
+    def reason(self, stage: str, position: int, entry: Position) -> str:
+        """Why a position missed the cache, compared with the last build of this recipe."""
+        last = self.positions.get(self._slot(stage, position))
+        if not isinstance(last, dict):
+            return "no cache entry"
+        if position == 0:
+            return "the base changed" if last.get("key") != entry.key else "no cache entry"
+        if last.get("parent") != entry.parent:
+            return "the parent changed"
+        if last.get("definition") != entry.definition:
+            return "the step changed"
+        before = last.get("inputs")
+        before = before if isinstance(before, dict) else {}
+        for path in sorted(set(before) | set(entry.inputs)):
+            if before.get(path) != entry.inputs.get(path):
+                what = "added" if path not in before else "removed" if path not in entry.inputs else "changed"
+                return f"input {what}: {path}"
+        return "no cache entry"
+
+    def save(self) -> None:
+        """Write the index (atomically; a lost index only costs explanations)."""
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        partial = self.path.with_name(f".{self.path.name}.{os.getpid()}.tmp")
+        partial.write_text(json.dumps(self.positions, indent=1, sort_keys=True))
+        partial.replace(self.path)
