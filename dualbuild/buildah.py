@@ -9,8 +9,10 @@ from __future__ import annotations
 import json
 import os
 import shutil
+import tempfile
 import uuid
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -48,6 +50,22 @@ class StorageOptions:
         if self.driver is not None:
             flags += ["--storage-driver", self.driver]
         return flags
+
+
+@contextmanager
+def temporary_storage() -> Iterator[StorageOptions]:
+    """A fresh, empty buildah store for one build, removed afterwards (mounts included)."""
+    base = Path(tempfile.mkdtemp(prefix="dualbuild-store-", dir=os.environ.get("TMPDIR", "/var/tmp")))
+    storage = StorageOptions(root=base / "root", runroot=base / "run")
+    try:
+        yield storage
+    finally:
+        binary = shutil.which("buildah")
+        if binary:
+            run.run([binary, *storage.argv(), "rmi", "--all", "--force"], check=False)
+        # Overlay keeps a bind mount of its own directory; unmount before deleting the tree.
+        run.run(["umount", "-R", os.fspath(base / "root" / "overlay")], check=False)
+        shutil.rmtree(base, ignore_errors=True)
 
 
 @dataclass

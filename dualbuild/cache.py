@@ -9,15 +9,18 @@ text changes. The tree at each position is kept as a buildah image tagged with i
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import json
 import os
 import stat
+import time
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
 from dualbuild import __version__
+from dualbuild.buildah import Buildah
 from dualbuild.plan import PlannedStep, to_jsonable
 
 CACHE_REPOSITORY = "localhost/dualbuild-cache"
@@ -38,7 +41,14 @@ def _digest(*parts: str) -> str:
 
 
 def file_sha256(path: Path) -> str:
-    """sha256 of a file's content, streamed."""
+    """sha256 of a file's content, streamed; remembered while the file is unchanged."""
+    info = path.stat()
+    return _file_sha256(path, (info.st_size, info.st_mtime_ns, info.st_ino))
+
+
+# A build keys its inputs twice (up-to-date check, then the build): hash each file once.
+@functools.lru_cache(maxsize=4096)
+def _file_sha256(path: Path, _stamp: tuple[int, int, int]) -> str:
     hasher = hashlib.sha256()
     with path.open("rb") as handle:
         while chunk := handle.read(_CHUNK):
@@ -162,3 +172,52 @@ class StepIndex:
         partial = self.path.with_name(f".{self.path.name}.{os.getpid()}.tmp")
         partial.write_text(json.dumps(self.positions, indent=1, sort_keys=True))
         partial.replace(self.path)
+
+
+@dataclass(frozen=True, kw_only=True)
+class CacheEntry:
+    """One cached tree: its image id, key, creation time (Unix seconds) and size as buildah says."""
+
+    image_id: str
+    key: str
+    created: int
+    size: str
+
+
+def list_entries(images: Sequence[Mapping[str, object]]) -> list[CacheEntry]:
+    """Cache entries from ``buildah images --json`` records of the cache repository, oldest first."""
+    entries = []
+    for image in images:
+        names = image.get("names")
+        keys = [
+            str(name).rpartition(":")[2]
+            for name in (names if isinstance(names, list) else [])
+            if str(name).startswith(CACHE_REPOSITORY + ":")
+        ]
+        created = image.get("created")
+        entries.append(
+            CacheEntry(
+                image_id=str(image.get("id", "")),
+                key=keys[0] if keys else "",
+                created=created if isinstance(created, int) else 0,
+                size=str(image.get("size", "")),
+            )
+        )
+    return sorted(entries, key=lambda entry: entry.created)
+
+
+def cached(buildah: Buildah) -> list[CacheEntry]:
+    """Every cached tree in buildah's store."""
+    return list_entries(buildah.list_images(CACHE_REPOSITORY))
+
+
+def prune(buildah: Buildah, *, older_than: int | None = None, now: float | None = None) -> list[CacheEntry]:
+    """Remove cached trees (those created more than ``older_than`` seconds ago, or all)."""
+    moment = time.time() if now is None else now
+    removed = []
+    for entry in cached(buildah):
+        if older_than is not None and moment - entry.created < older_than:
+            continue
+        if buildah.remove_image(cache_image(entry.key) if entry.key else entry.image_id):
+            removed.append(entry)
+    return removed

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import datetime
 import json
 import os
 import sys
@@ -12,14 +13,18 @@ from typing import Any
 import click
 
 from dualbuild import __version__, log
+from dualbuild.buildah import Buildah
+from dualbuild.cache import cached, prune
 from dualbuild.cli_new import new_command
 from dualbuild.convert import ConvertRequest
 from dualbuild.convert import convert as run_convert
-from dualbuild.errors import DualbuildError, Problem, RecipeError, UsageError
+from dualbuild.errors import DualbuildError, Problem, RecipeError, UsageError, VerifyError
 from dualbuild.pipeline import BuildRequest
 from dualbuild.pipeline import build as run_build
+from dualbuild.pipeline import check_reproducible as check_reproducible_build
 from dualbuild.plan import make_plan, plan_to_dict
 from dualbuild.recipe import load_recipe
+from dualbuild.rules import parse_age_seconds
 from dualbuild.schema import RECIPE_SCHEMA
 from dualbuild.sign import create_key, export_public_key
 
@@ -52,6 +57,10 @@ class _Group(click.Group):
         except KeyboardInterrupt:
             click.echo("error: interrupted", err=True)
             ctx.exit(130)
+        except BrokenPipeError:
+            # The reader went away (`dualbuild cache ls | head`): stop quietly, as SIGPIPE would.
+            sys.stdout = open(os.devnull, "w")  # noqa: SIM115 - replaces the closed stream for good
+            ctx.exit(141)
         except (click.exceptions.Exit, click.ClickException, click.Abort):
             raise
         except Exception as error:  # noqa: BLE001 - the one place that catches everything
@@ -183,18 +192,38 @@ def _plan_text(data: dict[str, Any]) -> str:
     type=click.Path(path_type=Path, dir_okay=False, exists=True),
     help="Public key(s) that must have signed an aci: base.",
 )
+@click.option("--no-cache", is_flag=True, help="Run every step; use and keep no cached trees.")
+@click.option(
+    "--check-reproducible",
+    is_flag=True,
+    help="Build twice in fresh storage without the cache; exit 1 if any artifact differs.",
+)
 @click.option("--json", "as_json", is_flag=True, help="Print the report as JSON on stdout.")
 def build(
     recipe: Path, build_args: tuple[str, ...], context: Path | None, out: Path | None, sign_key: str | None,
     no_sign: bool, isolation: str | None, tls_verify: bool, authfile: Path | None, keyring: Path | None,
-    as_json: bool,
+    no_cache: bool, check_reproducible: bool, as_json: bool,
 ) -> None:  # fmt: skip
-    """Build RECIPE into a Docker image tarball and a signed ACI (and an OCI archive if asked)."""
+    """Build RECIPE into a Docker image tarball and a signed ACI (and an OCI archive if asked).
+
+    Every step's result is cached by the content of what it depends on (run steps by their
+    text, as Docker does); an unchanged rebuild reuses the artifacts it finds up to date.
+    """
     request = BuildRequest(
         recipe=recipe, build_args=_build_args(build_args), context=context, out_dir=out, sign=not no_sign,
         sign_key=sign_key, isolation=isolation, tls_verify=tls_verify, authfile=authfile, keyring=keyring,
+        cache=not no_cache,
     )  # fmt: skip
-    _print_report(run_build(request), as_json)
+    if not check_reproducible:
+        _print_report(run_build(request), as_json)
+        return
+    report, differences = check_reproducible_build(request)
+    _print_report(report, as_json)
+    if differences:
+        raise VerifyError(
+            "the two builds differ:\n" + "\n".join(differences), hint="see the report's warnings"
+        )
+    click.echo("reproducible: two builds in fresh storage gave identical artifacts", err=True)
 
 
 def _print_report(report: dict[str, Any], as_json: bool) -> None:
@@ -248,6 +277,32 @@ def convert(
         ),
     )  # fmt: skip
     _print_report(run_convert(request), as_json)
+
+
+@cli.group()
+def cache() -> None:
+    """Inspect and prune the step cache (buildah images named localhost/dualbuild-cache)."""
+
+
+@cache.command("ls")
+def cache_ls() -> None:
+    """List cached trees, oldest first."""
+    for entry in cached(Buildah()):
+        when = datetime.datetime.fromtimestamp(entry.created, datetime.UTC).strftime("%Y-%m-%d %H:%M:%S")
+        click.echo(f"{entry.key[:16]}  {entry.image_id[:12]}  {when}  {entry.size}")
+
+
+@cache.command("prune")
+@click.option("--older-than", metavar="AGE", help="Only entries older than AGE (e.g. 7d, 12h, 1w).")
+def cache_prune(older_than: str | None) -> None:
+    """Remove cached trees (all of them, or those older than --older-than)."""
+    seconds = None
+    if older_than is not None:
+        seconds = parse_age_seconds(older_than)
+        if seconds is None:
+            raise UsageError(f"--older-than {older_than!r} is not an age", hint="e.g. 30m, 12h, 7d, 2w")
+    removed = prune(Buildah(), older_than=seconds)
+    click.echo(f"removed {len(removed)} cached tree{'s' if len(removed) != 1 else ''}")
 
 
 @cli.group()

@@ -11,21 +11,23 @@ import hashlib
 import json
 import os
 import shutil
+import tempfile
 import time
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 
 from dualbuild import __version__, run
-from dualbuild.buildah import StorageOptions
+from dualbuild.buildah import StorageOptions, temporary_storage
 from dualbuild.emit import Artifact, run_emitters
 from dualbuild.errors import SigningError
 from dualbuild.log import log
 from dualbuild.model import Format, Recipe
 from dualbuild.plan import BuildPlan, make_plan
 from dualbuild.recipe import load_recipe
+from dualbuild.reproduce import diff_archives
 from dualbuild.sign import PASSPHRASE_ENV, SigningKey, check_signing_key, choose_key, sign_file
-from dualbuild.stages import BuildOptions, build_stages, default_cache_dir
+from dualbuild.stages import BuildOptions, build_stages, default_cache_dir, final_key
 from dualbuild.tree import snapshot
 
 
@@ -45,6 +47,7 @@ class BuildRequest:
     keyring: Path | None = None
     storage: StorageOptions = field(default_factory=StorageOptions)
     cache_dir: Path = field(default_factory=default_cache_dir)
+    cache: bool = True
     environ: Mapping[str, str] = field(default_factory=lambda: dict(os.environ))
 
 
@@ -81,8 +84,13 @@ def build_recipe(recipe: Recipe, request: BuildRequest) -> dict[str, object]:
     staging.mkdir(parents=True, exist_ok=True)
     options = BuildOptions(
         isolation=request.isolation, tls_verify=request.tls_verify, authfile=request.authfile,
-        keyring=request.keyring, storage=request.storage, cache_dir=request.cache_dir,
+        keyring=request.keyring, storage=request.storage, cache_dir=request.cache_dir, cache=request.cache,
     )  # fmt: skip
+    build_key = _build_key(plan, options, key) if request.cache else None
+    if build_key is not None and (previous := _up_to_date(plan, build_key)) is not None:
+        shutil.rmtree(staging, ignore_errors=True)
+        log.info("up to date: the recipe, its inputs and the artifacts are unchanged (--no-cache rebuilds)")
+        return previous
     try:
         with run.interrupts_as_errors():
             start = time.monotonic()
@@ -109,8 +117,77 @@ def build_recipe(recipe: Recipe, request: BuildRequest) -> dict[str, object]:
     finally:
         shutil.rmtree(staging, ignore_errors=True)
     report = _report(plan, artifacts, targets, key, warnings, timings)
+    report["build_key"] = build_key
     _write_json_atomically(plan.artifacts.report, report)
     return report
+
+
+def _build_key(plan: BuildPlan, options: BuildOptions, key: SigningKey | None) -> str:
+    """What decides every output byte: the final tree's key, the recipe, its args, the key."""
+    parts = {
+        "tree": final_key(plan, options),
+        "recipe": _file_sha256(plan.recipe.path) if plan.recipe.path.is_file() else repr(plan.recipe),
+        "args": dict(plan.args),
+        "source_date_epoch": plan.source_date_epoch,
+        "signing_key": key.fingerprint if key is not None else None,
+        "dualbuild": __version__,
+    }
+    return hashlib.sha256(json.dumps(parts, sort_keys=True).encode()).hexdigest()
+
+
+def _up_to_date(plan: BuildPlan, build_key: str) -> dict[str, object] | None:
+    """The last report, if it was made with this build key and its artifacts are intact."""
+    try:
+        previous = json.loads(plan.artifacts.report.read_text())
+    except (OSError, ValueError):
+        return None
+    if not isinstance(previous, dict) or previous.get("build_key") != build_key:
+        return None
+    artifacts = previous.get("artifacts")
+    if not isinstance(artifacts, dict) or set(artifacts) != {str(f) for f in _targets(plan)}:
+        return None
+    for entry in artifacts.values():
+        path = Path(str(entry.get("file"))) if isinstance(entry, dict) else None
+        if path is None or not path.is_file() or _file_sha256(path) != entry.get("sha256"):
+            return None
+        signature = entry.get("signature")
+        if signature is not None and not Path(str(signature)).is_file():
+            return None
+    return previous
+
+
+def check_reproducible(request: BuildRequest) -> tuple[dict[str, object], list[str]]:
+    """Build twice, each time in fresh buildah storage without the cache, and compare.
+
+    Returns:
+        The first build's report, and the differences (empty when every artifact is identical).
+    """
+    recipe = load_recipe(request.recipe)
+    with temporary_storage() as storage:
+        first = build_recipe(recipe, dataclasses.replace(request, storage=storage, cache=False))
+    with tempfile.TemporaryDirectory(prefix="dualbuild-repro-") as scratch, temporary_storage() as storage:
+        second = build_recipe(
+            recipe, dataclasses.replace(request, storage=storage, cache=False, out_dir=Path(scratch))
+        )
+        differences: list[str] = []
+        for name, entry in _artifact_entries(first).items():
+            other = _artifact_entries(second).get(name, {})
+            if entry.get("sha256") != other.get("sha256"):
+                found = diff_archives(Path(str(entry["file"])), Path(str(other["file"])))
+                differences.append(f"{name}: {entry.get('sha256')} vs {other.get('sha256')}")
+                differences.extend(
+                    f"  {line}" for line in found or ["the archives differ after their last entry"]
+                )
+    return first, differences
+
+
+def _artifact_entries(report: Mapping[str, object]) -> dict[str, dict[str, object]]:
+    artifacts = report.get("artifacts")
+    return (
+        {str(k): v for k, v in artifacts.items() if isinstance(v, dict)}
+        if isinstance(artifacts, dict)
+        else {}
+    )
 
 
 def _signing_key(plan: BuildPlan, request: BuildRequest) -> tuple[SigningKey | None, list[str]]:

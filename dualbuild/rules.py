@@ -62,6 +62,15 @@ def parse_duration_ns(text: str) -> int | None:
     return int(total) if position == len(text) and total > 0 else None
 
 
+def parse_age_seconds(text: str) -> int | None:
+    """Parse an age such as ``7d``, ``12h``, ``1w2d`` or ``90m`` into seconds; None if invalid."""
+    units = {"s": 1, "m": 60, "h": 3600, "d": 86400, "w": 7 * 86400}
+    parts = re.findall(r"(\d+)([smhdw])", text)
+    if not parts or "".join(n + u for n, u in parts) != text:
+        return None
+    return sum(int(number) * units[unit] for number, unit in parts)
+
+
 def arg_references(text: str) -> list[str]:
     """Names referred to as ``${NAME}`` in ``text`` (escaped ``$${`` left out)."""
     return [m.group(2) for m in ARG_REFERENCE.finditer(text) if not m.group(1)]

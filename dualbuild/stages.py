@@ -132,6 +132,27 @@ def build_stages(plan: BuildPlan, options: BuildOptions) -> Iterator[BuiltImage]
                 index.save()
 
 
+def final_key(plan: BuildPlan, options: BuildOptions) -> str:
+    """The cache key of the final tree, computed without building (registry bases are pulled).
+
+    Raises:
+        BuildError: a base or copy source is missing.
+    """
+    buildah = Buildah(
+        storage=options.storage, isolation=options.isolation, cache_dir=options.cache_dir,
+        authfile=options.authfile,
+    )  # fmt: skip
+    index = StepIndex(options.cache_dir, plan.recipe.path)
+    keyed: dict[str, _Stage] = {}
+    for stage in plan.stages:
+        builder = _StageBuilder(
+            buildah, plan, stage, keyed, options, index, options.on_output or _print_output
+        )
+        key = builder.positions()[-1].key
+        keyed[stage.name] = _Stage(container="", root=Path(), inherited=ImageConfig(), key=key)
+    return keyed[plan.final_stage.name].key
+
+
 def _stage_label(plan: BuildPlan, stage: PlannedStage) -> str:
     return f"[{stage.number}/{len(plan.stages)} {stage.name}]"
 
@@ -153,7 +174,7 @@ class _StageBuilder:
     def build(self) -> _Stage:
         label = _stage_label(self.plan, self.stage)
         log.info("%s from %s", label, self.stage.base.describe())
-        positions = self._positions()
+        positions = self.positions()
         hit = self._last_cached(positions)
         if hit is not None:
             container = self.buildah.new_container(cache_image(positions[hit].key), label=self.stage.name)
@@ -193,7 +214,7 @@ class _StageBuilder:
             self.index.record(self.stage.name, number, position)
         return state
 
-    def _positions(self) -> list[Position]:
+    def positions(self) -> list[Position]:
         """The key of the base (position 0) and of the tree after every step."""
         key = self._base_key()
         positions = [Position(key=key, parent="", definition="", inputs={})]

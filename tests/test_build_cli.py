@@ -267,3 +267,76 @@ def test_demo_recipe_is_in_the_readme() -> None:
     assert readme[2:5] == ["```sh", readme[3], readme[4]]
     assert readme[3].startswith("make demo")
     assert readme[4].startswith("make test")
+
+
+def _aci_file(aci: Path, name: str) -> bytes:
+    import tarfile
+
+    with tarfile.open(aci, "r:gz") as archive:
+        member = archive.extractfile(f"rootfs/{name}")
+        assert member is not None
+        return member.read()
+
+
+def _step_lines(stderr: str) -> list[str]:
+    return [line for line in stderr.splitlines() if " step " in line and line.startswith("[")]
+
+
+def test_step_cache_hits_explains_and_never_goes_stale(project: Path, cli_env: dict[str, str]) -> None:
+    (project / "recipe.toml").write_text(RECIPE)
+    recipe = str(project / "recipe.toml")
+    aci = project / "dist" / "hello-2.0.0-linux-amd64.aci"
+    first = dualbuild(["build", recipe], cli_env)
+    assert first.returncode == 0, first.stderr
+    assert all("[run: " in line for line in _step_lines(first.stderr))
+
+    unchanged = dualbuild(["build", recipe], cli_env)
+    assert unchanged.returncode == 0, unchanged.stderr
+    assert "up to date" in unchanged.stderr
+    assert not _step_lines(unchanged.stderr)
+
+    aci.unlink()  # the artifacts are gone: every step still comes from the cache
+    rebuilt = dualbuild(["build", recipe], cli_env)
+    assert rebuilt.returncode == 0, rebuilt.stderr
+    lines = _step_lines(rebuilt.stderr)
+    assert len(lines) == 4
+    assert all(line.endswith("[cached]") for line in lines), lines
+
+    (project / "greeting.txt").write_text("changed greeting\n")
+    changed = dualbuild(["build", recipe], cli_env)
+    assert changed.returncode == 0, changed.stderr
+    lines = _step_lines(changed.stderr)
+    assert lines[0].endswith("[cached]")  # build stage
+    assert lines[1].endswith("[cached]")  # copy from the build stage comes before the change
+    assert lines[2].endswith("[run: input changed: greeting.txt]")
+    assert lines[3].endswith("[run: the parent changed]")
+    assert _aci_file(aci, "srv/greeting.txt") == b"changed greeting\n"
+
+    forced = dualbuild(["build", recipe, "--no-cache"], cli_env)
+    assert forced.returncode == 0, forced.stderr
+    assert all(line.endswith("[run: --no-cache]") for line in _step_lines(forced.stderr))
+
+    listing = dualbuild(["cache", "ls"], cli_env)
+    assert listing.returncode == 0
+    assert len(listing.stdout.splitlines()) >= 6
+    pruned = dualbuild(["cache", "prune", "--older-than", "1d"], cli_env)
+    assert pruned.stdout.strip() == "removed 0 cached trees"
+    everything = dualbuild(["cache", "prune"], cli_env)
+    assert everything.returncode == 0
+    assert dualbuild(["cache", "ls"], cli_env).stdout == ""
+    bad = dualbuild(["cache", "prune", "--older-than", "soon"], cli_env)
+    assert bad.returncode == 2
+
+
+def test_check_reproducible(project: Path, cli_env: dict[str, str]) -> None:
+    (project / "recipe.toml").write_text(RECIPE)
+    good = dualbuild(["build", str(project / "recipe.toml"), "--check-reproducible"], cli_env)
+    assert good.returncode == 0, good.stderr
+    assert "reproducible: two builds in fresh storage gave identical artifacts" in good.stderr
+    (project / "recipe.toml").write_text(
+        RECIPE.replace("echo ${WORD}build > /out/word", "date +%s%N > /out/word")
+    )
+    bad = dualbuild(["build", str(project / "recipe.toml"), "--check-reproducible"], cli_env)
+    assert bad.returncode == 1, bad.stderr
+    assert "the two builds differ" in bad.stderr
+    assert "srv/word: content" in bad.stderr
