@@ -18,13 +18,14 @@ from dualbuild.cache import cached, prune
 from dualbuild.cli_new import new_command
 from dualbuild.convert import ConvertRequest
 from dualbuild.convert import convert as run_convert
-from dualbuild.errors import DualbuildError, Problem, RecipeError, UsageError, VerifyError
+from dualbuild.errors import DualbuildError, Interrupted, Problem, RecipeError, UsageError, VerifyError
 from dualbuild.pipeline import BuildRequest
 from dualbuild.pipeline import build as run_build
 from dualbuild.pipeline import check_reproducible as check_reproducible_build
 from dualbuild.plan import make_plan, plan_to_dict
 from dualbuild.recipe import load_recipe
 from dualbuild.rules import parse_age_seconds
+from dualbuild.run import install_interrupt_handlers
 from dualbuild.schema import RECIPE_SCHEMA
 from dualbuild.sign import create_key, export_public_key
 
@@ -342,5 +343,10 @@ cli.add_command(new_command)
 
 def main() -> None:
     """Entry point of the ``dualbuild`` console script."""
-    cli(prog_name="dualbuild")
-    sys.exit(0)
+    # From here on SIGINT/SIGTERM raise Interrupted: cleanup runs, and the exit is 130/143.
+    # The handlers stay until the process ends, so a late signal never kills it half-way out.
+    install_interrupt_handlers()
+    try:
+        cli(prog_name="dualbuild")
+    except Interrupted as interrupted:  # arrived after the command finished, while exiting
+        sys.exit(interrupted.exit_code)

@@ -92,33 +92,31 @@ def build_recipe(recipe: Recipe, request: BuildRequest) -> dict[str, object]:
         log.info("up to date: the recipe, its inputs and the artifacts are unchanged (--no-cache rebuilds)")
         return previous
     try:
-        with run.interrupts_as_errors():
+        start = time.monotonic()
+        with build_stages(plan, options) as built:
+            timings["stages"] = time.monotonic() - start
             start = time.monotonic()
-            with build_stages(plan, options) as built:
-                timings["stages"] = time.monotonic() - start
-                start = time.monotonic()
-                tree = snapshot(built.rootfs, plan.source_date_epoch)
-                timings["snapshot"] = time.monotonic() - start
-                warnings += list(tree.warnings)
-                start = time.monotonic()
-                artifacts = run_emitters(
-                    tree, plan.recipe.image, built.config, plan.source_date_epoch, pending
-                )
-                timings["emit"] = time.monotonic() - start
-            if key is not None:
-                start = time.monotonic()
-                sign_file(pending[Format.ACI], key)
-                timings["sign"] = time.monotonic() - start
-            # Every output is complete: make them visible together.
+            tree = snapshot(built.rootfs, plan.source_date_epoch)
+            timings["snapshot"] = time.monotonic() - start
+            warnings += list(tree.warnings)
+            start = time.monotonic()
+            artifacts = run_emitters(tree, plan.recipe.image, built.config, plan.source_date_epoch, pending)
+            timings["emit"] = time.monotonic() - start
+        if key is not None:
+            start = time.monotonic()
+            sign_file(pending[Format.ACI], key)
+            timings["sign"] = time.monotonic() - start
+        report = _report(plan, artifacts, targets, key, warnings, timings)
+        report["build_key"] = build_key
+        # Every output is complete: make them visible together, not interrupted half-way.
+        with run.deferred_interrupts():
             for fmt, path in pending.items():
                 path.replace(targets[fmt])
             if pending_signature is not None and signature is not None:
                 pending_signature.replace(signature)
+            _write_json_atomically(plan.artifacts.report, report)
     finally:
         shutil.rmtree(staging, ignore_errors=True)
-    report = _report(plan, artifacts, targets, key, warnings, timings)
-    report["build_key"] = build_key
-    _write_json_atomically(plan.artifacts.report, report)
     return report
 
 

@@ -185,6 +185,12 @@ def _raise_interrupted(signum: int, _frame: FrameType | None) -> None:
     raise Interrupted(signum)
 
 
+def install_interrupt_handlers() -> None:
+    """Make SIGINT/SIGTERM raise ``Interrupted`` for the rest of the process (main thread only)."""
+    for signum in _HANDLED:
+        signal.signal(signum, _raise_interrupted)
+
+
 @contextmanager
 def interrupts_as_errors() -> Iterator[None]:
     """Turn SIGINT/SIGTERM into ``Interrupted`` so cleanup code runs (exit 130/143).

@@ -3,78 +3,20 @@
 from __future__ import annotations
 
 import json
-import os
 import shutil
 import signal
 import subprocess
-import sys
 import tempfile
 import time
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-from conftest import ROOT, buildah, require_tools
+from conftest import DUALBUILD, ROOT, buildah, dualbuild, require_tools
 
 from dualbuild.buildah import StorageOptions
 from dualbuild.gpg import gpg_env, stop_agent
 
 pytestmark = pytest.mark.integration
-DUALBUILD = str(Path(sys.executable).parent / "dualbuild")
-
-
-@pytest.fixture(scope="session")
-def signing_home() -> Iterator[tuple[Path, str]]:
-    """A throwaway GNUPGHOME with an RSA key (2048 bits: fast to make, still what rkt verifies)."""
-    require_tools("gpg", "gpgconf")
-    home = Path(tempfile.mkdtemp(prefix="dbs-", dir="/tmp"))
-    home.chmod(0o700)
-    env = gpg_env(home)
-    user_id = "dualbuild tests <tests@dualbuild.invalid>"
-    subprocess.run(
-        ["gpg", "--batch", "--passphrase", "", "--quick-generate-key", user_id, "rsa2048", "sign", "0"],
-        env=env, check=True, capture_output=True,
-    )  # fmt: skip
-    listing = subprocess.run(
-        ["gpg", "--batch", "--with-colons", "--list-secret-keys"],
-        env=env,
-        check=True,
-        capture_output=True,
-        text=True,
-    ).stdout
-    fingerprint = next(line.split(":")[9] for line in listing.splitlines() if line.startswith("fpr"))
-    yield home, fingerprint
-    stop_agent(home)
-    shutil.rmtree(home, ignore_errors=True)
-
-
-@pytest.fixture
-def cli_env(
-    buildah_storage: StorageOptions, signing_home: tuple[Path, str], tmp_path: Path
-) -> dict[str, str]:
-    """The environment of a `dualbuild` child: the test buildah store, the test keyring and key."""
-    conf = tmp_path / "storage.conf"
-    conf.write_text(
-        f'[storage]\ndriver = "overlay"\ngraphroot = "{buildah_storage.root}"\n'
-        f'runroot = "{buildah_storage.runroot}"\n'
-    )
-    home, fingerprint = signing_home
-    return {
-        **os.environ,
-        "CONTAINERS_STORAGE_CONF": str(conf),
-        "GNUPGHOME": str(home),
-        "DUALBUILD_SIGN_KEY": fingerprint,
-        "XDG_CACHE_HOME": str(tmp_path / "cache"),
-    }
-
-
-@pytest.fixture
-def project(tmp_path: Path, busybox_rootfs: Path) -> Path:
-    directory = tmp_path / "project"
-    directory.mkdir()
-    shutil.copy(busybox_rootfs, directory / "busybox.tar")
-    (directory / "greeting.txt").write_text("hello from the context\n")
-    return directory
 
 
 RECIPE = """
@@ -117,12 +59,6 @@ stop_signal = "SIGQUIT"
 formats = ["docker", "aci", "oci"]
 source_date_epoch = 1700000000
 """
-
-
-def dualbuild(args: list[str], env: dict[str, str], timeout: float = 300) -> subprocess.CompletedProcess[str]:
-    return subprocess.run(
-        [DUALBUILD, *args], env=env, capture_output=True, text=True, timeout=timeout, check=False
-    )
 
 
 def test_build_writes_signed_valid_artifacts_and_a_report(

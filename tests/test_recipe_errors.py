@@ -67,3 +67,29 @@ def test_validate_reports_good_and_bad_files(tmp_path: Path) -> None:
     result = CliRunner().invoke(cli, ["validate", str(good), str(BAD[0])])
     assert result.exit_code == 2
     assert f"ok: {good}" in result.stdout
+
+
+def test_names_with_newlines_and_bad_bytes_are_recipe_errors(tmp_path: Path) -> None:
+    recipe = tmp_path / "recipe.toml"
+    recipe.write_text('[image]\nname = "example.com/a\\nb"\nversion = "1\\n"\n[[stages]]\nfrom = "scratch"\n')
+    result = CliRunner().invoke(cli, ["validate", str(recipe)])
+    assert result.exit_code == 2
+    assert "image.name" in result.stderr
+    assert "image.version" in result.stderr
+
+
+def test_ten_thousand_steps_validate_and_plan_quickly(tmp_path: Path) -> None:
+    import time
+
+    steps = "".join(f'  [[stages.steps]]\n  write = "/f{i}"\n  content = "{i}"\n' for i in range(10_000))
+    recipe = tmp_path / "recipe.toml"
+    recipe.write_text(
+        f'[image]\nname = "example.com/many"\nversion = "1"\n[[stages]]\nfrom = "scratch"\n{steps}'
+    )
+    start = time.monotonic()
+    result = CliRunner().invoke(cli, ["plan", str(recipe), "--json"])
+    elapsed = time.monotonic() - start
+    assert result.exit_code == 0, result.output
+    assert '"number": 10000' in result.stdout
+    # A sanity bound against quadratic work, far above the ~1 s this takes.
+    assert elapsed < 20

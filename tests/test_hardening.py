@@ -1,0 +1,175 @@
+"""Failing safe: random interrupts, a full disk, hostile inputs, secrets kept out of logs."""
+
+from __future__ import annotations
+
+import io
+import json
+import os
+import random
+import signal
+import subprocess
+import tarfile
+import time
+from pathlib import Path
+
+import pytest
+from conftest import DUALBUILD, buildah, dualbuild, require_root
+from test_build_cli import RECIPE
+
+from dualbuild.buildah import StorageOptions
+from dualbuild.gpg import gpg_env
+
+pytestmark = pytest.mark.integration
+
+# A build with every phase long enough to be hit: a run step, an emit of 24 MB of incompressible
+# data (gzip for the ACI takes a while), then signing.
+SLOW_RECIPE = RECIPE.replace(
+    'run = "mkdir -p /out && echo ${WORD}build > /out/word"',
+    'run = "mkdir -p /out && echo ${WORD}build > /out/word && head -c 24000000 /dev/urandom > /out/noise"',
+).replace('copy = "/out/word"', 'copy = ["/out/word", "/out/noise"]')
+
+
+COMPLETE = [
+    "hello-2.0.0-linux-amd64.aci",
+    "hello-2.0.0-linux-amd64.aci.asc",
+    "hello-2.0.0-linux-amd64.docker.tar",
+    "hello-2.0.0-linux-amd64.oci.tar",
+    "hello-2.0.0-linux-amd64.report.json",
+]
+
+
+def _leftovers(storage: StorageOptions, out: Path) -> list[str]:
+    found = [f"container {c}" for c in buildah(storage, "containers", "-q").split()]
+    mounts = Path("/proc/self/mounts").read_text()
+    found += [
+        f"mount {line.split()[1]}"
+        for line in mounts.splitlines()
+        if "/merged" in line and str(storage.root) in line
+    ]
+    if out.exists():
+        found += [f"file {p.name}" for p in out.iterdir() if p.name.startswith(".")]
+    return found
+
+
+def test_random_interrupts_leave_nothing_behind(
+    project: Path, cli_env: dict[str, str], buildah_storage: StorageOptions
+) -> None:
+    (project / "recipe.toml").write_text(SLOW_RECIPE)
+    chooser = random.Random(20261128)
+    interrupted = 0
+    for attempt in range(20):
+        out = project / f"out{attempt}"
+        signum = signal.SIGINT if attempt % 2 else signal.SIGTERM
+        process = subprocess.Popen(
+            [DUALBUILD, "build", str(project / "recipe.toml"), "--no-cache", "--out", str(out)],
+            env=cli_env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
+        )  # fmt: skip
+        time.sleep(chooser.uniform(0.3, 4.0))
+        process.send_signal(signum)
+        _, stderr = process.communicate(timeout=120)
+        text = stderr.decode()
+        assert "Traceback" not in text
+        if process.returncode == 0:
+            assert sorted(p.name for p in out.iterdir()) == COMPLETE
+        else:
+            interrupted += 1
+            assert process.returncode == 128 + signum, text
+            # Nothing, or (when the signal came as the build finished) the whole set.
+            visible = sorted(p.name for p in out.iterdir()) if out.exists() else []
+            assert visible in ([], COMPLETE), visible
+        assert not _leftovers(buildah_storage, out), (attempt, _leftovers(buildah_storage, out))
+    assert interrupted >= 10
+
+
+def test_full_disk_is_a_clear_error_and_leaves_nothing(
+    project: Path, cli_env: dict[str, str], tmp_path: Path
+) -> None:
+    require_root()
+    (project / "recipe.toml").write_text(SLOW_RECIPE)
+    small = tmp_path / "small"
+    small.mkdir()
+    subprocess.run(["mount", "-t", "tmpfs", "-o", "size=4m", "tmpfs", str(small)], check=True)
+    try:
+        result = dualbuild(["build", str(project / "recipe.toml"), "--out", str(small / "dist")], cli_env)
+        assert result.returncode == 1, result.stderr
+        assert "No space left on device" in result.stderr
+        assert "hello-2.0.0-linux-amd64." in result.stderr
+        assert "Traceback" not in result.stderr
+        assert not list((small / "dist").iterdir())
+    finally:
+        subprocess.run(["umount", str(small)], check=False)
+
+
+def test_docker_archive_pointing_outside_itself_is_refused(project: Path, cli_env: dict[str, str]) -> None:
+    manifest = json.dumps(
+        [{"Config": "../../etc/passwd", "RepoTags": ["evil:1"], "Layers": ["../../etc/shadow"]}]
+    )
+    with tarfile.open(project / "evil.tar", "w") as archive:
+        info = tarfile.TarInfo("manifest.json")
+        info.size = len(manifest)
+        archive.addfile(info, io.BytesIO(manifest.encode()))
+    (project / "recipe.toml").write_text(
+        '[image]\nname = "example.com/evil"\nversion = "1"\n[[stages]]\nfrom = "docker-archive:evil.tar"\n'
+    )
+    result = dualbuild(["build", str(project / "recipe.toml"), "--no-sign"], cli_env)
+    assert result.returncode == 1, result.stderr
+    assert "cannot use base" in result.stderr
+    assert "Traceback" not in result.stderr
+
+
+def test_odd_file_names_survive_in_both_formats(project: Path, cli_env: dict[str, str]) -> None:
+    odd = project / "odd"
+    odd.mkdir()
+    (odd / "new\nline").write_text("newline\n")
+    (odd / os.fsdecode(b"caf\xe9")).write_text("latin-1\n")
+    (odd / ("x" * 200)).write_text("long\n")
+    (project / "recipe.toml").write_text(
+        '[image]\nname = "example.com/odd"\nversion = "1"\n[[stages]]\nfrom = "rootfs:busybox.tar"\n'
+        '  [[stages.steps]]\n  copy = "odd/"\n  to = "/odd/"\n'
+    )
+    result = dualbuild(["build", str(project / "recipe.toml"), "--no-sign"], cli_env)
+    assert result.returncode == 0, result.stderr
+    with tarfile.open(project / "dist" / "odd-1-linux-amd64.aci", "r:gz") as archive:
+        names = set(archive.getnames())
+    assert "rootfs/odd/new\nline" in names
+    assert "rootfs/odd/" + os.fsdecode(b"caf\xe9") in names or "rootfs/odd/caf\udce9" in names
+    assert "rootfs/odd/" + "x" * 200 in names
+
+
+def test_passphrase_never_appears_in_logs_or_report(
+    project: Path, cli_env: dict[str, str], tmp_path: Path
+) -> None:
+    import tempfile
+
+    home = Path(tempfile.mkdtemp(prefix="dbp-", dir="/tmp"))
+    home.chmod(0o700)
+    secret = "correct horse battery staple 7431"
+    env = gpg_env(home)
+    subprocess.run(
+        ["gpg", "--batch", "--pinentry-mode", "loopback", "--passphrase", secret, "--quick-generate-key",
+         "Locked <locked@example.com>", "rsa2048", "sign", "0"],
+        env=env, check=True, capture_output=True,
+    )  # fmt: skip
+    subprocess.run(["gpgconf", "--kill", "all"], env=env, check=False)
+    (project / "recipe.toml").write_text(RECIPE)
+    build_env = {
+        **cli_env, "GNUPGHOME": str(home), "DUALBUILD_SIGN_KEY": "locked@example.com",
+        "DUALBUILD_SIGN_PASSPHRASE": secret,
+    }  # fmt: skip
+    try:
+        result = dualbuild(["-vv", "build", str(project / "recipe.toml"), "--json"], build_env)
+        assert result.returncode == 0, result.stderr
+        report = (project / "dist" / "hello-2.0.0-linux-amd64.report.json").read_text()
+        for text in (result.stdout, result.stderr, report):
+            assert secret not in text
+            assert "correct horse" not in text
+        subprocess.run(["gpgconf", "--kill", "all"], env=env, check=False)  # forget the cached passphrase
+        wrong = dualbuild(
+            ["build", str(project / "recipe.toml"), "--no-cache"],
+            {**build_env, "DUALBUILD_SIGN_PASSPHRASE": "nope"},
+        )
+        assert wrong.returncode == 4, wrong.stderr
+        assert "step" not in wrong.stderr
+    finally:
+        subprocess.run(["gpgconf", "--kill", "all"], env=env, check=False)
+        subprocess.run(["rm", "-rf", str(home)], check=False)
