@@ -1,0 +1,142 @@
+"""The appc ACI: a gzip tar holding ``manifest``, an explicit ``rootfs`` directory, then the tree.
+
+Layout and manifest rules: appc.md §1 and §2; mapping from the runtime config: DESIGN.md
+"One config, three formats" (docker2aci's conventions where the spec leaves a choice).
+``manifest`` comes first so readers (rkt's ``ManifestFromImage``) need not decompress the
+whole image to find it. The image ID is ``sha512-`` of the uncompressed tar, hashed while
+writing, so it does not depend on the compressor.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+from pathlib import Path
+
+from dualbuild.emit import Artifact
+from dualbuild.emit.oci import canonical_json, rfc3339
+from dualbuild.imageconfig import ImageConfig
+from dualbuild.model import Format, Image
+from dualbuild.tarwriter import GzipWriter, HashingWriter, TarStream, atomic_output
+from dualbuild.tree import Tree, resolve_ids
+
+AC_VERSION = "0.8.11"
+# appc 0.8.11 environment names (schema/types/environment.go); actool rejects others.
+_ENV_NAME = re.compile(r"[A-Za-z_][A-Za-z_0-9.-]*")
+
+
+def aci_manifest(
+    tree: Tree, image: Image, config: ImageConfig, source_date_epoch: int
+) -> tuple[dict[str, object], list[str]]:
+    """The ACI image manifest and the warnings for what it cannot carry.
+
+    Args:
+        tree: The image tree; user and group names are resolved through its /etc files.
+        image: Name, version, platform, labels, annotations.
+        config: The runtime config.
+        source_date_epoch: The ``created`` annotation.
+
+    Returns:
+        The manifest object and the warnings.
+
+    Raises:
+        BuildError: The user or group is a name the tree's /etc/passwd or /etc/group lacks.
+    """
+    warnings: list[str] = []
+    uid, gid = resolve_ids(tree, config.user, config.group)
+    # appc requires user and group, as strings; numbers need no /etc lookup at run time.
+    app: dict[str, object] = {
+        "user": str(uid),
+        "group": str(gid),
+        "workingDirectory": config.workdir or "/",
+    }
+    exec_ = [*(config.entrypoint or ()), *(config.cmd or ())]
+    if exec_:
+        app["exec"] = exec_
+    environment = []
+    for name, value in config.env:
+        if _ENV_NAME.fullmatch(name):
+            environment.append({"name": name, "value": value})
+        else:
+            warnings.append(
+                f"app.env: {name!r} is not a valid appc environment variable name; the ACI does not carry it"
+            )
+    if environment:
+        app["environment"] = environment
+    if config.ports:
+        app["ports"] = [
+            {"name": port.name, "protocol": str(port.protocol), "port": port.port, "count": port.count}
+            for port in config.ports
+        ]
+    if config.volumes:
+        app["mountPoints"] = [
+            {"name": volume.name, "path": volume.path, "readOnly": volume.read_only}
+            for volume in config.volumes
+        ]
+    if config.labels:
+        app["userLabels"] = dict(config.labels)
+    if config.healthcheck is not None:
+        warnings.append("app.healthcheck: the ACI format has no healthcheck; the ACI does not carry it")
+    if config.stop_signal:
+        warnings.append(
+            f"app.stop_signal: the ACI format has no stop signal; the ACI does not carry {config.stop_signal}"
+        )
+    annotations = {"created": rfc3339(source_date_epoch), **image.annotations}
+    # Keep Docker's entrypoint/cmd split, which exec flattens, as docker2aci does.
+    for key, argv in (("appc.io/docker/entrypoint", config.entrypoint), ("appc.io/docker/cmd", config.cmd)):
+        if argv is not None:
+            annotations[key] = json.dumps(list(argv), separators=(",", ":"), ensure_ascii=False)
+    manifest: dict[str, object] = {
+        "acKind": "ImageManifest",
+        "acVersion": AC_VERSION,
+        "name": image.name,
+        # rkt requires os and arch (appc names) when fetching by name (appc.md §2.3).
+        "labels": [
+            {"name": "version", "value": image.version},
+            {"name": "os", "value": image.os},
+            {"name": "arch", "value": image.arch.appc},
+        ],
+        "app": app,
+        "annotations": [{"name": name, "value": annotations[name]} for name in sorted(annotations)],
+    }
+    return manifest, warnings
+
+
+def emit_aci(tree: Tree, image: Image, config: ImageConfig, source_date_epoch: int, dest: Path) -> Artifact:
+    """Write ``dest`` as a gzip-compressed ACI.
+
+    The ``rootfs`` entry is 0755 root:root like docker2aci's (the Docker layer has no entry
+    for ``/`` either, so both formats give the container the same root directory).
+
+    Args:
+        tree: The image tree.
+        image: Name, version, platform, labels, annotations.
+        config: The runtime config.
+        source_date_epoch: The ``created`` annotation and the mtime clamp.
+        dest: The ``.aci`` file to write (atomically).
+
+    Returns:
+        The artifact; ``image_id`` is ``sha512-<hex>`` of the uncompressed tar.
+
+    Raises:
+        BuildError: The user or group cannot be resolved (nothing is written then).
+    """
+    manifest, warnings = aci_manifest(tree, image, config, source_date_epoch)
+    with atomic_output(dest) as file:
+        compressed = HashingWriter(file, "sha256")
+        gzip = GzipWriter(compressed)
+        raw = HashingWriter(gzip, "sha512")
+        stream = TarStream(raw, prefix="rootfs/", mtime_clamp=source_date_epoch)
+        stream.add_bytes("manifest", canonical_json(manifest), mtime=source_date_epoch)
+        stream.add_directory("rootfs", mtime=source_date_epoch)
+        stream.add_tree(tree)
+        stream.finish()
+        gzip.close()
+    return Artifact(
+        format=Format.ACI,
+        path=dest,
+        sha256=compressed.hexdigest("sha256"),
+        size=compressed.size,
+        image_id=f"sha512-{raw.hexdigest('sha512')}",
+        warnings=tuple(warnings),
+    )

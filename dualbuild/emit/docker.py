@@ -1,0 +1,81 @@
+"""The Docker image tarball: one tar that `docker load` accepts and that is an OCI image layout.
+
+Like modern ``docker save`` (image-formats.md §4.1): the blobs live in ``blobs/sha256/``,
+``manifest.json`` points into them for Docker's loader, and ``oci-layout`` + ``index.json``
+make the same file an OCI layout for containerd, skopeo and buildah.
+
+The layer is an uncompressed tar, as ``docker save`` and containers/image write it: the blob
+digest is then the diff_id, so the layer is hashed once; ``docker load`` spends no time
+decompressing; and the archive's bytes depend on no compressor's version, so they are
+reproducible anywhere. Compression for transport is the OCI archive's job.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from dualbuild.emit import Artifact
+from dualbuild.emit.oci import LayoutWriter, canonical_json, write_image
+from dualbuild.imageconfig import ImageConfig
+from dualbuild.model import Format, Image
+from dualbuild.tarwriter import atomic_output, file_sha256
+from dualbuild.tree import Tree
+
+
+def repo_tags(image: Image) -> list[str]:
+    """``NAME:VERSION`` then ``NAME:TAG`` for every extra tag, without duplicates."""
+    tags = [image.version, *(tag for tag in image.tags if tag != image.version)]
+    return [f"{image.name}:{tag}" for tag in dict.fromkeys(tags)]
+
+
+def emit_docker(
+    tree: Tree, image: Image, config: ImageConfig, source_date_epoch: int, dest: Path
+) -> Artifact:
+    """Write ``dest`` as a docker-archive that is also an OCI image layout.
+
+    Args:
+        tree: The image tree.
+        image: Name, version and tags (the RepoTags), platform, annotations.
+        config: The runtime config.
+        source_date_epoch: ``created`` and the mtime clamp.
+        dest: The ``.docker.tar`` file to write (atomically).
+
+    Returns:
+        The artifact; ``image_id`` is what ``docker images`` shows as the image ID.
+    """
+    with atomic_output(dest) as file:
+        layout = LayoutWriter(file, mtime=source_date_epoch)
+        result = write_image(
+            layout,
+            tree,
+            image,
+            config,
+            source_date_epoch,
+            compress=False,
+            healthcheck=True,
+            target="the Docker archive",
+            containerd_name=True,
+        )
+        tags = repo_tags(image)
+        manifest = [{"Config": result.config_path, "RepoTags": tags, "Layers": [result.layer_path]}]
+        layout.add_file("manifest.json", canonical_json(manifest))
+        # Legacy {repository: {tag: top layer id}}; current loaders read manifest.json, old
+        # tools (docker2aci among them) still look for this file.
+        layer_id = result.diff_id.removeprefix("sha256:")
+        repositories = {image.name: {tag.rpartition(":")[2]: layer_id for tag in tags}}
+        layout.add_file("repositories", canonical_json(repositories))
+        layout.finish()
+        sha256 = file_sha256(file)
+        size = file.tell()
+    return Artifact(
+        format=Format.DOCKER,
+        path=dest,
+        sha256=sha256,
+        size=size,
+        image_id=result.config_digest,
+        config_digest=result.config_digest,
+        manifest_digest=result.manifest_digest,
+        diff_ids=(result.diff_id,),
+        layer_digests=(result.layer_digest,),
+        warnings=result.warnings,
+    )

@@ -1,0 +1,337 @@
+"""OCI image layout archives, and the Docker/OCI image JSON shared with the docker emitter.
+
+``NAME.oci.tar`` is an OCI image layout (image-formats.md §4.2) in a tar: ``oci-layout``,
+``index.json`` and ``blobs/sha256/`` holding one gzip layer, the config and the manifest.
+The docker emitter writes the same layout and adds Docker's ``manifest.json`` and
+``repositories`` (image-formats.md §4.1), as modern ``docker save`` does.
+
+A blob's name is its digest, and a tar header comes before its data, so the layer entry is
+written with a placeholder header that is patched once the layer is complete. The output
+is a regular file, so seeking back costs nothing; the alternative, hashing the tree in a
+first pass, would read every file of the tree twice. The patch is also why the file's own
+sha256 is computed by reading the finished file back (sequential, and usually still in the
+page cache) instead of while writing.
+"""
+
+from __future__ import annotations
+
+import datetime
+import json
+import tarfile
+from dataclasses import dataclass
+from pathlib import Path
+from typing import BinaryIO
+
+from dualbuild.emit import Artifact
+from dualbuild.imageconfig import ImageConfig
+from dualbuild.model import Format, Image
+from dualbuild.tarwriter import (
+    BLOCK,
+    GzipWriter,
+    HashingWriter,
+    TarStream,
+    atomic_output,
+    file_sha256,
+    padding,
+    tar_header,
+)
+from dualbuild.tree import Tree
+
+MEDIA_INDEX = "application/vnd.oci.image.index.v1+json"
+MEDIA_MANIFEST = "application/vnd.oci.image.manifest.v1+json"
+MEDIA_CONFIG = "application/vnd.oci.image.config.v1+json"
+MEDIA_LAYER = "application/vnd.oci.image.layer.v1.tar"
+MEDIA_LAYER_GZIP = "application/vnd.oci.image.layer.v1.tar+gzip"
+REF_NAME = "org.opencontainers.image.ref.name"
+# containerd (and Docker with the containerd image store) names an image loaded from an OCI
+# layout after this annotation, as `docker save` writes it.
+CONTAINERD_NAME = "io.containerd.image.name"
+_USTAR_MAX_SIZE = 8**11
+
+
+def canonical_json(value: object) -> bytes:
+    """JSON with sorted keys and no spaces: the same object always gives the same bytes."""
+    return json.dumps(value, sort_keys=True, separators=(",", ":"), ensure_ascii=False).encode()
+
+
+def rfc3339(epoch: int) -> str:
+    """``2023-11-14T22:13:20Z`` for a Unix time."""
+    return datetime.datetime.fromtimestamp(epoch, datetime.UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
+
+
+def image_config(
+    image: Image,
+    config: ImageConfig,
+    source_date_epoch: int,
+    diff_ids: list[str],
+    *,
+    target: str,
+    healthcheck: bool,
+) -> tuple[dict[str, object], list[str]]:
+    """The image config JSON (Docker image spec v1.2 / OCI config) and what it could not carry.
+
+    Args:
+        image: Name and platform.
+        config: The runtime config.
+        source_date_epoch: ``created`` of the image and its history entry.
+        diff_ids: sha256 of each uncompressed layer.
+        target: How warnings name this format, e.g. "the Docker archive".
+        healthcheck: Whether the format has Docker's ``Healthcheck`` (OCI has none).
+
+    Returns:
+        The config object and the warnings.
+    """
+    warnings: list[str] = []
+    runtime: dict[str, object] = {}
+    if config.docker_user:
+        runtime["User"] = config.docker_user
+    if config.env:
+        runtime["Env"] = [f"{name}={value}" for name, value in config.env]
+    if config.entrypoint is not None:
+        runtime["Entrypoint"] = list(config.entrypoint)
+    if config.cmd is not None:
+        runtime["Cmd"] = list(config.cmd)
+    if config.workdir:
+        runtime["WorkingDir"] = config.workdir
+    if config.ports:
+        # A port range (count > 1) is one key per port, as Dockerfile's EXPOSE 8000-8002 does.
+        runtime["ExposedPorts"] = {
+            f"{port.port + offset}/{port.protocol}": {}
+            for port in config.ports
+            for offset in range(port.count)
+        }
+    if config.volumes:
+        runtime["Volumes"] = {volume.path: {} for volume in config.volumes}
+        for volume in config.volumes:
+            if volume.read_only:
+                warnings.append(
+                    f"app.volumes: volume {volume.name!r} ({volume.path}) is read-only, but an image "
+                    f"config cannot mark a volume read-only; {target} declares it read-write"
+                )
+    if config.labels:
+        runtime["Labels"] = dict(config.labels)
+    if config.stop_signal:
+        runtime["StopSignal"] = config.stop_signal
+    check = config.healthcheck
+    if check is not None and healthcheck:
+        test = ["CMD-SHELL", " ".join(check.cmd)] if check.shell else ["CMD", *check.cmd]
+        fields: dict[str, object] = {"Test": test}
+        for key, value in (
+            ("Interval", check.interval_ns),
+            ("Timeout", check.timeout_ns),
+            ("StartPeriod", check.start_period_ns),
+            ("Retries", check.retries),
+        ):
+            if value is not None:
+                fields[key] = value
+        runtime["Healthcheck"] = fields
+    elif check is not None:
+        warnings.append(
+            f"app.healthcheck: the OCI image config has no healthcheck field; {target} does not carry it"
+        )
+    created = rfc3339(source_date_epoch)
+    document: dict[str, object] = {
+        "architecture": image.arch.docker_architecture,
+        "os": image.os,
+        "created": created,
+        "config": runtime,
+        "rootfs": {"type": "layers", "diff_ids": diff_ids},
+        "history": [{"created": created, "created_by": "dualbuild"}],
+    }
+    if image.arch.docker_variant:
+        document["variant"] = image.arch.docker_variant
+    return document, warnings
+
+
+def normalized_reference(name: str, tag: str) -> str:
+    """``name:tag`` fully qualified the way Docker normalizes it (``hello`` → docker.io/library/hello)."""
+    first, _, rest = name.partition("/")
+    if rest and ("." in first or ":" in first or first == "localhost"):
+        return f"{name}:{tag}"
+    if not rest:
+        return f"docker.io/library/{name}:{tag}"
+    return f"docker.io/{name}:{tag}"
+
+
+@dataclass(frozen=True, kw_only=True)
+class LayoutResult:
+    """What writing an image into a layout produced."""
+
+    config_digest: str
+    manifest_digest: str
+    diff_id: str
+    layer_path: str
+    layer_digest: str
+    config_path: str
+    warnings: tuple[str, ...]
+
+
+class LayoutWriter:
+    """The outer tar of an OCI image layout, written to a seekable file in a fixed order.
+
+    Outer entries are owned by 0:0, mode 0644 (directories 0755), mtime SOURCE_DATE_EPOCH.
+    """
+
+    def __init__(self, file: BinaryIO, *, mtime: int) -> None:
+        self._file = file
+        self._mtime = mtime
+        for directory in ("blobs/", "blobs/sha256/"):
+            file.write(tar_header(directory, tarfile.DIRTYPE, mode=0o755, mtime=mtime))
+
+    def add_file(self, name: str, data: bytes) -> None:
+        """Add a small regular file."""
+        self._file.write(tar_header(name, tarfile.REGTYPE, mode=0o644, mtime=self._mtime, size=len(data)))
+        self._file.write(data)
+        self._file.write(padding(len(data)))
+
+    def add_blob(self, data: bytes, media_type: str) -> dict[str, object]:
+        """Add a blob under its digest and return its descriptor."""
+        hasher = HashingWriter(None, "sha256")
+        hasher.write(data)
+        self.add_file(f"blobs/sha256/{hasher.hexdigest('sha256')}", data)
+        return {"mediaType": media_type, "digest": hasher.digest(), "size": len(data)}
+
+    def add_layer(self, tree: Tree, *, clamp: int, compress: bool) -> tuple[str, dict[str, object]]:
+        """Stream the tree as one layer blob; returns its diff_id and its descriptor."""
+        start = self._file.tell()
+        self._file.write(bytes(BLOCK))  # placeholder for the header, patched below
+        blob = HashingWriter(self._file, "sha256")
+        gzip = GzipWriter(blob) if compress else None
+        raw = HashingWriter(gzip if gzip is not None else blob, "sha256")
+        stream = TarStream(raw, mtime_clamp=clamp)
+        stream.add_tree(tree)
+        stream.finish()
+        if gzip is not None:
+            gzip.close()
+        self._file.write(padding(blob.size))
+        end = self._file.tell()
+        self._file.seek(start)
+        self._file.write(self._blob_header(f"blobs/sha256/{blob.hexdigest('sha256')}", blob.size))
+        self._file.seek(end)
+        media_type = MEDIA_LAYER_GZIP if compress else MEDIA_LAYER
+        return raw.digest(), {"mediaType": media_type, "digest": blob.digest(), "size": blob.size}
+
+    def finish(self) -> None:
+        """Write the end-of-archive marker."""
+        self._file.write(bytes(2 * BLOCK))
+
+    def _blob_header(self, name: str, size: int) -> bytes:
+        # Exactly one block, to fit the placeholder: ustar up to 8 GiB, then GNU base-256 for
+        # the size (Go's archive/tar, which docker load uses, reads both).
+        if size < _USTAR_MAX_SIZE:
+            header = tar_header(name, tarfile.REGTYPE, mode=0o644, mtime=self._mtime, size=size)
+        else:
+            info = tarfile.TarInfo(name)
+            info.size, info.mode, info.mtime, info.uname, info.gname = size, 0o644, self._mtime, "", ""
+            header = info.tobuf(tarfile.GNU_FORMAT, "utf-8", "strict")
+        assert len(header) == BLOCK, "a blob header must fit its placeholder"
+        return header
+
+
+def write_image(
+    layout: LayoutWriter,
+    tree: Tree,
+    image: Image,
+    config: ImageConfig,
+    source_date_epoch: int,
+    *,
+    compress: bool,
+    healthcheck: bool,
+    target: str,
+    containerd_name: bool,
+) -> LayoutResult:
+    """Write layer, config, manifest, ``index.json`` and ``oci-layout`` into a layout.
+
+    Args:
+        layout: The archive being written.
+        tree: The image tree (one layer).
+        image: Identity and platform.
+        config: The runtime config.
+        source_date_epoch: ``created`` and the mtime clamp.
+        compress: gzip the layer (OCI archive) or store it as a plain tar (Docker archive).
+        healthcheck: Whether the config carries Docker's ``Healthcheck``.
+        target: How warnings name this format.
+        containerd_name: Add the ``io.containerd.image.name`` annotation to the index.
+
+    Returns:
+        Digests and paths of what was written.
+    """
+    diff_id, layer = layout.add_layer(tree, clamp=source_date_epoch, compress=compress)
+    document, warnings = image_config(
+        image, config, source_date_epoch, [diff_id], target=target, healthcheck=healthcheck
+    )
+    config_descriptor = layout.add_blob(canonical_json(document), MEDIA_CONFIG)
+    manifest: dict[str, object] = {
+        "schemaVersion": 2,
+        "mediaType": MEDIA_MANIFEST,
+        "config": config_descriptor,
+        "layers": [layer],
+    }
+    if image.annotations:
+        manifest["annotations"] = dict(image.annotations)
+    manifest_descriptor = layout.add_blob(canonical_json(manifest), MEDIA_MANIFEST)
+    platform = {"architecture": image.arch.docker_architecture, "os": image.os}
+    if image.arch.docker_variant:
+        platform["variant"] = image.arch.docker_variant
+    annotations = {REF_NAME: image.version}
+    if containerd_name:
+        annotations[CONTAINERD_NAME] = normalized_reference(image.name, image.version)
+    index = {
+        "schemaVersion": 2,
+        "mediaType": MEDIA_INDEX,
+        "manifests": [{**manifest_descriptor, "platform": platform, "annotations": annotations}],
+    }
+    layout.add_file("index.json", canonical_json(index))
+    layout.add_file("oci-layout", canonical_json({"imageLayoutVersion": "1.0.0"}))
+    return LayoutResult(
+        config_digest=str(config_descriptor["digest"]),
+        manifest_digest=str(manifest_descriptor["digest"]),
+        diff_id=diff_id,
+        layer_path=f"blobs/sha256/{str(layer['digest']).removeprefix('sha256:')}",
+        layer_digest=str(layer["digest"]),
+        config_path=f"blobs/sha256/{str(config_descriptor['digest']).removeprefix('sha256:')}",
+        warnings=tuple(warnings),
+    )
+
+
+def emit_oci(tree: Tree, image: Image, config: ImageConfig, source_date_epoch: int, dest: Path) -> Artifact:
+    """Write ``dest`` as an OCI image layout archive with one gzip layer.
+
+    Args:
+        tree: The image tree.
+        image: Identity and platform.
+        config: The runtime config (its healthcheck is dropped with a warning).
+        source_date_epoch: ``created`` and the mtime clamp.
+        dest: The ``.oci.tar`` file to write (atomically).
+
+    Returns:
+        The artifact with its config, manifest and layer digests.
+    """
+    with atomic_output(dest) as file:
+        layout = LayoutWriter(file, mtime=source_date_epoch)
+        result = write_image(
+            layout,
+            tree,
+            image,
+            config,
+            source_date_epoch,
+            compress=True,
+            healthcheck=False,
+            target="the OCI archive",
+            containerd_name=False,
+        )
+        layout.finish()
+        sha256 = file_sha256(file)
+        size = file.tell()
+    return Artifact(
+        format=Format.OCI,
+        path=dest,
+        sha256=sha256,
+        size=size,
+        image_id=result.config_digest,
+        config_digest=result.config_digest,
+        manifest_digest=result.manifest_digest,
+        diff_ids=(result.diff_id,),
+        layer_digests=(result.layer_digest,),
+        warnings=result.warnings,
+    )

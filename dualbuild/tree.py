@@ -1,0 +1,362 @@
+"""The image tree: ONE sorted walk of a root filesystem into canonical entries.
+
+Every emitter writes exactly these entries, in this order, so the Docker layer, the OCI layer
+and the ACI rootfs hold the same files (../shared/DESIGN.md, "Rules the emitters share").
+File contents are not read here: the emitters stream them while writing.
+
+Paths are ``/``-separated, relative to the root, without a leading ``./``. They are ``str``
+decoded from the on-disk bytes as UTF-8 with ``surrogateescape`` -- what ``os.fsdecode`` does
+on a UTF-8 system, but fixed here so the locale cannot change an image -- and a name that is
+not UTF-8 survives: :func:`encode_name` gives back the original bytes, and the tar writer
+encodes with the same codec.
+"""
+
+from __future__ import annotations
+
+import enum
+import errno
+import os
+import stat
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+from dualbuild.errors import BuildError
+
+# Extended attributes carried into images. rkt applies only these two families (rkt
+# pkg/tar/tar.go xattrPrefixWhitelist); security.selinux and friends belong to the host.
+_XATTR_NAMES = ("security.capability",)
+_XATTR_PREFIXES = ("user.",)
+# listxattr fails with these on filesystems without xattr support (tmpfs without user_xattr).
+_NO_XATTR_ERRNOS = frozenset({errno.ENOTSUP, errno.EOPNOTSUPP, errno.ENODATA})
+# Symlinks are followed at most this often when resolving /etc/passwd inside the tree
+# (the kernel's own limit, MAXSYMLINKS).
+_MAX_SYMLINKS = 40
+# /etc/passwd and /etc/group are small; refuse to read anything absurdly large.
+_MAX_ID_FILE = 16 << 20
+
+
+def decode_name(raw: bytes) -> str:
+    """A file name or link target as str; bytes that are not UTF-8 become surrogates."""
+    return raw.decode("utf-8", "surrogateescape")
+
+
+def encode_name(name: str) -> bytes:
+    """The original bytes of a name made by :func:`decode_name`."""
+    return name.encode("utf-8", "surrogateescape")
+
+
+class EntryType(enum.StrEnum):
+    """Kinds of tree entries (sockets are never entries: they cannot be archived)."""
+
+    FILE = "file"
+    DIR = "dir"
+    SYMLINK = "symlink"
+    HARDLINK = "hardlink"
+    CHAR = "char"
+    BLOCK = "block"
+    FIFO = "fifo"
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class Entry:
+    """One path of the tree, with everything the archives record about it.
+
+    Attributes:
+        path: Relative path, ``/``-separated, decoded with :func:`decode_name`.
+        type: What the entry is.
+        mode: Permission bits including setuid, setgid and sticky (``st_mode & 0o7777``).
+        uid: Numeric owner.
+        gid: Numeric group.
+        size: Content length for ``FILE``; 0 for every other type.
+        mtime: Modification time in whole seconds, clamped to ``[0, source_date_epoch]``.
+        link_target: A symlink's target, or for ``HARDLINK`` the path of the earlier entry
+            (in walk order) that is the same inode.
+        devmajor: Device major number (``CHAR``/``BLOCK``).
+        devminor: Device minor number (``CHAR``/``BLOCK``).
+        xattrs: ``security.capability`` and ``user.*`` attributes, sorted by name.
+    """
+
+    path: str
+    type: EntryType
+    mode: int
+    uid: int
+    gid: int
+    size: int = 0
+    mtime: int = 0
+    link_target: str = ""
+    devmajor: int = 0
+    devminor: int = 0
+    xattrs: tuple[tuple[str, bytes], ...] = ()
+
+    @property
+    def path_bytes(self) -> bytes:
+        """The path as the bytes it has on disk."""
+        return encode_name(self.path)
+
+
+@dataclass(frozen=True, kw_only=True)
+class Tree:
+    """A snapshot of a root filesystem directory.
+
+    Attributes:
+        root: The directory that was walked; file contents are read from here when emitting.
+        entries: Every entry, parents before children, siblings sorted by name bytes.
+        source_date_epoch: The clamp applied to every mtime.
+        warnings: What the snapshot left out and why (sockets, unknown file types).
+    """
+
+    root: Path
+    entries: tuple[Entry, ...]
+    source_date_epoch: int
+    warnings: tuple[str, ...] = ()
+
+    def source_path(self, entry: Entry) -> bytes:
+        """The absolute on-disk path of an entry, as bytes (safe for any name)."""
+        return os.path.join(os.fsencode(self.root), entry.path_bytes)
+
+
+def snapshot(root: Path, source_date_epoch: int) -> Tree:
+    """Walk ``root`` once, without following symlinks, into a canonical sorted entry list.
+
+    Args:
+        root: The root filesystem directory (for a build: the final stage, mounted).
+        source_date_epoch: Every mtime later than this is clamped to it.
+
+    Returns:
+        The tree; sockets and unknown file types are skipped and named in ``warnings``.
+
+    Raises:
+        BuildError: ``root`` is not a directory, or the tree cannot be read.
+    """
+    if source_date_epoch < 0:
+        raise BuildError(f"source_date_epoch must not be negative, got {source_date_epoch}")
+    if not root.is_dir():
+        raise BuildError(f"cannot snapshot {root}: not a directory")
+    entries: list[Entry] = []
+    warnings: list[str] = []
+    # (st_dev, st_ino) of regular files with more than one link → the first path seen.
+    inodes: dict[tuple[int, int], str] = {}
+    root_bytes = os.fsencode(root)
+    try:
+        for rel, st in _walk(root_bytes):
+            entry = _make_entry(root_bytes, rel, st, source_date_epoch, inodes, warnings)
+            if entry is not None:
+                entries.append(entry)
+    except OSError as exc:
+        where = os.fsdecode(exc.filename) if exc.filename else str(root)
+        raise BuildError(f"cannot read the image tree at {where}: {exc.strerror or exc}") from exc
+    return Tree(
+        root=root, entries=tuple(entries), source_date_epoch=source_date_epoch, warnings=tuple(warnings)
+    )
+
+
+def _walk(root: bytes) -> Iterator[tuple[bytes, os.stat_result]]:
+    """Yield ``(relative path, lstat)`` depth-first: a directory, then its whole subtree.
+
+    Siblings are sorted by name bytes, so the order does not depend on readdir order, the
+    locale or the filesystem. An explicit stack keeps deep trees off the recursion limit.
+    """
+    stack: list[tuple[bytes, Iterator[tuple[bytes, os.stat_result]]]] = [(b"", _children(root))]
+    while stack:
+        prefix, children = stack[-1]
+        item = next(children, None)
+        if item is None:
+            stack.pop()
+            continue
+        name, st = item
+        rel = prefix + name
+        yield rel, st
+        if stat.S_ISDIR(st.st_mode):
+            stack.append((rel + b"/", _children(os.path.join(root, rel))))
+
+
+def _children(directory: bytes) -> Iterator[tuple[bytes, os.stat_result]]:
+    with os.scandir(directory) as it:
+        found = [(entry.name, entry.stat(follow_symlinks=False)) for entry in it]
+    found.sort(key=lambda item: item[0])
+    return iter(found)
+
+
+def _make_entry(
+    root: bytes,
+    rel: bytes,
+    st: os.stat_result,
+    source_date_epoch: int,
+    inodes: dict[tuple[int, int], str],
+    warnings: list[str],
+) -> Entry | None:
+    path = decode_name(rel)
+    full = os.path.join(root, rel)
+    fmt = stat.S_IFMT(st.st_mode)
+    size, link_target, devmajor, devminor = 0, "", 0, 0
+    if fmt == stat.S_IFREG:
+        kind = EntryType.FILE
+        size = st.st_size
+        if st.st_nlink > 1:
+            key = (st.st_dev, st.st_ino)
+            first = inodes.setdefault(key, path)
+            if first != path:
+                # The inode's content and xattrs travel with the first entry; extracting a
+                # hardlink re-uses them.
+                kind, size, link_target = EntryType.HARDLINK, 0, first
+    elif fmt == stat.S_IFDIR:
+        kind = EntryType.DIR
+    elif fmt == stat.S_IFLNK:
+        kind, link_target = EntryType.SYMLINK, decode_name(os.readlink(full))
+    elif fmt in (stat.S_IFCHR, stat.S_IFBLK):
+        kind = EntryType.CHAR if fmt == stat.S_IFCHR else EntryType.BLOCK
+        devmajor, devminor = os.major(st.st_rdev), os.minor(st.st_rdev)
+    elif fmt == stat.S_IFIFO:
+        kind = EntryType.FIFO
+    elif fmt == stat.S_IFSOCK:
+        warnings.append(f"skipped socket /{path}: sockets cannot be stored in an image")
+        return None
+    else:
+        warnings.append(f"skipped /{path}: unsupported file type {oct(fmt)}")
+        return None
+    # Linux allows neither user.* nor security.capability on symlinks, and a hardlink's
+    # xattrs are its inode's, written with the first entry: no lookup for either.
+    xattrs = () if kind in (EntryType.SYMLINK, EntryType.HARDLINK) else _xattrs(full)
+    return Entry(
+        path=path,
+        type=kind,
+        mode=stat.S_IMODE(st.st_mode),
+        uid=st.st_uid,
+        gid=st.st_gid,
+        size=size,
+        mtime=min(max(int(st.st_mtime), 0), source_date_epoch),
+        link_target=link_target,
+        devmajor=devmajor,
+        devminor=devminor,
+        xattrs=xattrs,
+    )
+
+
+def _xattrs(full: bytes) -> tuple[tuple[str, bytes], ...]:
+    """The carried xattrs of a path, never following a symlink and never opening the file."""
+    try:
+        names = os.listxattr(full, follow_symlinks=False)
+    except OSError as exc:
+        if exc.errno in _NO_XATTR_ERRNOS:
+            return ()
+        raise
+    found: list[tuple[str, bytes]] = []
+    for name in sorted(names):
+        if name not in _XATTR_NAMES and not name.startswith(_XATTR_PREFIXES):
+            continue
+        try:
+            found.append((name, os.getxattr(full, name, follow_symlinks=False)))
+        except OSError as exc:
+            if exc.errno not in _NO_XATTR_ERRNOS:
+                raise
+    return tuple(found)
+
+
+# --- users and groups ---------------------------------------------------------------------
+
+
+def resolve_ids(tree: Tree, user: str | None, group: str | None) -> tuple[int, int]:
+    """Resolve an app's user and group to numeric ids through the tree's own /etc files.
+
+    The ACI needs numbers (appc.md §2.4): names are looked up in the image's /etc/passwd and
+    /etc/group, never the host's. Rules, matching what Docker does at run time:
+
+    * no user: ``0:0``;
+    * a numeric user or group is used as is;
+    * a user without a group gets the user's primary group from /etc/passwd, or 0 when a
+      numeric user has no passwd entry (Docker runs ``--user 1000`` as gid 0 then).
+
+    Args:
+        tree: The image tree.
+        user: A user name or numeric uid, or None.
+        group: A group name or numeric gid, or None.
+
+    Returns:
+        ``(uid, gid)``.
+
+    Raises:
+        BuildError: A name is not in the tree's /etc/passwd or /etc/group.
+    """
+    uid, primary_gid = 0, 0
+    if user:
+        if user.isdigit():
+            uid = int(user)
+            by_uid = [fields for fields in _id_file(tree, "etc/passwd") if fields[2] == user]
+            primary_gid = int(by_uid[0][3]) if by_uid and by_uid[0][3].isdigit() else 0
+        else:
+            found = _lookup(tree, "etc/passwd", user, "user")
+            uid = int(found[2])
+            primary_gid = int(found[3]) if found[3].isdigit() else 0
+    if not group:
+        return uid, primary_gid
+    if group.isdigit():
+        return uid, int(group)
+    return uid, int(_lookup(tree, "etc/group", group, "group")[2])
+
+
+def _lookup(tree: Tree, rel: str, name: str, what: str) -> list[str]:
+    for fields in _id_file(tree, rel):
+        if fields[0] == name and fields[2].isdigit():
+            return fields
+    raise BuildError(
+        f"app {what} {name!r} is not in the image's /{rel}",
+        hint=f"add the {what} to /{rel} in a build step, or give a numeric id",
+    )
+
+
+def _id_file(tree: Tree, rel: str) -> list[list[str]]:
+    """The records of /etc/passwd or /etc/group in the tree, first match first (like getpwnam)."""
+    path = _resolve_in_root(os.fsencode(tree.root), rel.encode())
+    if path is None:
+        return []
+    try:
+        fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC | os.O_NOCTTY)
+    except OSError:
+        return []
+    with os.fdopen(fd, "rb") as file:
+        if not stat.S_ISREG(os.fstat(file.fileno()).st_mode):
+            return []
+        text = file.read(_MAX_ID_FILE).decode("utf-8", "surrogateescape")
+    records = []
+    for line in text.splitlines():
+        # Skip comments and NIS compat lines (+name / -name), as glibc's files backend does.
+        if not line or line.startswith(("#", "+", "-")):
+            continue
+        fields = line.split(":")
+        if len(fields) >= 3:
+            records.append(fields + [""] * (4 - len(fields)))
+    return records
+
+
+def _resolve_in_root(root: bytes, rel: bytes) -> bytes | None:
+    """Resolve ``rel`` inside ``root`` as if ``root`` were ``/`` (symlinks stay inside).
+
+    Returns the host path of the final component (not itself a symlink), or None if it does
+    not exist or the symlink chain is too long.
+    """
+    parts = [part for part in rel.split(b"/") if part and part != b"."]
+    resolved: list[bytes] = []
+    followed = 0
+    while parts:
+        part = parts.pop(0)
+        if part == b"..":
+            if resolved:
+                resolved.pop()
+            continue
+        candidate = os.path.join(root, *resolved, part)
+        try:
+            st = os.lstat(candidate)
+        except OSError:
+            return None
+        if stat.S_ISLNK(st.st_mode):
+            followed += 1
+            if followed > _MAX_SYMLINKS:
+                return None
+            target = os.readlink(candidate)
+            if target.startswith(b"/"):
+                resolved = []
+            parts = [p for p in target.split(b"/") if p and p != b"."] + parts
+            continue
+        resolved.append(part)
+    return os.path.join(root, *resolved) if resolved else root

@@ -1,0 +1,267 @@
+"""The tree snapshot: one sorted walk into canonical entries, and user/group resolution."""
+
+from __future__ import annotations
+
+import errno
+import os
+import socket
+import stat
+from pathlib import Path
+
+import pytest
+from conftest import require_root
+
+from dualbuild.errors import BuildError
+from dualbuild.tree import Entry, EntryType, Tree, decode_name, resolve_ids, snapshot
+
+SDE = 1_700_000_000
+# cap_net_bind_service+ep, VFS_CAP_REVISION_2 (what `setcap cap_net_bind_service+ep` writes).
+CAPABILITY = bytes.fromhex("0100000200200000000000000000000000000000")
+LONG_PATH = "d" * 60 + "/" + "e" * 60 + "/" + "f" * 78  # 200 characters
+NON_UTF8 = b"caf\xe9"
+
+
+def supports_user_xattrs(directory: Path) -> bool:
+    probe = directory / ".xattr-probe"
+    probe.write_bytes(b"")
+    try:
+        os.setxattr(probe, "user.probe", b"1")
+    except OSError as exc:
+        if exc.errno in (errno.ENOTSUP, errno.EOPNOTSUPP):
+            return False
+        raise
+    finally:
+        probe.unlink()
+    return True
+
+
+def build_rich_tree(root: Path, *, privileged: bool) -> Path:
+    """A tree holding every entry kind the emitters must carry.
+
+    ``privileged`` adds what needs root: a char device and a security.capability xattr.
+    """
+    root.mkdir(parents=True)
+    (root / "etc").mkdir()
+    (root / "etc/passwd").write_text("root:x:0:0:root:/root:/bin/sh\napp:x:1000:1001::/home/app:/bin/sh\n")
+    (root / "etc/group").write_text("root:x:0:\napp:x:1001:\nstaff:x:50:\n")
+    (root / "empty").mkdir()
+    (root / "bin").mkdir()
+    (root / "bin/tool").write_bytes(b"#!/bin/sh\necho tool\n")
+    (root / "bin/tool").chmod(0o755)
+    (root / "bin/suid").write_bytes(b"setuid program")
+    (root / "bin/suid").chmod(0o4755)
+    (root / "bin/sgid-dir").mkdir()
+    (root / "bin/sgid-dir").chmod(0o2775)
+    (root / "tmp").mkdir()
+    (root / "tmp").chmod(0o1777)
+    (root / "data.bin").write_bytes(bytes(range(256)) * 4096)  # 1 MiB: the chunked path
+    (root / "file").write_text("hello\n")
+    os.link(root / "file", root / "hard")
+    os.symlink("file", root / "link")
+    os.symlink("/etc/passwd", root / "abs-link")
+    os.mkfifo(root / "fifo")
+    (root / "owned").write_text("owned")
+    if os.geteuid() == 0:
+        os.chown(root / "owned", 1000, 1001)
+    long_file = root / LONG_PATH
+    long_file.parent.mkdir(parents=True)
+    long_file.write_text("long path\n")
+    with open(os.path.join(os.fsencode(root), NON_UTF8), "wb") as file:
+        file.write(b"not utf-8\n")
+    if supports_user_xattrs(root):
+        os.setxattr(root / "file", "user.comment", b"\xff\x00binary")
+        os.setxattr(root / "empty", "user.dir", b"on a directory")
+    if privileged:
+        (root / "bin/ping").write_bytes(b"needs a capability")
+        (root / "bin/ping").chmod(0o755)
+        os.setxattr(root / "bin/ping", "security.capability", CAPABILITY)
+        (root / "devices").mkdir()
+        os.mknod(root / "devices/null", 0o666 | stat.S_IFCHR, os.makedev(1, 3))
+    sock = socket.socket(socket.AF_UNIX)
+    try:
+        sock.bind(os.fspath(root / "control.sock"))
+    finally:
+        sock.close()
+    return root
+
+
+def by_path(tree: Tree) -> dict[str, Entry]:
+    return {entry.path: entry for entry in tree.entries}
+
+
+def test_snapshot_records_every_kind(tmp_path: Path) -> None:
+    tree = snapshot(build_rich_tree(tmp_path / "root", privileged=False), SDE)
+    entries = by_path(tree)
+    assert entries["empty"].type is EntryType.DIR
+    assert entries["file"] == Entry(
+        path="file",
+        type=EntryType.FILE,
+        mode=0o644,
+        uid=os.geteuid(),
+        gid=os.getegid(),
+        size=6,
+        mtime=SDE,
+        xattrs=entries["file"].xattrs,
+    )
+    assert entries["hard"].type is EntryType.HARDLINK
+    assert entries["hard"].link_target == "file"
+    assert entries["hard"].size == 0
+    assert entries["link"].type is EntryType.SYMLINK
+    assert entries["link"].link_target == "file"
+    assert entries["abs-link"].link_target == "/etc/passwd"
+    assert entries["fifo"].type is EntryType.FIFO
+    assert entries["bin/suid"].mode == 0o4755
+    assert entries["bin/sgid-dir"].mode == 0o2775
+    assert entries["tmp"].mode == 0o1777
+    assert entries["data.bin"].size == 1 << 20
+    assert entries[LONG_PATH].type is EntryType.FILE
+    assert len(LONG_PATH) == 200
+    assert decode_name(NON_UTF8) in entries
+    assert entries[decode_name(NON_UTF8)].path_bytes == NON_UTF8
+    # Sockets cannot be archived: skipped, and said so.
+    assert "control.sock" not in entries
+    assert tree.warnings == ("skipped socket /control.sock: sockets cannot be stored in an image",)
+    if supports_user_xattrs(tmp_path):
+        assert entries["file"].xattrs == (("user.comment", b"\xff\x00binary"),)
+        assert entries["empty"].xattrs == (("user.dir", b"on a directory"),)
+
+
+@pytest.mark.integration
+def test_snapshot_devices_and_capabilities(tmp_path: Path) -> None:
+    require_root()
+    tree = snapshot(build_rich_tree(tmp_path / "root", privileged=True), SDE)
+    entries = by_path(tree)
+    device = entries["devices/null"]
+    assert (device.type, device.devmajor, device.devminor, device.size) == (EntryType.CHAR, 1, 3, 0)
+    assert entries["bin/ping"].xattrs == (("security.capability", CAPABILITY),)
+    assert (entries["owned"].uid, entries["owned"].gid) == (1000, 1001)
+
+
+def test_order_is_sorted_by_bytes_with_parents_first(tmp_path: Path) -> None:
+    root = tmp_path / "root"
+    root.mkdir()
+    for name in ("b", "a-b", "B", "a.txt", "é"):
+        (root / name).write_text(name)
+    (root / "a").mkdir()
+    (root / "a/z").write_text("z")
+    (root / "a/sub").mkdir()
+    (root / "a/sub/x").write_text("x")
+    paths = [entry.path for entry in snapshot(root, SDE).entries]
+    # Component-wise byte order: "a" and its whole subtree come before "a-b" ('-' < '/' would
+    # otherwise interleave them); uppercase before lowercase; UTF-8 "é" (0xc3) last.
+    assert paths == ["B", "a", "a/sub", "a/sub/x", "a/z", "a-b", "a.txt", "b", "é"]
+
+
+def test_mtimes_are_clamped_to_source_date_epoch(tmp_path: Path) -> None:
+    root = tmp_path / "root"
+    root.mkdir()
+    (root / "old").write_text("old")
+    (root / "new").write_text("new")
+    os.utime(root / "old", (1000, 1000))
+    os.utime(root / "new", (SDE + 5000, SDE + 5000))
+    os.symlink("old", root / "link")
+    os.utime(root / "link", (SDE + 1, SDE + 1), follow_symlinks=False)
+    entries = by_path(snapshot(root, SDE))
+    assert entries["old"].mtime == 1000
+    assert entries["new"].mtime == SDE
+    assert entries["link"].mtime == SDE
+
+
+def test_hardlink_group_points_at_first_in_walk_order(tmp_path: Path) -> None:
+    root = tmp_path / "root"
+    (root / "z").mkdir(parents=True)
+    (root / "z/original").write_text("same inode")
+    os.link(root / "z/original", root / "a-link")
+    os.link(root / "z/original", root / "m-link")
+    entries = by_path(snapshot(root, SDE))
+    # "a-link" sorts first, so it carries the content and the others link to it.
+    assert entries["a-link"].type is EntryType.FILE
+    assert entries["a-link"].size == len("same inode")
+    assert (entries["m-link"].type, entries["m-link"].link_target) == (EntryType.HARDLINK, "a-link")
+    assert (entries["z/original"].type, entries["z/original"].link_target) == (EntryType.HARDLINK, "a-link")
+
+
+def test_symlinks_are_not_followed(tmp_path: Path) -> None:
+    outside = tmp_path / "outside"
+    outside.mkdir()
+    (outside / "secret").write_text("host file")
+    root = tmp_path / "root"
+    root.mkdir()
+    os.symlink(outside, root / "escape")
+    entries = by_path(snapshot(root, SDE))
+    assert list(entries) == ["escape"]
+    assert entries["escape"].type is EntryType.SYMLINK
+
+
+def test_snapshot_rejects_a_missing_root(tmp_path: Path) -> None:
+    with pytest.raises(BuildError, match="not a directory"):
+        snapshot(tmp_path / "nope", SDE)
+
+
+def test_snapshot_rejects_a_negative_epoch(tmp_path: Path) -> None:
+    with pytest.raises(BuildError, match="must not be negative"):
+        snapshot(tmp_path, -1)
+
+
+# --- users and groups ---------------------------------------------------------------------
+
+
+@pytest.fixture
+def id_tree(tmp_path: Path) -> Tree:
+    root = tmp_path / "root"
+    (root / "etc").mkdir(parents=True)
+    (root / "etc/passwd").write_text(
+        "# comment\nroot:x:0:0:root:/root:/bin/sh\napp:x:1000:1001::/home/app:/bin/sh\n"
+        "+nis\nweb:x:33:33::/var/www:/bin/false\n"
+    )
+    (root / "etc/group").write_text("root:x:0:\napp:x:1001:\nstaff:x:50:app\n")
+    return snapshot(root, SDE)
+
+
+@pytest.mark.parametrize(
+    ("user", "group", "expected"),
+    [
+        (None, None, (0, 0)),
+        ("app", None, (1000, 1001)),  # the user's primary group
+        ("app", "staff", (1000, 50)),
+        ("app", "7", (1000, 7)),
+        ("1000", None, (1000, 1001)),  # numeric user with a passwd entry: its group
+        ("4242", None, (4242, 0)),  # numeric user without one: gid 0, as Docker runs it
+        ("4242", "4343", (4242, 4343)),
+        ("web", None, (33, 33)),
+        (None, "staff", (0, 50)),
+    ],
+)
+def test_resolve_ids(id_tree: Tree, user: str | None, group: str | None, expected: tuple[int, int]) -> None:
+    assert resolve_ids(id_tree, user, group) == expected
+
+
+def test_unknown_user_is_an_error_naming_it(id_tree: Tree) -> None:
+    with pytest.raises(BuildError, match="app user 'ghost' is not in the image's /etc/passwd") as info:
+        resolve_ids(id_tree, "ghost", None)
+    assert info.value.hint is not None
+
+
+def test_unknown_group_is_an_error_naming_it(id_tree: Tree) -> None:
+    with pytest.raises(BuildError, match="app group 'wheel' is not in the image's /etc/group"):
+        resolve_ids(id_tree, "app", "wheel")
+
+
+def test_names_resolve_inside_the_tree_never_on_the_host(tmp_path: Path) -> None:
+    root = tmp_path / "root"
+    (root / "usr/lib").mkdir(parents=True)
+    (root / "etc").mkdir()
+    (root / "usr/lib/passwd").write_text("builder:x:4321:4322::/:/bin/sh\n")
+    # An absolute symlink must resolve inside the tree, not to the host's /etc/passwd.
+    os.symlink("/usr/lib/passwd", root / "etc/passwd")
+    tree = snapshot(root, SDE)
+    assert resolve_ids(tree, "builder", None) == (4321, 4322)
+    with pytest.raises(BuildError, match="'root' is not in the image's /etc/passwd"):
+        resolve_ids(tree, "root", None)
+
+
+def test_names_without_etc_files_fail(tmp_path: Path) -> None:
+    tree = snapshot(tmp_path, SDE)
+    assert resolve_ids(tree, "0", None) == (0, 0)
+    with pytest.raises(BuildError, match="'app'"):
+        resolve_ids(tree, "app", None)
