@@ -16,6 +16,7 @@ from dualbuild import __version__, log
 from dualbuild.buildah import Buildah
 from dualbuild.cache import cached, prune
 from dualbuild.cli_new import new_command
+from dualbuild.cli_publish import publish_command
 from dualbuild.convert import ConvertRequest
 from dualbuild.convert import convert as run_convert
 from dualbuild.errors import DualbuildError, Interrupted, Problem, RecipeError, UsageError, VerifyError
@@ -339,6 +340,7 @@ def schema() -> None:
 
 
 cli.add_command(new_command)
+cli.add_command(publish_command)
 
 
 def main() -> None:

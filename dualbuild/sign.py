@@ -191,7 +191,14 @@ def create_key(name: str, email: str, *, gnupghome: Path | None = None, comment:
 
 
 def export_public_key(fingerprint: str, destination: Path, *, gnupghome: Path | None = None) -> None:
-    """Write the armored public key (one key per file, as appc discovery expects)."""
+    """Write the armored public key (one key per file, as appc discovery expects).
+
+    Raises:
+        SigningError: the keyring does not hold that key.
+    """
     gpg_binary = run.find_tool("gpg", "export a public key")
     result = run.run([gpg_binary, "--batch", "--armor", "--export", fingerprint], env=gpg.gpg_env(gnupghome))
+    # gpg exits 0 and prints nothing for a key it does not have.
+    if "BEGIN PGP PUBLIC KEY BLOCK" not in result.stdout:
+        raise SigningError(f"no public key {fingerprint} in the keyring{_where(gnupghome)}")
     destination.write_text(result.stdout)
