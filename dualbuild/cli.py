@@ -29,6 +29,7 @@ from dualbuild.rules import parse_age_seconds
 from dualbuild.run import install_interrupt_handlers
 from dualbuild.schema import RECIPE_SCHEMA
 from dualbuild.sign import create_key, export_public_key
+from dualbuild.verify import find_sets, verify_set
 
 # Internal errors (bugs) exit with EX_SOFTWARE so pipelines can tell them from user errors.
 EXIT_INTERNAL = 70
@@ -279,6 +280,35 @@ def convert(
         ),
     )  # fmt: skip
     _print_report(run_convert(request), as_json)
+
+
+@cli.command("verify")
+@click.argument("paths", nargs=-1, required=True, type=click.Path(exists=True, path_type=Path))
+@click.option(
+    "--keyring",
+    type=click.Path(path_type=Path, dir_okay=False, exists=True),
+    help="Public key(s) the ACI must be signed by (default: your gpg keyring).",
+)
+def verify_command(paths: tuple[Path, ...], keyring: Path | None) -> None:
+    """Check built artifacts (files, or folders holding them).
+
+    For each build: the Docker tarball's digests and diff_ids, the ACI's layout and manifest,
+    the ACI's signature, and that both hold the same tree entry by entry.
+    """
+    sets = find_sets(list(paths))
+    if not sets:
+        raise UsageError("no .docker.tar or .aci files found", hint="name the files or the output folder")
+    failed = []
+    for image_set in sets:
+        problems = verify_set(image_set, keyring)
+        if problems:
+            failed.append(image_set.stem)
+            click.echo(f"FAIL {image_set.stem}")
+            click.echo("\n".join(f"  {problem}" for problem in problems))
+        else:
+            click.echo(f"ok   {image_set.stem}")
+    if failed:
+        raise VerifyError(f"{len(failed)} of {len(sets)} checked builds failed verification")
 
 
 @cli.group()

@@ -71,6 +71,28 @@ def verify_detached(data: Path, signature: Path, keyring: Path) -> str:
     return _valid_fingerprint(result.stdout) or ""
 
 
+def verify_in_keyring(data: Path, signature: Path) -> str:
+    """Verify ``signature`` over ``data`` with the user's keyring ($GNUPGHOME).
+
+    Raises:
+        SigningError: the signature is missing, bad, or by an unknown key.
+    """
+    gpg = run.find_tool("gpg", "verify signatures")
+    if not signature.exists():
+        raise SigningError(f"{data.name}: no signature {signature.name} next to it")
+    try:
+        result = run.run(
+            [gpg, "--batch", "--status-fd", "1", "--verify", os.fspath(signature), os.fspath(data)],
+            env=gpg_env(None),
+        )
+    except CommandError as error:
+        raise SigningError(
+            f"{data.name}: the signature does not verify\n{error.output_tail}",
+            hint="pass the publisher's public key with --keyring",
+        ) from None
+    return _valid_fingerprint(result.stdout) or ""
+
+
 def _valid_fingerprint(status: str) -> str | None:
     for line in status.splitlines():
         parts = line.split()

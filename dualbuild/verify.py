@@ -278,3 +278,126 @@ def verify(docker_tar: Path, aci: Path) -> list[str]:
     except (OSError, EOFError, tarfile.TarError, ValueError, KeyError) as exc:
         differences.append(f"cannot read the artifacts: {exc}")
     return differences
+
+
+# --- the ACI's own rules (appc.md §1, §2), and `dualbuild verify` over files and folders -----
+
+_APPC_ARCHES = {
+    "amd64",
+    "i386",
+    "aarch64",
+    "aarch64_be",
+    "armv6l",
+    "armv7l",
+    "armv7b",
+    "ppc64",
+    "ppc64le",
+    "s390x",
+}
+
+
+def aci_structure(aci: Path) -> list[str]:
+    """Problems with an ACI's layout and manifest: what actool and rkt would reject."""
+    problems: list[str] = []
+    seen: set[str] = set()
+    manifest: object = None
+    try:
+        with aci.open("rb") as raw, tarfile.open(fileobj=_decompressed(raw), mode="r|") as archive:
+            for index, member in enumerate(archive):
+                name = member.name.rstrip("/")
+                if name in seen:
+                    problems.append(f"ACI: duplicate entry {name}")
+                seen.add(name)
+                if index == 0 and name != "manifest":
+                    problems.append(f"ACI: the first entry is {name!r}, not 'manifest'")
+                if name == "manifest":
+                    content = archive.extractfile(member)
+                    manifest = json.loads(content.read()) if content else None
+                elif name != "rootfs" and not name.startswith("rootfs/"):
+                    problems.append(f"ACI: entry {name!r} is outside rootfs/")
+    except (OSError, EOFError, tarfile.TarError, ValueError) as exc:
+        return [f"ACI: cannot read {aci.name}: {exc}"]
+    if "rootfs" not in seen:
+        problems.append("ACI: no rootfs entry")
+    if not isinstance(manifest, dict):
+        return [*problems, "ACI: no manifest"]
+    return problems + _manifest_problems(manifest)
+
+
+def _manifest_problems(manifest: dict[str, object]) -> list[str]:
+    from dualbuild.rules import AC_IDENTIFIER, AC_NAME, ENV_NAME
+
+    problems = []
+    if manifest.get("acKind") != "ImageManifest":
+        problems.append("ACI manifest: acKind is not ImageManifest")
+    if not AC_IDENTIFIER.fullmatch(str(manifest.get("name", ""))):
+        problems.append(f"ACI manifest: name {manifest.get('name')!r} is not an AC Identifier")
+    labels = {str(x.get("name")): str(x.get("value")) for x in _dicts(manifest.get("labels"))}
+    if labels.get("os") == "linux" and labels.get("arch") not in _APPC_ARCHES:
+        problems.append(f"ACI manifest: arch {labels.get('arch')!r} is not an appc linux arch")
+    app = manifest.get("app")
+    if isinstance(app, dict):
+        for field in ("user", "group"):
+            if not isinstance(app.get(field), str) or not app.get(field):
+                problems.append(f"ACI manifest: app.{field} is required (a string)")
+        for variable in _dicts(app.get("environment")):
+            if not ENV_NAME.fullmatch(str(variable.get("name", ""))):
+                problems.append(f"ACI manifest: environment name {variable.get('name')!r} is invalid")
+        for port in _dicts(app.get("ports")):
+            if not AC_NAME.fullmatch(str(port.get("name", ""))):
+                problems.append(f"ACI manifest: port name {port.get('name')!r} is not an AC Name")
+    return problems
+
+
+def _dicts(value: object) -> list[dict[str, object]]:
+    return [item for item in value if isinstance(item, dict)] if isinstance(value, list) else []
+
+
+@dataclass(frozen=True, kw_only=True)
+class ImageSet:
+    """The artifacts of one build, found by their shared name stem."""
+
+    stem: str
+    docker: Path | None = None
+    aci: Path | None = None
+
+
+def find_sets(paths: list[Path]) -> list[ImageSet]:
+    """Group the .docker.tar and .aci files named (or found in the folders named) by stem."""
+    files: list[Path] = []
+    for path in paths:
+        files.extend(sorted(path.iterdir()) if path.is_dir() else [path])
+    sets: dict[str, dict[str, Path]] = {}
+    for file in files:
+        for suffix, kind in ((".docker.tar", "docker"), (".aci", "aci")):
+            if file.name.endswith(suffix):
+                sets.setdefault(file.name.removesuffix(suffix), {})[kind] = file
+    return [
+        ImageSet(stem=stem, docker=kinds.get("docker"), aci=kinds.get("aci"))
+        for stem, kinds in sorted(sets.items())
+    ]
+
+
+def verify_set(image_set: ImageSet, keyring: Path | None) -> list[str]:
+    """Every check of one build's artifacts; empty when all hold."""
+    from dualbuild import gpg
+    from dualbuild.errors import SigningError
+
+    problems: list[str] = []
+    if image_set.aci is not None:
+        problems += aci_structure(image_set.aci)
+        signature = image_set.aci.with_name(image_set.aci.name + ".asc")
+        try:
+            if keyring is not None:
+                gpg.verify_detached(image_set.aci, signature, keyring)
+            else:
+                gpg.verify_in_keyring(image_set.aci, signature)
+        except SigningError as error:
+            problems.append(f"signature: {error.message}")
+    if image_set.docker is not None and image_set.aci is not None:
+        problems += verify(image_set.docker, image_set.aci)
+    elif image_set.docker is None:
+        problems.append(f"no {image_set.stem}.docker.tar to compare the ACI with")
+    else:
+        problems.append(f"no {image_set.stem}.aci to compare the Docker tarball with")
+    return problems

@@ -5,12 +5,13 @@ from __future__ import annotations
 import json
 import os
 import shutil
+import signal
 import socket
 import subprocess
 import sys
 import tempfile
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
@@ -227,3 +228,46 @@ def project(tmp_path: Path, busybox_rootfs: Path) -> Path:
     shutil.copy(busybox_rootfs, directory / "busybox.tar")
     (directory / "greeting.txt").write_text("hello from the context\n")
     return directory
+
+
+# --- a private Docker engine ---------------------------------------------------------------
+
+Docker = Callable[..., subprocess.CompletedProcess[str]]
+
+
+@pytest.fixture(scope="session")
+def docker() -> Iterator[Docker]:
+    """A private dockerd on its own socket, data root and exec root; stopped at the end."""
+    require_tools("dockerd", "docker")
+    require_root()
+    # Short path: the socket path must stay under the 108-byte unix socket limit.
+    base = Path(tempfile.mkdtemp(prefix="dbd-", dir="/tmp"))
+    sock = f"unix://{base}/docker.sock"
+    log = (base / "dockerd.log").open("wb")
+    daemon = subprocess.Popen(
+        ["dockerd", "--data-root", f"{base}/data", "--exec-root", f"{base}/exec",
+         "--pidfile", f"{base}/docker.pid", "-H", sock, "--iptables=false", "--bridge=none"],
+        stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
+    )  # fmt: skip
+
+    def run(*args: str, check: bool = True) -> subprocess.CompletedProcess[str]:
+        return subprocess.run(
+            ["docker", "-H", sock, *args], check=check, capture_output=True, text=True, timeout=120
+        )
+
+    try:
+        deadline = time.monotonic() + 60
+        while run("info", check=False).returncode != 0:
+            if daemon.poll() is not None or time.monotonic() > deadline:
+                pytest.fail(f"dockerd did not start:\n{(base / 'dockerd.log').read_text()[-3000:]}")
+            time.sleep(0.1)
+        yield run
+    finally:
+        daemon.send_signal(signal.SIGTERM)
+        try:
+            daemon.wait(timeout=60)
+        except subprocess.TimeoutExpired:
+            daemon.kill()
+            daemon.wait()
+        log.close()
+        subprocess.run(["rm", "-rf", "--one-file-system", str(base)], check=False)

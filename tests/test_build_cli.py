@@ -11,7 +11,7 @@ import time
 from pathlib import Path
 
 import pytest
-from conftest import DUALBUILD, ROOT, buildah, dualbuild, require_tools
+from conftest import DUALBUILD, ROOT, Docker, buildah, dualbuild, require_tools
 
 from dualbuild.buildah import StorageOptions
 from dualbuild.gpg import gpg_env, stop_agent
@@ -276,3 +276,88 @@ def test_check_reproducible(project: Path, cli_env: dict[str, str]) -> None:
     assert bad.returncode == 1, bad.stderr
     assert "the two builds differ" in bad.stderr
     assert "srv/word: content" in bad.stderr
+
+
+def test_docker_runs_the_built_image_and_verify_catches_one_changed_byte(
+    project: Path, cli_env: dict[str, str], signing_home: tuple[Path, str], docker: Docker
+) -> None:
+    (project / "recipe.toml").write_text(RECIPE)
+    result = dualbuild(["build", str(project / "recipe.toml")], cli_env)
+    assert result.returncode == 0, result.stderr
+    dist = project / "dist"
+    loaded = docker("load", "-i", str(dist / "hello-2.0.0-linux-amd64.docker.tar"))
+    assert "Loaded image: example.com/e2e/hello:2.0.0" in loaded.stdout
+    ran = docker("run", "--rm", "--network", "none", "example.com/e2e/hello:latest")
+    assert ran.stdout == "dualbuild\nhello from the context\n"
+    home, fingerprint = signing_home
+    public = project / "pub.asc"
+    public.write_bytes(
+        subprocess.run(
+            ["gpg", "--batch", "--armor", "--export", fingerprint],
+            env=gpg_env(home),
+            capture_output=True,
+            check=True,
+        ).stdout
+    )
+    good = dualbuild(["verify", str(dist), "--keyring", str(public)], cli_env)
+    assert good.returncode == 0, good.stdout + good.stderr
+    assert good.stdout.startswith("ok   hello-2.0.0-linux-amd64")
+    aci = dist / "hello-2.0.0-linux-amd64.aci"
+    data = bytearray(aci.read_bytes())
+    data[len(data) // 2] ^= 0x01
+    aci.write_bytes(bytes(data))
+    bad = dualbuild(["verify", str(dist), "--keyring", str(public)], cli_env)
+    assert bad.returncode == 1
+    assert "FAIL hello-2.0.0-linux-amd64" in bad.stdout
+    assert "signature: " in bad.stdout
+    assert "does not verify" in bad.stdout
+    assert "1 of 1 checked builds failed verification" in bad.stderr
+
+
+def test_convert_both_ways(
+    project: Path, cli_env: dict[str, str], busybox_archives: dict[str, Path], docker: Docker
+) -> None:
+    require_tools("actool")
+    out = project / "converted"
+    to_aci = dualbuild(
+        [
+            "convert",
+            str(busybox_archives["docker"]),
+            "--name",
+            "example.com/converted/busybox",
+            "--version",
+            "1.0",
+            "--out",
+            str(out),
+        ],
+        cli_env,
+    )
+    assert to_aci.returncode == 0, to_aci.stderr
+    aci = out / "busybox-1.0-linux-amd64.aci"
+    subprocess.run(["actool", "validate", str(aci)], check=True)
+    manifest = json.loads(
+        subprocess.run(["actool", "cat-manifest", str(aci)], capture_output=True, check=True).stdout
+    )
+    assert manifest["app"]["exec"] == ["/bin/sh"]  # the Docker image's Cmd
+    assert {"name": "BASE_VAR", "value": "from-base"} in manifest["app"]["environment"]
+    back = project / "back"
+    to_docker = dualbuild(
+        ["convert", str(aci), "--format", "docker", "--out", str(back), "--version", "2.0"], cli_env
+    )
+    assert to_docker.returncode == 0, to_docker.stderr
+    docker("load", "-i", str(back / "busybox-2.0-linux-amd64.docker.tar"))
+    ran = docker(
+        "run",
+        "--rm",
+        "--network",
+        "none",
+        "example.com/converted/busybox:2.0",
+        "/bin/sh",
+        "-c",
+        "echo $BASE_VAR",
+    )
+    assert ran.stdout == "from-base\n"
+    inspected = docker(
+        "image", "inspect", "--format", "{{json .Config.Cmd}}", "example.com/converted/busybox:2.0"
+    )
+    assert json.loads(inspected.stdout) == ["/bin/sh"]  # Cmd survived Docker → ACI → Docker

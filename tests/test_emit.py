@@ -13,14 +13,12 @@ import stat
 import subprocess
 import sys
 import tarfile
-import tempfile
 import threading
 import time
-from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
-from conftest import ROOT, require_root, require_tools
+from conftest import ROOT, Docker, require_root, require_tools
 from test_tree import CAPABILITY, LONG_PATH, NON_UTF8, SDE, build_rich_tree
 
 from dualbuild.emit import Artifact, EmitError, run_emitters
@@ -549,47 +547,6 @@ def busybox_root(tmp_path_factory: pytest.TempPathFactory) -> Path:
     with tarfile.open(archive) as tar:
         tar.extractall(root, filter="fully_trusted")  # our own archive: absolute symlinks are intended
     return root
-
-
-Docker = Callable[..., subprocess.CompletedProcess[str]]
-
-
-@pytest.fixture(scope="session")
-def docker() -> Iterator[Docker]:
-    """A private dockerd on its own socket, data root and exec root; stopped at the end."""
-    require_tools("dockerd", "docker")
-    require_root()
-    # Short path: the socket path must stay under the 108-byte unix socket limit.
-    base = Path(tempfile.mkdtemp(prefix="dbd-", dir="/tmp"))
-    sock = f"unix://{base}/docker.sock"
-    log = (base / "dockerd.log").open("wb")
-    daemon = subprocess.Popen(
-        ["dockerd", "--data-root", f"{base}/data", "--exec-root", f"{base}/exec",
-         "--pidfile", f"{base}/docker.pid", "-H", sock, "--iptables=false", "--bridge=none"],
-        stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
-    )  # fmt: skip
-
-    def run(*args: str, check: bool = True) -> subprocess.CompletedProcess[str]:
-        return subprocess.run(
-            ["docker", "-H", sock, *args], check=check, capture_output=True, text=True, timeout=120
-        )
-
-    try:
-        deadline = time.monotonic() + 60
-        while run("info", check=False).returncode != 0:
-            if daemon.poll() is not None or time.monotonic() > deadline:
-                pytest.fail(f"dockerd did not start:\n{(base / 'dockerd.log').read_text()[-3000:]}")
-            time.sleep(0.1)
-        yield run
-    finally:
-        daemon.send_signal(signal.SIGTERM)
-        try:
-            daemon.wait(timeout=60)
-        except subprocess.TimeoutExpired:
-            daemon.kill()
-            daemon.wait()
-        log.close()
-        subprocess.run(["rm", "-rf", "--one-file-system", str(base)], check=False)
 
 
 @pytest.mark.integration
