@@ -1,5 +1,5 @@
 """``python -m dualbuild``."""
 
-from dualbuild.cli import main
+from dualbuild.entry import main
 
 main()

@@ -374,8 +374,8 @@ cli.add_command(publish_command)
 
 
 def main() -> None:
-    """Entry point of the ``dualbuild`` console script."""
-    # From here on SIGINT/SIGTERM raise Interrupted: cleanup runs, and the exit is 130/143.
+    """Run the command line (``dualbuild.entry.main`` installs the signal handlers first)."""
+    # SIGINT/SIGTERM raise Interrupted from here on: cleanup runs, and the exit is 130/143.
     # The handlers stay until the process ends, so a late signal never kills it half-way out.
     install_interrupt_handlers()
     try:

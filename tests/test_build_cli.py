@@ -222,6 +222,7 @@ def test_step_cache_hits_explains_and_never_goes_stale(project: Path, cli_env: d
     (project / "recipe.toml").write_text(RECIPE)
     recipe = str(project / "recipe.toml")
     aci = project / "dist" / "hello-2.0.0-linux-amd64.aci"
+    assert dualbuild(["cache", "prune"], cli_env).returncode == 0  # other tests built this recipe too
     first = dualbuild(["build", recipe], cli_env)
     assert first.returncode == 0, first.stderr
     assert all("[run: " in line for line in _step_lines(first.stderr))
