@@ -21,7 +21,7 @@ from dualbuild import __version__, run
 from dualbuild.buildah import StorageOptions, temporary_storage
 from dualbuild.emit import Artifact, run_emitters
 from dualbuild.errors import SigningError
-from dualbuild.log import log
+from dualbuild.log import log, status
 from dualbuild.model import Format, Recipe
 from dualbuild.plan import BuildPlan, make_plan
 from dualbuild.recipe import load_recipe
@@ -100,11 +100,17 @@ def build_recipe(recipe: Recipe, request: BuildRequest) -> dict[str, object]:
             timings["snapshot"] = time.monotonic() - start
             warnings += list(tree.warnings)
             start = time.monotonic()
-            artifacts = run_emitters(tree, plan.recipe.image, built.config, plan.source_date_epoch, pending)
+            with status.show(
+                f"writing {', '.join(str(fmt) for fmt in pending)} from {len(tree.entries)} entries"
+            ):
+                artifacts = run_emitters(
+                    tree, plan.recipe.image, built.config, plan.source_date_epoch, pending
+                )
             timings["emit"] = time.monotonic() - start
         if key is not None:
             start = time.monotonic()
-            sign_file(pending[Format.ACI], key)
+            with status.show(f"signing {pending[Format.ACI].name}"):
+                sign_file(pending[Format.ACI], key)
             timings["sign"] = time.monotonic() - start
         report = _report(plan, artifacts, targets, key, warnings, timings)
         report["build_key"] = build_key

@@ -10,7 +10,6 @@ import glob
 import json
 import os
 import shlex
-import sys
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
@@ -31,7 +30,7 @@ from dualbuild.cache import (
 )
 from dualbuild.errors import BuildError, CommandError
 from dualbuild.imageconfig import ImageConfig, apply_app, from_docker_config
-from dualbuild.log import log
+from dualbuild.log import log, output_line, status
 from dualbuild.model import (
     AciBase,
     ArchiveBase,
@@ -91,11 +90,6 @@ class _Stage:
     key: str
 
 
-def _print_output(line: str) -> None:
-    sys.stderr.write(f"  | {line}\n")
-    sys.stderr.flush()
-
-
 @contextmanager
 def build_stages(plan: BuildPlan, options: BuildOptions) -> Iterator[BuiltImage]:
     """Build every stage; yield the final tree while it is mounted; then remove everything.
@@ -112,7 +106,7 @@ def build_stages(plan: BuildPlan, options: BuildOptions) -> Iterator[BuiltImage]
         authfile=options.authfile,
     )  # fmt: skip
     index = StepIndex(options.cache_dir, plan.recipe.path)
-    on_output = options.on_output or _print_output
+    on_output = options.on_output or output_line
     try:
         built: dict[str, _Stage] = {}
         for stage in plan.stages:
@@ -145,9 +139,7 @@ def final_key(plan: BuildPlan, options: BuildOptions) -> str:
     index = StepIndex(options.cache_dir, plan.recipe.path)
     keyed: dict[str, _Stage] = {}
     for stage in plan.stages:
-        builder = _StageBuilder(
-            buildah, plan, stage, keyed, options, index, options.on_output or _print_output
-        )
+        builder = _StageBuilder(buildah, plan, stage, keyed, options, index, options.on_output or output_line)
         key = builder.positions()[-1].key
         keyed[stage.name] = _Stage(container="", root=Path(), inherited=ImageConfig(), key=key)
     return keyed[plan.final_stage.name].key
@@ -198,7 +190,8 @@ class _StageBuilder:
             reason = self._miss_reason(positions, step.number)
             log.info("%s  [run: %s]", header, reason)
             try:
-                _run_step(self.buildah, self.plan, state, step, self.built, self.on_output)
+                with status.show(header):
+                    _run_step(self.buildah, self.plan, state, step, self.built, self.on_output)
             except CommandError as error:
                 raise BuildError(
                     f"{label} step {step.number}/{len(steps)} ({step.summary}) failed with exit code "
