@@ -42,8 +42,8 @@ test: setup lint
 	$(BIN)/pytest
 
 lint: venv
-	$(BIN)/ruff check dualbuild tests scripts
-	$(BIN)/ruff format --check dualbuild tests scripts
+	$(BIN)/ruff check dualbuild tests scripts soak
+	$(BIN)/ruff format --check dualbuild tests scripts soak
 	$(BIN)/mypy
 
 clean:
