@@ -7,6 +7,7 @@ import json
 import os
 import sys
 import traceback
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -84,6 +85,33 @@ def _build_args(values: tuple[str, ...]) -> dict[str, str]:
     return args
 
 
+def _recipe_options(command: Callable[..., None]) -> Callable[..., None]:
+    """The options `plan` and `build` share: build args, context, output folder."""
+    for option in reversed(
+        [
+            click.option(
+                "--build-arg",
+                "build_args",
+                multiple=True,
+                metavar="KEY=VALUE",
+                help="Override an [args] value.",
+            ),
+            click.option(
+                "--context",
+                type=click.Path(path_type=Path, file_okay=False),
+                help="Build context (default: the recipe's folder).",
+            ),
+            click.option(
+                "--out",
+                type=click.Path(path_type=Path, file_okay=False),
+                help="Output directory (default: output.dir).",
+            ),
+        ]
+    ):
+        command = option(command)
+    return command
+
+
 @click.group(cls=_Group, context_settings={"help_option_names": ["-h", "--help"]})
 @click.version_option(__version__, "--version", prog_name="dualbuild")
 @click.option("-v", "--verbose", count=True, help="More output: -v timings, -vv every command run.")
@@ -114,17 +142,7 @@ def validate(recipes: tuple[Path, ...]) -> None:
 
 @cli.command()
 @click.argument("recipe", type=click.Path(path_type=Path))
-@click.option(
-    "--build-arg", "build_args", multiple=True, metavar="KEY=VALUE", help="Override an [args] value."
-)
-@click.option(
-    "--context",
-    type=click.Path(path_type=Path, file_okay=False),
-    help="Build context (default: the recipe's folder).",
-)
-@click.option(
-    "--out", type=click.Path(path_type=Path, file_okay=False), help="Output directory (default: output.dir)."
-)
+@_recipe_options
 @click.option("--json", "as_json", is_flag=True, help="Print the plan as JSON on stdout.")
 def plan(
     recipe: Path, build_args: tuple[str, ...], context: Path | None, out: Path | None, as_json: bool
@@ -161,17 +179,7 @@ def _plan_text(data: dict[str, Any]) -> str:
 
 @cli.command()
 @click.argument("recipe", type=click.Path(path_type=Path))
-@click.option(
-    "--build-arg", "build_args", multiple=True, metavar="KEY=VALUE", help="Override an [args] value."
-)
-@click.option(
-    "--context",
-    type=click.Path(path_type=Path, file_okay=False),
-    help="Build context (default: the recipe's folder).",
-)
-@click.option(
-    "--out", type=click.Path(path_type=Path, file_okay=False), help="Output directory (default: output.dir)."
-)
+@_recipe_options
 @click.option(
     "--sign-key",
     metavar="KEY",

@@ -67,15 +67,4 @@ def emit_docker(
         layout.finish()
         sha256 = file_sha256(file)
         size = file.tell()
-    return Artifact(
-        format=Format.DOCKER,
-        path=dest,
-        sha256=sha256,
-        size=size,
-        image_id=result.config_digest,
-        config_digest=result.config_digest,
-        manifest_digest=result.manifest_digest,
-        diff_ids=(result.diff_id,),
-        layer_digests=(result.layer_digest,),
-        warnings=result.warnings,
-    )
+    return result.artifact(Format.DOCKER, dest, sha256, size)

@@ -165,6 +165,21 @@ class LayoutResult:
     config_path: str
     warnings: tuple[str, ...]
 
+    def artifact(self, fmt: Format, dest: Path, sha256: str, size: int) -> Artifact:
+        """The Artifact of a finished image file holding this layout."""
+        return Artifact(
+            format=fmt,
+            path=dest,
+            sha256=sha256,
+            size=size,
+            image_id=self.config_digest,
+            config_digest=self.config_digest,
+            manifest_digest=self.manifest_digest,
+            diff_ids=(self.diff_id,),
+            layer_digests=(self.layer_digest,),
+            warnings=self.warnings,
+        )
+
 
 class LayoutWriter:
     """The outer tar of an OCI image layout, written to a seekable file in a fixed order.
@@ -323,15 +338,4 @@ def emit_oci(tree: Tree, image: Image, config: ImageConfig, source_date_epoch: i
         layout.finish()
         sha256 = file_sha256(file)
         size = file.tell()
-    return Artifact(
-        format=Format.OCI,
-        path=dest,
-        sha256=sha256,
-        size=size,
-        image_id=result.config_digest,
-        config_digest=result.config_digest,
-        manifest_digest=result.manifest_digest,
-        diff_ids=(result.diff_id,),
-        layer_digests=(result.layer_digest,),
-        warnings=result.warnings,
-    )
+    return result.artifact(Format.OCI, dest, sha256, size)
