@@ -206,18 +206,34 @@ def list_entries(images: Sequence[Mapping[str, object]]) -> list[CacheEntry]:
     return sorted(entries, key=lambda entry: entry.created)
 
 
-def cached(buildah: Buildah) -> list[CacheEntry]:
-    """Every cached tree in buildah's store."""
-    return list_entries(buildah.list_images(CACHE_REPOSITORY))
+def cached(buildah: Buildah, cache_dir: Path) -> list[CacheEntry]:
+    """Every cached tree in buildah's store, and every bootstrap tarball, oldest first."""
+    entries = list_entries(buildah.list_images(CACHE_REPOSITORY))
+    for tarball in sorted((cache_dir / "bootstrap").glob("*.tar")):
+        info = tarball.stat()
+        entries.append(
+            CacheEntry(
+                image_id="bootstrap",
+                key=tarball.name,
+                created=int(info.st_mtime),
+                size=f"{info.st_size / 1e6:.1f} MB",
+            )
+        )
+    return sorted(entries, key=lambda entry: entry.created)
 
 
-def prune(buildah: Buildah, *, older_than: int | None = None, now: float | None = None) -> list[CacheEntry]:
-    """Remove cached trees (those created more than ``older_than`` seconds ago, or all)."""
+def prune(
+    buildah: Buildah, cache_dir: Path, *, older_than: int | None = None, now: float | None = None
+) -> list[CacheEntry]:
+    """Remove cached trees and bootstrap tarballs (those older than ``older_than`` seconds, or all)."""
     moment = time.time() if now is None else now
     removed = []
-    for entry in cached(buildah):
+    for entry in cached(buildah, cache_dir):
         if older_than is not None and moment - entry.created < older_than:
             continue
-        if buildah.remove_image(cache_image(entry.key) if entry.key else entry.image_id):
+        if entry.image_id == "bootstrap":
+            (cache_dir / "bootstrap" / entry.key).unlink(missing_ok=True)
+            removed.append(entry)
+        elif buildah.remove_image(cache_image(entry.key) if entry.key else entry.image_id):
             removed.append(entry)
     return removed

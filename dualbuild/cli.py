@@ -30,6 +30,7 @@ from dualbuild.rules import parse_age_seconds
 from dualbuild.run import install_interrupt_handlers
 from dualbuild.schema import RECIPE_SCHEMA
 from dualbuild.sign import create_key, export_public_key
+from dualbuild.stages import default_cache_dir
 from dualbuild.verify import find_sets, verify_set
 
 # Internal errors (bugs) exit with EX_SOFTWARE so pipelines can tell them from user errors.
@@ -321,13 +322,17 @@ def verify_command(paths: tuple[Path, ...], keyring: Path | None) -> None:
 
 @cli.group()
 def cache() -> None:
-    """Inspect and prune the step cache (buildah images named localhost/dualbuild-cache)."""
+    """Inspect and prune the step cache.
+
+    The cache holds buildah images named localhost/dualbuild-cache, and Debian bootstrap
+    tarballs under the cache folder (~/.cache/dualbuild).
+    """
 
 
 @cache.command("ls")
 def cache_ls() -> None:
     """List cached trees, oldest first."""
-    for entry in cached(Buildah()):
+    for entry in cached(Buildah(), default_cache_dir()):
         when = datetime.datetime.fromtimestamp(entry.created, datetime.UTC).strftime("%Y-%m-%d %H:%M:%S")
         click.echo(f"{entry.key[:16]}  {entry.image_id[:12]}  {when}  {entry.size}")
 
@@ -341,7 +346,7 @@ def cache_prune(older_than: str | None) -> None:
         seconds = parse_age_seconds(older_than)
         if seconds is None:
             raise UsageError(f"--older-than {older_than!r} is not an age", hint="e.g. 30m, 12h, 7d, 2w")
-    removed = prune(Buildah(), older_than=seconds)
+    removed = prune(Buildah(), default_cache_dir(), older_than=seconds)
     click.echo(f"removed {len(removed)} cached tree{'s' if len(removed) != 1 else ''}")
 
 

@@ -16,6 +16,8 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 
 LOGGER_NAME = "dualbuild"
+# Below DEBUG: every command dualbuild runs (-vv); DEBUG holds timings and choices (-v).
+TRACE = 5
 log = logging.getLogger(LOGGER_NAME)
 _prefix: contextvars.ContextVar[str] = contextvars.ContextVar("dualbuild_log_prefix", default="")
 
@@ -107,7 +109,7 @@ def output_line(line: str) -> None:
 
 def setup(verbosity: int = 0, *, quiet: bool = False) -> None:
     """Send dualbuild's log to stderr; -v shows timings, -vv every command run."""
-    level = logging.WARNING if quiet else (logging.INFO, logging.DEBUG, logging.DEBUG)[min(verbosity, 2)]
+    level = logging.WARNING if quiet else (logging.INFO, logging.DEBUG, TRACE)[min(verbosity, 2)]
     handler = _StatusAwareHandler(sys.stderr)
     handler.setFormatter(_Formatter())
     log.handlers[:] = [handler]

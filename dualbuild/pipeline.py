@@ -123,6 +123,7 @@ def build_recipe(recipe: Recipe, request: BuildRequest) -> dict[str, object]:
             _write_json_atomically(plan.artifacts.report, report)
     finally:
         shutil.rmtree(staging, ignore_errors=True)
+    log.debug("timings: %s", ", ".join(f"{phase} {seconds:.2f}s" for phase, seconds in timings.items()))
     return report
 
 

@@ -21,7 +21,7 @@ from types import FrameType
 from typing import IO
 
 from dualbuild.errors import CommandError, Interrupted, ToolNotFoundError
-from dualbuild.log import log
+from dualbuild.log import TRACE, log
 
 TAIL_LINES = 20
 # Debian package that provides each tool, for the install hint.
@@ -107,7 +107,7 @@ def run(
         with deferred_interrupts():
             return run(argv, env=env, cwd=cwd, input=input, on_line=on_line, check=check, hint=hint)
     args = [os.fspath(a) for a in argv]
-    log.debug("+ %s", shlex.join(args))
+    log.log(TRACE, "+ %s", shlex.join(args))
     tail: collections.deque[str] = collections.deque(maxlen=TAIL_LINES)
     # A new session: a terminal's Ctrl-C reaches us alone, and we stop the child in order.
     process = subprocess.Popen(
@@ -152,7 +152,7 @@ def stream_stdout(argv: Argv) -> Iterator[IO[bytes]]:
         CommandError: the command failed.
     """
     args = [os.fspath(a) for a in argv]
-    log.debug("+ %s", shlex.join(args))
+    log.log(TRACE, "+ %s", shlex.join(args))
     process = subprocess.Popen(
         args, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
         start_new_session=True,

@@ -176,3 +176,22 @@ def test_passphrase_never_appears_in_logs_or_report(
     finally:
         subprocess.run(["gpgconf", "--kill", "all"], env=env, check=False)
         subprocess.run(["rm", "-rf", str(home)], check=False)
+
+
+def test_missing_gpg_is_refused_before_the_build(
+    project: Path, cli_env: dict[str, str], tmp_path: Path
+) -> None:
+    import shutil
+
+    (project / "recipe.toml").write_text(RECIPE)
+    bin_dir = tmp_path / "bin"
+    bin_dir.mkdir()
+    for tool in ("buildah", "runc"):
+        found = shutil.which(tool)
+        assert found
+        (bin_dir / tool).symlink_to(found)
+    result = dualbuild(["build", str(project / "recipe.toml")], {**cli_env, "PATH": str(bin_dir)})
+    assert result.returncode == 4, result.stderr
+    assert "could not find 'gpg'" in result.stderr
+    assert "hint: install gnupg, or build with --no-sign" in result.stderr
+    assert "step" not in result.stderr
