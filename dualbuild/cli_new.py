@@ -9,7 +9,8 @@ import click
 
 from dualbuild import scaffold
 from dualbuild.errors import DualbuildError, UsageError
-from dualbuild.scaffold import Action, NewRequest, NewResult, Variable, VarType
+from dualbuild.scaffold import Action, NewRequest, NewResult
+from dualbuild.scaffold_vars import Variable, VarType
 
 
 def stdin_is_interactive() -> bool:

@@ -81,16 +81,15 @@ def build_recipe(recipe: Recipe, request: BuildRequest) -> dict[str, object]:
     pending = {fmt: staging / path.name for fmt, path in targets.items()}
     signature = plan.artifacts.aci_signature
     pending_signature = staging / signature.name if signature is not None else None
-    staging.mkdir(parents=True, exist_ok=True)
     options = BuildOptions(
         isolation=request.isolation, tls_verify=request.tls_verify, authfile=request.authfile,
         keyring=request.keyring, storage=request.storage, cache_dir=request.cache_dir, cache=request.cache,
     )  # fmt: skip
     build_key = _build_key(plan, options, key) if request.cache else None
     if build_key is not None and (previous := _up_to_date(plan, build_key)) is not None:
-        shutil.rmtree(staging, ignore_errors=True)
         log.info("up to date: the recipe, its inputs and the artifacts are unchanged (--no-cache rebuilds)")
         return previous
+    staging.mkdir(parents=True, exist_ok=True)
     try:
         start = time.monotonic()
         with build_stages(plan, options) as built:

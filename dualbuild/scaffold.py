@@ -18,7 +18,6 @@ import contextlib
 import difflib
 import enum
 import posixpath
-import re
 import shutil
 import tomllib
 import traceback
@@ -30,103 +29,22 @@ from pathlib import Path, PurePosixPath
 
 import jinja2
 
-from dualbuild.errors import DualbuildError, Problem, RecipeError, TemplateError, UsageError
+from dualbuild.errors import DualbuildError, Problem, RecipeError, UsageError
 from dualbuild.recipe import parse_recipe_bytes
-from dualbuild.rules import AC_IDENTIFIER, DOCKER_TAG, is_docker_repository
+from dualbuild.scaffold_vars import (
+    BUILTIN_VARIABLES,
+    Value,
+    Variable,
+    VarType,
+    read_variable,
+    template_error,
+    toml_value,
+)
 
 TEMPLATE_FILE = "template.toml"
 RECIPE_FILE = "recipe.toml"
 JINJA_SUFFIX = ".jinja"
 TEMPLATE_KEYS = ("description", "variables")
-VARIABLE_KEYS = ("type", "default", "help", "choices", "pattern")
-_VARIABLE_NAME = re.compile(r"[a-z_][a-z0-9_]*")
-_TRUE = ("true", "yes", "y", "on", "1")
-_FALSE = ("false", "no", "n", "off", "0")
-# Control characters, and the lone surrogates that undecodable command-line bytes become.
-_UNPRINTABLE = re.compile(r"[\x00-\x1f\x7f\ud800-\udfff]")
-# TOML basic strings take no raw control character, quote or backslash (toml.io, "String").
-_TOML_ESCAPES = {code: f"\\u{code:04x}" for code in (*range(0x20), 0x7F)} | {34: '\\"', 92: "\\\\"}
-
-Value = str | int | bool | tuple[str, ...]
-
-
-class VarType(enum.StrEnum):
-    """What a template variable holds; a ``list`` is typed as comma-separated text."""
-
-    STR = "str"
-    INT = "int"
-    BOOL = "bool"
-    LIST = "list"
-
-
-@dataclass(frozen=True, kw_only=True)
-class Variable:
-    """One value a template asks for."""
-
-    name: str
-    type: VarType
-    help: str
-    # A str default may hold Jinja over the variables declared before it, e.g. "{{ name | basename }}".
-    default: Value | None = None
-    choices: tuple[Value, ...] = ()
-    pattern: str | None = None
-
-    def parse(self, text: str) -> Value:
-        """Convert text typed on the command line or at a prompt, and check it.
-
-        Raises:
-            UsageError: the text is not of the variable's type, not one of its choices, or does
-                not match its pattern (or, for ``name`` and ``version``, the recipe's rules).
-        """
-        value = self._convert(text)
-        if self.choices and value not in self.choices:
-            raise self._invalid(text, f"is not one of: {', '.join(self.format(c) for c in self.choices)}")
-        for item in value if isinstance(value, tuple) else (value,):
-            if isinstance(item, str) and self.pattern and not re.fullmatch(self.pattern, item):
-                raise self._invalid(item, f"does not match the pattern {self.pattern}")
-        if self.name == "name" and not (AC_IDENTIFIER.fullmatch(text) and is_docker_repository(text)):
-            raise self._invalid(text, "is not a valid image name")
-        if self.name == "version" and not DOCKER_TAG.fullmatch(text):
-            raise self._invalid(text, "is not a valid Docker tag")
-        return value
-
-    def format(self, value: Value) -> str:
-        """Write a value the way it is typed (the inverse of ``parse``)."""
-        if isinstance(value, bool):
-            return "true" if value else "false"
-        return ",".join(value) if isinstance(value, tuple) else str(value)
-
-    def _convert(self, text: str) -> Value:
-        # One-line values only: a newline rendered into a TOML comment would start a new key.
-        if _UNPRINTABLE.search(text):
-            raise self._invalid(text, "holds a control character or is not valid UTF-8")
-        match self.type:
-            case VarType.INT:
-                try:
-                    return int(text.strip())
-                except ValueError:
-                    raise self._invalid(text, "is not an integer") from None
-            case VarType.BOOL:
-                if text.strip().lower() not in _TRUE + _FALSE:
-                    raise self._invalid(text, "is not true or false")
-                return text.strip().lower() in _TRUE
-            case VarType.LIST:
-                return tuple(item.strip() for item in text.split(",") if item.strip())
-        return text
-
-    def _invalid(self, text: str, problem: str) -> UsageError:
-        return UsageError(f"{self.name}: {text!r} {problem}", hint=f"{self.name} is the {self.help}")
-
-
-# Every template asks these first (it may declare them to change the default or the help):
-# the target folder is named after the image.
-BUILTIN_VARIABLES = {
-    "name": Variable(
-        name="name", type=VarType.STR, default="example.com/app",
-        help="image name: an AC Identifier that is also a Docker repository, e.g. example.com/hello",
-    ),
-    "version": Variable(name="version", type=VarType.STR, default="0.1.0", help="image version (Docker tag)"),
-}  # fmt: skip
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -212,19 +130,19 @@ def load_template(name: str, root: Traversable | None = None) -> Template:
     try:
         document = tomllib.loads(folder.joinpath(TEMPLATE_FILE).read_text(encoding="utf-8"))
     except (tomllib.TOMLDecodeError, UnicodeDecodeError) as error:
-        raise _template_error(where, str(error)) from None
+        raise template_error(where, str(error)) from None
     if unknown := sorted(document.keys() - set(TEMPLATE_KEYS)):
-        raise _template_error(where, f"unknown key {unknown[0]!r} (known: {', '.join(TEMPLATE_KEYS)})")
+        raise template_error(where, f"unknown key {unknown[0]!r} (known: {', '.join(TEMPLATE_KEYS)})")
     description = document.get("description")
     if not isinstance(description, str) or not description.strip() or "\n" in description.strip():
-        raise _template_error(where, "description: must be a one-line string")
+        raise template_error(where, "description: must be a one-line string")
     table = document.get("variables", {})
     if not isinstance(table, dict):
-        raise _template_error(where, "variables: must be a table of [variables.NAME] tables")
-    declared = {key: _read_variable(where, key, spec) for key, spec in table.items()}
+        raise template_error(where, "variables: must be a table of [variables.NAME] tables")
+    declared = {key: read_variable(where, key, spec) for key, spec in table.items()}
     for key in BUILTIN_VARIABLES:
         if declared.get(key, BUILTIN_VARIABLES[key]).type is not VarType.STR:
-            raise _template_error(where, f"variables.{key}.type: {key} is always a str")
+            raise template_error(where, f"variables.{key}.type: {key} is always a str")
     builtins = [declared.pop(key, variable) for key, variable in BUILTIN_VARIABLES.items()]
     return Template(
         name=name, description=description.strip(), variables=(*builtins, *declared.values()), folder=folder
@@ -261,82 +179,8 @@ def new_recipe(request: NewRequest, *, ask: Ask | None = None, root: Traversable
     return NewResult(directory=directory, values=values, files=planned, written=not request.pretend)
 
 
-def toml_value(value: object) -> str:
-    """Write a value as a TOML literal (the ``toml`` filter): strings quoted and escaped.
-
-    Raises:
-        jinja2.TemplateRuntimeError: the value has no TOML form here (None, a table, ...).
-    """
-    if isinstance(value, bool):
-        return "true" if value else "false"
-    if isinstance(value, int):
-        return str(value)
-    if isinstance(value, str):
-        return '"' + value.translate(_TOML_ESCAPES) + '"'
-    if isinstance(value, list | tuple):
-        return "[" + ", ".join(toml_value(item) for item in value) + "]"
-    raise jinja2.TemplateRuntimeError(f"the toml filter cannot write {type(value).__name__} values")
-
-
 def _template_names(root: Traversable) -> list[str]:
     return sorted(e.name for e in root.iterdir() if e.is_dir() and e.joinpath(TEMPLATE_FILE).is_file())
-
-
-def _template_error(where: str, message: str, line: int | None = None) -> TemplateError:
-    location = f"{where}:{line}" if line is not None else where
-    return TemplateError(
-        f"template {location}: {message}", hint="this is a mistake in the template, or a value it cannot use"
-    )
-
-
-def _read_variable(where: str, key: str, spec: object) -> Variable:
-    here = f"variables.{key}"
-    if not _VARIABLE_NAME.fullmatch(key) or not isinstance(spec, dict):
-        raise _template_error(where, f"{here}: a table, named with lowercase letters, digits and '_'")
-    if unknown := sorted(spec.keys() - set(VARIABLE_KEYS)):
-        raise _template_error(where, f"{here}.{unknown[0]}: unknown key (known: {', '.join(VARIABLE_KEYS)})")
-    if spec.get("type", "str") not in VarType.__members__.values():
-        raise _template_error(where, f"{here}.type: {spec['type']!r} is not one of: str, int, bool, list")
-    var_type = VarType(spec.get("type", "str"))
-    help_text = spec.get("help")
-    if not isinstance(help_text, str) or not help_text.strip():
-        raise _template_error(where, f"{here}.help: every variable needs a help text (it is the prompt)")
-    pattern = spec.get("pattern")
-    if pattern is not None and not (var_type in (VarType.STR, VarType.LIST) and _is_regex(pattern)):
-        raise _template_error(where, f"{here}.pattern: must be a regular expression, for a str or list")
-    raw_choices = spec.get("choices", [])
-    if not isinstance(raw_choices, list) or (raw_choices and var_type in (VarType.BOOL, VarType.LIST)):
-        raise _template_error(where, f"{here}.choices: must be a list, for a str or int")
-    choices = tuple(_typed(where, f"{here}.choices", var_type, choice) for choice in raw_choices)
-    default = None
-    if "default" in spec:
-        default = _typed(where, f"{here}.default", var_type, spec["default"])
-    if choices and default is not None and default not in choices:
-        raise _template_error(where, f"{here}.default: {default!r} is not one of its choices")
-    return Variable(
-        name=key, type=var_type, help=help_text.strip(), default=default, choices=choices, pattern=pattern
-    )
-
-
-def _is_regex(pattern: object) -> bool:
-    try:
-        re.compile(str(pattern))
-    except re.error:
-        return False
-    return isinstance(pattern, str)
-
-
-def _typed(where: str, here: str, var_type: VarType, raw: object) -> Value:
-    match var_type, raw:
-        case VarType.STR, str():
-            return raw
-        case VarType.BOOL, bool():
-            return raw
-        case VarType.INT, int() if not isinstance(raw, bool):
-            return raw
-        case VarType.LIST, list() if all(isinstance(item, str) for item in raw):
-            return tuple(str(item) for item in raw)
-    raise _template_error(where, f"{here}: {raw!r} is not of type {var_type}")
 
 
 def _parse_assignments(assignments: Sequence[str]) -> dict[str, str]:
@@ -389,7 +233,7 @@ def _render_default(
         return environment.from_string(variable.default).render(_context(values))
     except jinja2.TemplateError as error:
         where = f"{template.name}/{TEMPLATE_FILE}"
-        raise _template_error(where, f"variables.{variable.name}.default: {error}") from None
+        raise template_error(where, f"variables.{variable.name}.default: {error}") from None
 
 
 def _context(values: Mapping[str, Value]) -> dict[str, object]:
@@ -432,7 +276,7 @@ def _render_files(
         try:
             target_text = environment.from_string(source.removesuffix(JINJA_SUFFIX)).render(context)
         except jinja2.TemplateError as error:
-            raise _template_error(where, f"in the file name: {error}") from None
+            raise template_error(where, f"in the file name: {error}") from None
         if not target_text or target_text.endswith("/"):
             continue  # a name that renders empty leaves the file out
         target = PurePosixPath(target_text)
@@ -446,7 +290,7 @@ def _render_files(
         else:
             data = template.folder.joinpath(*source.split("/")).read_bytes()
         if target in rendered:
-            raise _template_error(where, f"renders to {str(target)!r}, as another file does")
+            raise template_error(where, f"renders to {str(target)!r}, as another file does")
         rendered[target] = data
     return rendered
 
@@ -458,17 +302,17 @@ def _render_file(
     try:
         return environment.get_template(source).render(context)
     except jinja2.TemplateSyntaxError as error:
-        raise _template_error(filename, error.message or str(error), error.lineno) from None
+        raise template_error(filename, error.message or str(error), error.lineno) from None
     except (jinja2.TemplateError, TypeError, ValueError) as error:
         # Jinja rewrites the traceback so that template lines appear as frames of that file.
         lines = [f.lineno for f in traceback.extract_tb(error.__traceback__) if f.filename == filename]
-        raise _template_error(filename, str(error), lines[-1] if lines else None) from None
+        raise template_error(filename, str(error), lines[-1] if lines else None) from None
 
 
 def _validate_recipe(template: Template, rendered: Mapping[PurePosixPath, bytes], directory: Path) -> None:
     data = rendered.get(PurePosixPath(RECIPE_FILE))
     if data is None:
-        raise _template_error(template.name, f"it renders no {RECIPE_FILE}")
+        raise template_error(template.name, f"it renders no {RECIPE_FILE}")
     path = directory / RECIPE_FILE
     try:
         parse_recipe_bytes(data, path)
