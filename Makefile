@@ -42,9 +42,15 @@ test: setup lint
 	$(BIN)/pytest
 
 lint: venv
-	$(BIN)/ruff check dualbuild tests scripts soak
-	$(BIN)/ruff format --check dualbuild tests scripts soak
+	$(BIN)/ruff check dualbuild tests scripts soak bench
+	$(BIN)/ruff format --check dualbuild tests scripts soak bench
 	$(BIN)/mypy
+
+# Benchmarks (issue 8), not part of `make test`: root, buildah, gpg, pigz, actool, mmdebstrap.
+# ~17 min with the default 3 runs; trees are cached in ~/.cache/dualbuild-bench. Results: BENCHMARKS.md.
+BENCH_ARGS ?=
+bench: setup
+	$(BIN)/python bench/run.py $(BENCH_ARGS)
 
 clean:
 	rm -rf $(VENV) $(DEMO)/dist $(DEMO)/busybox-rootfs.tar $(DEMO_GNUPGHOME) .pytest_cache .mypy_cache .ruff_cache

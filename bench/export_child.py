@@ -1,0 +1,149 @@
+"""The export phase of a build, alone, on a plain directory: snapshot → emitters → signature.
+
+Run as a child process of bench/run.py (so its peak RSS can be read with wait4); prints one
+JSON object on stdout with the phase timings. It calls dualbuild's own API, exactly what
+``dualbuild build`` runs after the stages (dualbuild/pipeline.py):
+
+    snapshot(root, sde) → run_emitters(tree, image, config, sde, targets) → sign_file(aci, key)
+
+Per-emitter wall times are taken by wrapping each emitter of the registry; they run in
+parallel as in a build, so they overlap.
+
+usage: export_child.py TREE OUT_DIR --formats docker,aci [--sign-key FPR]
+"""
+
+from __future__ import annotations
+
+import argparse
+import functools
+import json
+import os
+import resource
+import shutil
+import sys
+import time
+from collections.abc import Callable
+from pathlib import Path
+
+import dualbuild.emit as emit_module
+from dualbuild.emit import run_emitters
+from dualbuild.imageconfig import ImageConfig, apply_app
+from dualbuild.model import Format
+from dualbuild.recipe import load_recipe
+from dualbuild.sign import check_signing_key, sign_file
+from dualbuild.tree import snapshot
+
+SOURCE_DATE_EPOCH = 1700000000
+RECIPE = """\
+[image]
+name = "example.com/bench/tree"
+version = "1.0.0"
+
+[[stages]]
+name = "final"
+from = "scratch"
+
+[output]
+source_date_epoch = {sde}
+"""
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    parser.add_argument("tree", type=Path)
+    parser.add_argument("out", type=Path)
+    parser.add_argument("--formats", default="docker,aci")
+    parser.add_argument("--sign-key")
+    parser.add_argument("--keep", action="store_true", help="keep the artifacts")
+    args = parser.parse_args()
+
+    formats = [Format(name) for name in args.formats.split(",") if name]
+    args.out.mkdir(parents=True, exist_ok=True)
+    recipe_path = args.out / "recipe.toml"
+    recipe_path.write_text(RECIPE.format(sde=SOURCE_DATE_EPOCH))
+    recipe = load_recipe(recipe_path)
+    config = apply_app(ImageConfig(), recipe.app, recipe.image.labels)
+    suffix = {Format.DOCKER: ".docker.tar", Format.ACI: ".aci", Format.OCI: ".oci.tar"}
+    targets = {fmt: args.out / f"tree-1.0.0-linux-amd64{suffix[fmt]}" for fmt in formats}
+
+    timings: dict[str, float] = {}
+    key = None
+    if args.sign_key and Format.ACI in formats:
+        start = time.monotonic()
+        key, _ = check_signing_key(args.sign_key, gnupghome=_gnupghome())
+        timings["key_check"] = time.monotonic() - start
+
+    per_emitter: dict[str, float] = {}
+    _time_emitters(per_emitter)
+    rss_before = _maxrss_kib()
+
+    start = time.monotonic()
+    tree = snapshot(args.tree, SOURCE_DATE_EPOCH)
+    timings["snapshot"] = time.monotonic() - start
+    rss_after_snapshot = _maxrss_kib()
+
+    start = time.monotonic()
+    artifacts = run_emitters(tree, recipe.image, config, SOURCE_DATE_EPOCH, targets)
+    timings["emit"] = time.monotonic() - start
+
+    if key is not None:
+        start = time.monotonic()
+        sign_file(targets[Format.ACI], key)
+        timings["sign"] = time.monotonic() - start
+
+    timings["export"] = timings["snapshot"] + timings["emit"] + timings.get("sign", 0.0)
+    result = {
+        "timings": timings,
+        "emitters": per_emitter,
+        "entries": len(tree.entries),
+        "artifacts": {str(a.format): {"size": a.size, "sha256": a.sha256} for a in artifacts},
+        "rss_kib": {
+            "after_imports": rss_before,
+            "after_snapshot": rss_after_snapshot,
+            "self_peak": _maxrss_kib(),
+        },
+    }
+    if not args.keep:
+        shutil.rmtree(args.out, ignore_errors=True)
+    json.dump(result, sys.stdout)
+    sys.stdout.write("\n")
+
+
+def _gnupghome() -> Path | None:
+    home = os.environ.get("GNUPGHOME")
+    return Path(home) if home else None
+
+
+def _maxrss_kib() -> int:
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+
+
+def _time_emitters(sink: dict[str, float]) -> None:
+    """Make ``run_emitters`` record each emitter's wall time in ``sink``.
+
+    ``run_emitters`` looks the registry up on every call, so replacing it is enough.
+    """
+    original = emit_module.emitters
+
+    def timed_registry() -> dict[Format, Callable[..., object]]:
+        return {fmt: _timed(fmt, emitter, sink) for fmt, emitter in original().items()}
+
+    emit_module.emitters = timed_registry  # type: ignore[assignment]
+
+
+def _timed(fmt: Format, emitter: Callable[..., object], sink: dict[str, float]) -> Callable[..., object]:
+    @functools.wraps(emitter)
+    def wrapper(*args: object, **kwargs: object) -> object:
+        start = time.monotonic()
+        try:
+            return emitter(*args, **kwargs)
+        finally:
+            sink[str(fmt)] = time.monotonic() - start
+
+    return wrapper
+
+
+if __name__ == "__main__":
+    main()
