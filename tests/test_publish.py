@@ -222,27 +222,9 @@ class Build:
 
 
 @pytest.fixture(scope="module")
-def signing_key() -> Iterator[tuple[Path, str]]:
-    """A throwaway GNUPGHOME with an RSA 2048 key (what rkt verifies; fast to make)."""
-    require_tools("gpg", "gpgconf")
-    home = Path(tempfile.mkdtemp(prefix="dbp-", dir="/tmp"))
-    home.chmod(0o700)
-    env = gpg_env(home)
-    subprocess.run(
-        ["gpg", "--batch", "--passphrase", "", "--quick-generate-key", "publish tests <p@dualbuild.invalid>",
-         "rsa2048", "sign", "0"],
-        env=env, check=True, capture_output=True,
-    )  # fmt: skip
-    listing = subprocess.run(
-        ["gpg", "--batch", "--with-colons", "--list-secret-keys"],
-        env=env,
-        check=True,
-        capture_output=True,
-        text=True,
-    ).stdout
-    yield home, next(line.split(":")[9] for line in listing.splitlines() if line.startswith("fpr"))
-    stop_agent(home)
-    shutil.rmtree(home, ignore_errors=True)
+def signing_key(signing_home: tuple[Path, str]) -> tuple[Path, str]:
+    """The session's throwaway GNUPGHOME and RSA key (conftest.signing_home)."""
+    return signing_home
 
 
 @pytest.fixture(scope="module")
