@@ -15,6 +15,7 @@ from conftest import DUALBUILD, ROOT, Docker, buildah, dualbuild, require_tools
 
 from dualbuild.buildah import StorageOptions
 from dualbuild.gpg import gpg_env, stop_agent
+from dualbuild.sign import export_public_key
 
 pytestmark = pytest.mark.integration
 
@@ -89,14 +90,7 @@ def test_build_writes_signed_valid_artifacts_and_a_report(
     # Verify as rkt would: a fresh keyring holding only the exported public key.
     home, fingerprint = signing_home
     public = project / "pub.asc"
-    public.write_bytes(
-        subprocess.run(
-            ["gpg", "--batch", "--armor", "--export", fingerprint],
-            env=gpg_env(home),
-            capture_output=True,
-            check=True,
-        ).stdout
-    )
+    export_public_key(fingerprint, public, gnupghome=home)
     with tempfile.TemporaryDirectory(prefix="dbv-", dir="/tmp") as fresh:
         env = gpg_env(Path(fresh))
         subprocess.run(["gpg", "--batch", "--import", str(public)], env=env, check=True, capture_output=True)
@@ -292,14 +286,7 @@ def test_docker_runs_the_built_image_and_verify_catches_one_changed_byte(
     assert ran.stdout == "dualbuild\nhello from the context\n"
     home, fingerprint = signing_home
     public = project / "pub.asc"
-    public.write_bytes(
-        subprocess.run(
-            ["gpg", "--batch", "--armor", "--export", fingerprint],
-            env=gpg_env(home),
-            capture_output=True,
-            check=True,
-        ).stdout
-    )
+    export_public_key(fingerprint, public, gnupghome=home)
     good = dualbuild(["verify", str(dist), "--keyring", str(public)], cli_env)
     assert good.returncode == 0, good.stdout + good.stderr
     assert good.stdout.startswith("ok   hello-2.0.0-linux-amd64")
