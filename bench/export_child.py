@@ -4,10 +4,11 @@ Run as a child process of bench/run.py (so its peak RSS can be read with wait4);
 JSON object on stdout with the phase timings. It calls dualbuild's own API, exactly what
 ``dualbuild build`` runs after the stages (dualbuild/pipeline.py):
 
-    snapshot(root, sde) → run_emitters(tree, image, config, sde, targets) → sign_file(aci, key)
+    snapshot(root, sde) → run_emitters(tree, image, config, sde, targets, taps={aci: signer})
 
-Per-emitter wall times are taken by wrapping each emitter of the registry; they run in
-parallel as in a build, so they overlap.
+with the signer (gpg reading the ACI's bytes as they are written) started before the
+emitters. Per-emitter wall times come from ``run_emitters``' timings; the emitters run in
+parallel as in a build, so they overlap. "sign" is the wait for gpg after the emit.
 
 usage: export_child.py TREE OUT_DIR --formats docker,aci [--sign-key FPR]
 """
@@ -15,22 +16,21 @@ usage: export_child.py TREE OUT_DIR --formats docker,aci [--sign-key FPR]
 from __future__ import annotations
 
 import argparse
-import functools
+import contextlib
 import json
 import os
 import resource
 import shutil
 import sys
 import time
-from collections.abc import Callable
 from pathlib import Path
 
-import dualbuild.emit as emit_module
 from dualbuild.emit import run_emitters
 from dualbuild.imageconfig import ImageConfig, apply_app
 from dualbuild.model import Format
 from dualbuild.recipe import load_recipe
-from dualbuild.sign import check_signing_key, sign_file
+from dualbuild.sign import check_signing_key, signing_stream
+from dualbuild.tarwriter import Writable
 from dualbuild.tree import snapshot
 
 SOURCE_DATE_EPOCH = 1700000000
@@ -75,8 +75,7 @@ def main() -> None:
         key, _ = check_signing_key(args.sign_key, gnupghome=_gnupghome())
         timings["key_check"] = time.monotonic() - start
 
-    per_emitter: dict[str, float] = {}
-    _time_emitters(per_emitter)
+    emit_timings: dict[str, float] = {}
     rss_before = _maxrss_kib()
 
     start = time.monotonic()
@@ -85,18 +84,24 @@ def main() -> None:
     rss_after_snapshot = _maxrss_kib()
 
     start = time.monotonic()
-    artifacts = run_emitters(tree, recipe.image, config, SOURCE_DATE_EPOCH, targets)
-    timings["emit"] = time.monotonic() - start
-
-    if key is not None:
+    with contextlib.ExitStack() as stack:
+        taps: dict[Format, Writable] = {}
+        if key is not None:
+            aci = targets[Format.ACI]
+            signature = aci.with_name(aci.name + ".asc")
+            taps[Format.ACI] = stack.enter_context(signing_stream(aci.name, signature, key))
+        artifacts = run_emitters(
+            tree, recipe.image, config, SOURCE_DATE_EPOCH, targets, taps=taps, timings=emit_timings
+        )
+        timings["emit"] = time.monotonic() - start
         start = time.monotonic()
-        sign_file(targets[Format.ACI], key)
+    if key is not None:
         timings["sign"] = time.monotonic() - start
 
     timings["export"] = timings["snapshot"] + timings["emit"] + timings.get("sign", 0.0)
     result = {
         "timings": timings,
-        "emitters": per_emitter,
+        "emitters": {name.removeprefix("emit_"): seconds for name, seconds in emit_timings.items()},
         "entries": len(tree.entries),
         "artifacts": {str(a.format): {"size": a.size, "sha256": a.sha256} for a in artifacts},
         "rss_kib": {
@@ -118,31 +123,6 @@ def _gnupghome() -> Path | None:
 
 def _maxrss_kib() -> int:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
-
-
-def _time_emitters(sink: dict[str, float]) -> None:
-    """Make ``run_emitters`` record each emitter's wall time in ``sink``.
-
-    ``run_emitters`` looks the registry up on every call, so replacing it is enough.
-    """
-    original = emit_module.emitters
-
-    def timed_registry() -> dict[Format, Callable[..., object]]:
-        return {fmt: _timed(fmt, emitter, sink) for fmt, emitter in original().items()}
-
-    emit_module.emitters = timed_registry  # type: ignore[assignment]
-
-
-def _timed(fmt: Format, emitter: Callable[..., object], sink: dict[str, float]) -> Callable[..., object]:
-    @functools.wraps(emitter)
-    def wrapper(*args: object, **kwargs: object) -> object:
-        start = time.monotonic()
-        try:
-            return emitter(*args, **kwargs)
-        finally:
-            sink[str(fmt)] = time.monotonic() - start
-
-    return wrapper
 
 
 if __name__ == "__main__":

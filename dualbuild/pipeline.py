@@ -6,6 +6,7 @@ interrupted build leaves the output directory as it was: no half-written or unsi
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import hashlib
 import json
@@ -26,8 +27,9 @@ from dualbuild.model import Format, Recipe
 from dualbuild.plan import BuildPlan, make_plan
 from dualbuild.recipe import load_recipe
 from dualbuild.reproduce import diff_archives
-from dualbuild.sign import PASSPHRASE_ENV, SigningKey, check_signing_key, choose_key, sign_file
+from dualbuild.sign import PASSPHRASE_ENV, SigningKey, check_signing_key, choose_key, signing_stream
 from dualbuild.stages import BuildOptions, build_stages, default_cache_dir, final_key
+from dualbuild.tarwriter import Writable
 from dualbuild.tree import snapshot
 
 
@@ -65,6 +67,7 @@ def build(request: BuildRequest) -> dict[str, object]:
 
 def build_recipe(recipe: Recipe, request: BuildRequest) -> dict[str, object]:
     """Build an already loaded recipe (``build`` and ``convert`` share this)."""
+    began = time.monotonic()
     timings: dict[str, float] = {}
     plan = make_plan(
         recipe, build_args=request.build_args, context=request.context, out_dir=request.out_dir,
@@ -99,18 +102,24 @@ def build_recipe(recipe: Recipe, request: BuildRequest) -> dict[str, object]:
             timings["snapshot"] = time.monotonic() - start
             warnings += list(tree.warnings)
             start = time.monotonic()
-            with status.show(
-                f"writing {', '.join(str(fmt) for fmt in pending)} from {len(tree.entries)} entries"
-            ):
-                artifacts = run_emitters(
-                    tree, plan.recipe.image, built.config, plan.source_date_epoch, pending
-                )
-            timings["emit"] = time.monotonic() - start
-        if key is not None:
-            start = time.monotonic()
-            with status.show(f"signing {pending[Format.ACI].name}"):
-                sign_file(pending[Format.ACI], key)
-            timings["sign"] = time.monotonic() - start
+            with contextlib.ExitStack() as signer:
+                taps: dict[Format, Writable] = {}
+                if key is not None and pending_signature is not None:
+                    # gpg reads the ACI's bytes as they are written, on the other core.
+                    name = pending[Format.ACI].name
+                    taps[Format.ACI] = signer.enter_context(signing_stream(name, pending_signature, key))
+                formats = ", ".join(str(fmt) for fmt in pending) + (" (signed)" if taps else "")
+                with status.show(f"writing {formats} from {len(tree.entries)} entries"):
+                    artifacts = run_emitters(
+                        tree, plan.recipe.image, built.config, plan.source_date_epoch, pending,
+                        taps=taps, timings=timings,
+                    )  # fmt: skip
+                timings["emit"] = time.monotonic() - start
+                start = time.monotonic()
+            if taps:
+                # Only the wait for gpg to finish once the ACI is written: it signed meanwhile.
+                timings["sign"] = time.monotonic() - start
+        timings["total"] = time.monotonic() - began
         report = _report(plan, artifacts, targets, key, warnings, timings)
         report["build_key"] = build_key
         # Every output is complete: make them visible together, not interrupted half-way.

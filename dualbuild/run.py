@@ -7,6 +7,7 @@ still running when the build is interrupted is terminated before the interruptio
 from __future__ import annotations
 
 import collections
+import contextlib
 import os
 import shlex
 import shutil
@@ -172,6 +173,49 @@ def stream_stdout(argv: Argv) -> Iterator[IO[bytes]]:
     finally:
         reader.join()
         process.stdout.close()
+        process.stderr.close()
+    if process.returncode != 0:
+        text = b"".join(errors).decode("utf-8", "replace").splitlines()[-TAIL_LINES:]
+        raise CommandError(args, process.returncode, "\n".join(text))
+
+
+@contextmanager
+def stream_stdin(
+    argv: Argv, *, env: Mapping[str, str] | None = None, pass_fds: Sequence[int] = ()
+) -> Iterator[IO[bytes]]:
+    """Run a command that reads a stream on stdin (e.g. a signer); checked once it is closed.
+
+    The caller writes to the yielded pipe; leaving the block closes it and waits. On an
+    exception the command is terminated instead.
+
+    Raises:
+        CommandError: the command failed.
+    """
+    args = [os.fspath(a) for a in argv]
+    log.log(TRACE, "+ %s", shlex.join(args))
+    process = subprocess.Popen(
+        args, env=dict(env) if env is not None else None, stdin=subprocess.PIPE,
+        stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, pass_fds=tuple(pass_fds),
+        start_new_session=True,
+    )  # fmt: skip
+    assert process.stdin is not None
+    assert process.stderr is not None
+    errors: list[bytes] = []
+    reader = threading.Thread(target=lambda: errors.append(process.stderr.read() if process.stderr else b""))
+    reader.start()
+    try:
+        yield process.stdin
+        # A command that stopped reading breaks the pipe: its exit status and stderr say why.
+        with contextlib.suppress(BrokenPipeError):
+            process.stdin.close()
+        process.wait()
+    except BaseException:
+        _terminate(process)
+        raise
+    finally:
+        with contextlib.suppress(OSError):
+            process.stdin.close()
+        reader.join()
         process.stderr.close()
     if process.returncode != 0:
         text = b"".join(errors).decode("utf-8", "replace").splitlines()[-TAIL_LINES:]

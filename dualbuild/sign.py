@@ -9,9 +9,11 @@ from __future__ import annotations
 
 import itertools
 import os
-from collections.abc import Mapping
+from collections.abc import Iterator, Mapping
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
+from typing import IO
 
 from dualbuild import gpg, run
 from dualbuild.errors import CommandError, SigningError, ToolNotFoundError
@@ -106,14 +108,18 @@ def _where(gnupghome: Path | None) -> str:
     return f" ({home})" if home else ""
 
 
-def _sign_argv(key: SigningKey, output: Path, data: Path | None) -> tuple[list[str], bytes | None]:
+def _sign_argv(
+    key: SigningKey, output: Path, data: Path | None, passphrase_fd: int = 0
+) -> tuple[list[str], bytes | None]:
+    """The gpg argv, and the passphrase bytes for stdin when it is read from fd 0."""
     gpg_binary = run.find_tool("gpg", "sign the ACI")
     argv = [gpg_binary, "--batch", "--yes", "--armor", "--detach-sign", "--local-user", key.fingerprint]
     stdin = None
     if key.passphrase is not None:
-        # The passphrase goes through stdin, never the command line (which is logged).
-        argv += ["--pinentry-mode", "loopback", "--passphrase-fd", "0"]
-        stdin = key.passphrase.encode() + b"\n"
+        # The passphrase goes through a pipe, never the command line (which is logged).
+        argv += ["--pinentry-mode", "loopback", "--passphrase-fd", str(passphrase_fd)]
+        if passphrase_fd == 0:
+            stdin = key.passphrase.encode() + b"\n"
     argv += ["--output", os.fspath(output)]
     if data is not None:
         argv.append(os.fspath(data))
@@ -152,6 +158,63 @@ def sign_file(data: Path, key: SigningKey) -> Path:
         partial.unlink(missing_ok=True)
     log.debug("signed %s with %s", data.name, key.fingerprint)
     return signature
+
+
+class _PipeSink:
+    """The signer's stdin as a writer; a gpg that stopped reading becomes a SigningError."""
+
+    def __init__(self, pipe: IO[bytes], name: str) -> None:
+        self._pipe = pipe
+        self._name = name
+
+    def write(self, data: bytes | bytearray | memoryview, /) -> None:
+        try:
+            self._pipe.write(data)
+        except BrokenPipeError:
+            raise SigningError(f"signing {self._name} failed: gpg stopped reading its input") from None
+
+
+@contextmanager
+def signing_stream(data_name: str, signature: Path, key: SigningKey) -> Iterator[_PipeSink]:
+    """Sign bytes while they are being written, so signing costs no pass over the file.
+
+    gpg reads the data from its stdin (it runs on another core) and the block's writes go
+    there; leaving the block without an error waits for gpg and renames the armored detached
+    signature to ``signature``. On an error gpg is stopped and no signature is left. The
+    caller must write exactly the bytes of the file it signs, in order.
+
+    Args:
+        data_name: The signed file's name, for messages.
+        signature: Where the ``.asc`` goes.
+        key: A key checked by :func:`check_signing_key`.
+
+    Raises:
+        SigningError: gpg failed.
+    """
+    partial = signature.with_name(f".{signature.name}.{os.getpid()}.tmp")
+    passphrase_read = None
+    pass_fds: tuple[int, ...] = ()
+    if key.passphrase is not None:
+        # A pipe of its own (stdin carries the data); a passphrase fits its buffer.
+        passphrase_read, passphrase_write = os.pipe()
+        os.write(passphrase_write, key.passphrase.encode() + b"\n")
+        os.close(passphrase_write)
+        pass_fds = (passphrase_read,)
+    argv, _ = _sign_argv(key, partial, None, passphrase_fd=passphrase_read or 0)
+    try:
+        with run.stream_stdin(argv, env=gpg.gpg_env(key.gnupghome), pass_fds=pass_fds) as pipe:
+            if passphrase_read is not None:
+                os.close(passphrase_read)
+                passphrase_read = None
+            yield _PipeSink(pipe, data_name)
+        partial.replace(signature)
+    except CommandError as error:
+        raise SigningError(f"signing {data_name} failed: {error.output_tail.strip()}") from None
+    finally:
+        if passphrase_read is not None:
+            os.close(passphrase_read)
+        partial.unlink(missing_ok=True)
+    log.debug("signed %s with %s", data_name, key.fingerprint)
 
 
 def create_key(name: str, email: str, *, gnupghome: Path | None = None, comment: str = "") -> str:

@@ -10,21 +10,25 @@ ACI). What makes the bytes stable (image-formats.md §3, appc.md §1.3):
   archive ("unrecognized file path in layout: pax_global_header").
 * No atime/ctime records; mtime clamped to SOURCE_DATE_EPOCH; uname/gname empty.
 * Devices and FIFOs are headers only and never opened (opening /dev/console hangs).
-* File contents are streamed in 1 MiB chunks and hashed on the way, so no file of the tree is
-  read twice and memory does not grow with file size.
+* File contents are read once (dualbuild.layerfeed) and streamed in 1 MiB chunks, hashed on the
+  way, so memory does not grow with file size.
+
+Headers of ordinary entries are packed with :mod:`struct` (5x faster than
+``TarInfo.tobuf``, which dominated small-file trees); anything that needs a PAX record goes
+through :mod:`tarfile`. Both give the same bytes for the same entry (a property test holds them
+to that).
 """
 
 from __future__ import annotations
 
 import contextlib
 import hashlib
-import io
 import os
-import stat
+import queue
 import struct
 import tarfile
 import threading
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from contextvars import ContextVar
 from pathlib import Path
 from typing import BinaryIO, Protocol
@@ -32,7 +36,7 @@ from typing import BinaryIO, Protocol
 from isal import isal_zlib
 
 from dualbuild.errors import BuildError
-from dualbuild.tree import Entry, EntryType, Tree
+from dualbuild.tree import Entry, EntryType, encode_name
 
 CHUNK = 1 << 20
 BLOCK = 512
@@ -40,9 +44,6 @@ BLOCK = 512
 # output. Its bytes are fixed for a given level on every x86-64 host with SSE4.2 (and so are
 # image IDs and diff_ids everywhere: they hash the uncompressed tar).
 GZIP_LEVEL = 2
-# Files up to this size are read in one call and go through the write buffer with headers.
-_SMALL_FILE = 64 << 10
-_OPEN_FLAGS = os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_NOCTTY | os.O_CLOEXEC
 _TAR_TYPES = {
     EntryType.FILE: tarfile.REGTYPE,
     EntryType.DIR: tarfile.DIRTYPE,
@@ -52,6 +53,17 @@ _TAR_TYPES = {
     EntryType.BLOCK: tarfile.BLKTYPE,
     EntryType.FIFO: tarfile.FIFOTYPE,
 }
+
+# The ustar header (POSIX.1-1988 fields, as tarfile writes them in PAX format).
+_USTAR = struct.Struct("100s8s8s8s12s12s8s1s100s8s32s32s8s8s155s12s")
+_USTAR_MAGIC = b"ustar\x0000"
+_NO_DEVICE = b"\0" * 8
+_CHECKSUM_BLANK = b" " * 8
+# Beyond these a value needs a PAX record (tarfile's limits for octal fields).
+_MAX_ID = 8**7
+_MAX_SIZE = 8**11
+# How many 1 MiB buffers a background stage may hold before its writer waits.
+_STAGE_DEPTH = 8
 
 Bytes = bytes | bytearray | memoryview
 
@@ -120,6 +132,9 @@ class GzipWriter:
 
     Written by hand on zlib rather than with ``gzip.GzipFile`` so every header byte is ours:
     mtime 0, no file name, XFL 0, OS 255 ("unknown", so the build host does not leak in).
+    ISA-L's output also depends on how the input is cut into ``compress`` calls, so the
+    input is re-cut into blocks of exactly :data:`CHUNK` bytes: the same bytes compress the
+    same way however the writers above happened to buffer them.
     :meth:`close` writes the trailer; it does not close the sink.
     """
 
@@ -128,22 +143,39 @@ class GzipWriter:
         self._compressor = isal_zlib.compressobj(level, isal_zlib.DEFLATED, -isal_zlib.MAX_WBITS)
         self._crc = 0
         self._size = 0
+        self._pending = bytearray()
         sink.write(b"\x1f\x8b\x08\x00" + bytes(4) + b"\x00\xff")
 
     def write(self, data: Bytes, /) -> int:
         """Compress ``data`` into the sink."""
         length = data.nbytes if isinstance(data, memoryview) else len(data)
-        self._crc = isal_zlib.crc32(data, self._crc)
         self._size += length
-        compressed = self._compressor.compress(data)
-        if compressed:
-            self._sink.write(compressed)
+        if not self._pending and length == CHUNK:
+            self._compress(data)
+            return length
+        self._pending += data
+        if len(self._pending) >= CHUNK:
+            view = memoryview(self._pending)
+            whole = len(view) - len(view) % CHUNK
+            for start in range(0, whole, CHUNK):
+                self._compress(view[start : start + CHUNK])
+            view.release()
+            del self._pending[:whole]
         return length
 
     def close(self) -> None:
         """Flush the compressor and write the trailer (CRC-32 and size mod 2^32)."""
+        if self._pending:
+            self._compress(self._pending)
+            self._pending = bytearray()
         self._sink.write(self._compressor.flush())
         self._sink.write(struct.pack("<II", self._crc, self._size & 0xFFFFFFFF))
+
+    def _compress(self, block: Bytes) -> None:
+        self._crc = isal_zlib.crc32(block, self._crc)
+        compressed = self._compressor.compress(block)
+        if compressed:
+            self._sink.write(compressed)
 
 
 @contextlib.contextmanager
@@ -189,15 +221,83 @@ def _fsync_directory(directory: Path) -> None:
         os.close(fd)
 
 
-def file_sha256(file: BinaryIO) -> str:
-    """Hex sha256 of a whole open file, read from the start in big chunks."""
+def file_sha256(file: BinaryIO, tap: Writable | None = None) -> str:
+    """Hex sha256 of a whole open file, read from the start in big chunks (also fed to ``tap``)."""
     file.flush()
     file.seek(0)
     hasher = hashlib.sha256()
     while data := file.read(CHUNK):
         check_cancelled()
         hasher.update(data)
+        if tap is not None:
+            tap.write(data)
     return hasher.hexdigest()
+
+
+class Tee:
+    """Write everything to a sink and, when given, to a tap as well (e.g. a signer's stdin)."""
+
+    def __init__(self, sink: Writable, tap: Writable | None) -> None:
+        self._sink = sink
+        self._tap = tap
+
+    def write(self, data: Bytes, /) -> None:
+        """Write ``data`` to both."""
+        self._sink.write(data)
+        if self._tap is not None:
+            self._tap.write(data)
+
+
+_DONE = object()
+
+
+class BackgroundStage:
+    """A writer whose writes are done by a thread of its own, so two stages use two cores.
+
+    Hashing, ISA-L and file writes release the GIL on large buffers, so e.g. sha512 of an ACI
+    in one thread and its compression in another run at the same time. Writes are queued by
+    reference: a caller must not change a buffer after writing it (the layer feed never does).
+    Use as a context manager; leaving it waits for the queue to drain and re-raises the
+    thread's error. After an error in the thread, :meth:`write` raises it too.
+    """
+
+    def __init__(self, sink: Writable) -> None:
+        self._sink = sink
+        self._queue: queue.Queue[object] = queue.Queue(maxsize=_STAGE_DEPTH)
+        self._error: BaseException | None = None
+        self._thread = threading.Thread(target=self._work, name="emit-stage", daemon=True)
+
+    def __enter__(self) -> BackgroundStage:
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc_info: object) -> None:
+        self._put(_DONE)
+        self._thread.join()
+        if self._error is not None and exc_info[0] is None:
+            raise self._error
+
+    def write(self, data: Bytes, /) -> None:
+        """Queue ``data`` for the stage's thread."""
+        if self._error is not None:
+            raise self._error
+        self._put(data)
+
+    def _put(self, item: object) -> None:
+        while self._thread.is_alive():
+            try:
+                self._queue.put(item, timeout=0.2)
+                return
+            except queue.Full:
+                check_cancelled()
+
+    def _work(self) -> None:
+        while (item := self._queue.get()) is not _DONE:
+            if self._error is None:
+                try:
+                    self._sink.write(item)  # type: ignore[arg-type]
+                except BaseException as error:  # noqa: BLE001 - handed to the writer's thread
+                    self._error = error
 
 
 # --- tar ------------------------------------------------------------------------------------
@@ -239,134 +339,76 @@ def tar_header(
     return info.tobuf(tarfile.PAX_FORMAT, "utf-8", "surrogateescape")
 
 
+def entry_headers(entry: Entry, prefixes: Sequence[str], clamp: int) -> list[bytes]:
+    """The header block(s) of ``entry`` under each name prefix, in the order of ``prefixes``.
+
+    The first prefix's header is packed; when only the name differs for the next prefix, its
+    header is the first one with the name replaced and the checksum shifted by the bytes the
+    prefix adds (NULs count zero), which is much cheaper than packing again.
+    """
+    first = _packed_header(entry, prefixes[0], clamp)
+    headers = [first if first is not None else _tarfile_header(entry, prefixes[0], clamp)]
+    name = encode_name(entry.path) + (b"/" if entry.type is EntryType.DIR else b"")
+    for prefix in prefixes[1:]:
+        extra = prefix.encode()
+        if prefix == prefixes[0]:
+            headers.append(headers[0])
+        elif first is not None and entry.type is not EntryType.HARDLINK and len(extra) + len(name) <= 100:
+            checksum = int(first[148:154], 8) + sum(extra) - sum(prefixes[0].encode())
+            renamed = (extra + name).ljust(100, b"\0")
+            headers.append(b"".join((renamed, first[100:148], b"%06o\0 " % checksum, first[156:])))
+        else:
+            headers.append(_header(entry, prefix, clamp))
+    return headers
+
+
+def _header(entry: Entry, prefix: str, clamp: int) -> bytes:
+    packed = _packed_header(entry, prefix, clamp)
+    return packed if packed is not None else _tarfile_header(entry, prefix, clamp)
+
+
+def _packed_header(entry: Entry, prefix: str, clamp: int) -> bytes | None:
+    """The ustar block tarfile would write for ``entry``, or None when it needs a PAX record."""
+    if entry.xattrs:
+        return None
+    kind = _TAR_TYPES[entry.type]
+    name = encode_name(prefix + entry.path)
+    if kind == tarfile.DIRTYPE:
+        name += b"/"  # tarfile's rule: a directory's name ends with a slash
+    link = prefix + entry.link_target if entry.type is EntryType.HARDLINK else entry.link_target
+    linkname = encode_name(link)
+    size = entry.size
+    if (
+        len(name) > 100
+        or len(linkname) > 100
+        or not name.isascii()
+        or not linkname.isascii()
+        or entry.uid >= _MAX_ID
+        or entry.gid >= _MAX_ID
+        or size >= _MAX_SIZE
+    ):
+        return None
+    if kind == tarfile.CHRTYPE or kind == tarfile.BLKTYPE:
+        devmajor, devminor = b"%07o\0" % entry.devmajor, b"%07o\0" % entry.devminor
+    else:
+        devmajor = devminor = _NO_DEVICE
+    block = _USTAR.pack(
+        name, b"%07o\0" % entry.mode, b"%07o\0" % entry.uid, b"%07o\0" % entry.gid,
+        b"%011o\0" % size, b"%011o\0" % min(entry.mtime, clamp), _CHECKSUM_BLANK, kind,
+        linkname, _USTAR_MAGIC, b"", b"", devmajor, devminor, b"", b"",
+    )  # fmt: skip
+    return b"".join((block[:148], b"%06o\0 " % sum(block), block[156:]))
+
+
+def _tarfile_header(entry: Entry, prefix: str, clamp: int) -> bytes:
+    link = prefix + entry.link_target if entry.type is EntryType.HARDLINK else entry.link_target
+    return tar_header(
+        prefix + entry.path, _TAR_TYPES[entry.type], mode=entry.mode, mtime=min(entry.mtime, clamp),
+        size=entry.size, uid=entry.uid, gid=entry.gid, linkname=link, devmajor=entry.devmajor,
+        devminor=entry.devminor, xattrs=entry.xattrs,
+    )  # fmt: skip
+
+
 def padding(size: int) -> bytes:
     """Zero bytes that fill ``size`` up to a whole tar block."""
     return bytes(-size % BLOCK)
-
-
-class TarStream:
-    """Write a tar archive to a sink, entry by entry, with nothing held in memory.
-
-    Small writes (headers, small files) are collected into a 1 MiB buffer so that the hash and
-    gzip layers below see few, large writes; big files go through in 1 MiB chunks.
-
-    Args:
-        sink: Where the tar bytes go.
-        prefix: Put before every tree path and hardlink target (``"rootfs/"`` for an ACI).
-        mtime_clamp: Upper bound for every header's mtime (SOURCE_DATE_EPOCH).
-    """
-
-    def __init__(self, sink: Writable, *, prefix: str = "", mtime_clamp: int) -> None:
-        self._sink = sink
-        self._prefix = prefix
-        self._clamp = mtime_clamp
-        self._buffer = bytearray()
-        self._chunk = bytearray(CHUNK)
-
-    def add_tree(self, tree: Tree) -> None:
-        """Write every entry of ``tree``, in order."""
-        for entry in tree.entries:
-            self.add_entry(tree, entry)
-
-    def add_entry(self, tree: Tree, entry: Entry) -> None:
-        """Write one tree entry, streaming a regular file's content from ``tree.root``."""
-        check_cancelled()
-        link = entry.link_target
-        if entry.type is EntryType.HARDLINK:
-            # rkt links to join(root, Linkname): the target needs the prefix too (appc.md §1.3).
-            link = self._prefix + link
-        self._write(
-            tar_header(
-                self._prefix + entry.path,
-                _TAR_TYPES[entry.type],
-                mode=entry.mode,
-                mtime=min(entry.mtime, self._clamp),
-                size=entry.size,
-                uid=entry.uid,
-                gid=entry.gid,
-                linkname=link,
-                devmajor=entry.devmajor,
-                devminor=entry.devminor,
-                xattrs=entry.xattrs,
-            )
-        )
-        if entry.type is EntryType.FILE:
-            self._copy_file(tree.source_path(entry), entry)
-            self._write(padding(entry.size))
-
-    def add_bytes(self, name: str, data: bytes, *, mtime: int, mode: int = 0o644) -> None:
-        """Write a regular file with the given content, owned by 0:0."""
-        self._write(tar_header(name, tarfile.REGTYPE, mode=mode, mtime=mtime, size=len(data)))
-        self._write(data)
-        self._write(padding(len(data)))
-
-    def add_directory(self, name: str, *, mtime: int, mode: int = 0o755) -> None:
-        """Write a directory entry owned by 0:0."""
-        self._write(tar_header(name, tarfile.DIRTYPE, mode=mode, mtime=mtime))
-
-    def finish(self) -> None:
-        """Write the end-of-archive marker (two zero blocks) and flush the buffer."""
-        self._write(bytes(2 * BLOCK))
-        self.flush()
-
-    def flush(self) -> None:
-        """Hand buffered bytes to the sink."""
-        if self._buffer:
-            self._sink.write(self._buffer)
-            self._buffer = bytearray()
-
-    def _write(self, data: Bytes) -> None:
-        if len(self._buffer) + len(data) > CHUNK:
-            self.flush()
-        if len(data) >= CHUNK:
-            self._sink.write(data)
-        else:
-            self._buffer += data
-
-    def _copy_file(self, source: bytes, entry: Entry) -> None:
-        """Stream exactly ``entry.size`` bytes of a regular file.
-
-        O_NOFOLLOW and O_NONBLOCK guard against the path having become a symlink or a FIFO
-        since the snapshot; a changed size is an error rather than a corrupt archive.
-        """
-        try:
-            fd = os.open(source, _OPEN_FLAGS)
-        except OSError as exc:
-            raise _changed(entry, exc.strerror or str(exc)) from exc
-        with open(fd, "rb", buffering=0) as file:
-            st = os.fstat(fd)
-            if not stat.S_ISREG(st.st_mode) or st.st_size != entry.size:
-                raise _changed(entry, "it is no longer the regular file of the snapshot")
-            if entry.size <= _SMALL_FILE:
-                data = b""
-                while len(data) < entry.size:
-                    more = file.read(entry.size - len(data))
-                    if not more:
-                        raise _changed(entry, "it shrank while being read")
-                    data += more
-                self._write(data)
-            else:
-                with contextlib.suppress(OSError):
-                    os.posix_fadvise(fd, 0, 0, os.POSIX_FADV_SEQUENTIAL)
-                self.flush()
-                self._stream(file, entry)
-            if file.read(1):
-                raise _changed(entry, "it grew while being read")
-
-    def _stream(self, file: io.FileIO, entry: Entry) -> None:
-        view = memoryview(self._chunk)
-        remaining = entry.size
-        while remaining:
-            check_cancelled()
-            count = file.readinto(view[: min(remaining, CHUNK)])
-            if not count:
-                raise _changed(entry, "it shrank while being read")
-            self._sink.write(view[:count])
-            remaining -= count
-
-
-def _changed(entry: Entry, why: str) -> BuildError:
-    return BuildError(
-        f"/{entry.path} changed while the image was being written: {why}",
-        hint="nothing may modify the image tree while dualbuild exports it",
-    )

@@ -13,7 +13,14 @@ from conftest import require_tools
 
 from dualbuild.errors import SigningError
 from dualbuild.gpg import gpg_env, stop_agent, verify_detached
-from dualbuild.sign import check_signing_key, choose_key, create_key, export_public_key, sign_file
+from dualbuild.sign import (
+    check_signing_key,
+    choose_key,
+    create_key,
+    export_public_key,
+    sign_file,
+    signing_stream,
+)
 
 pytestmark = pytest.mark.integration
 
@@ -110,3 +117,51 @@ def test_key_choice_order() -> None:
     assert choose_key(None, {"DUALBUILD_SIGN_KEY": "env"}, "recipe") == "env"
     assert choose_key(None, {}, "recipe") == "recipe"
     assert choose_key(None, {}, None) is None
+
+
+def test_signing_while_writing_gives_a_signature_of_exactly_those_bytes(home: Path, tmp_path: Path) -> None:
+    fingerprint = quick_key(home, "Locked <stream@example.com>", passphrase="right horse")
+    key, _ = check_signing_key(fingerprint, gnupghome=home, passphrase="right horse")
+    stop_agent(home)  # the passphrase must come through its own pipe, not the agent's cache
+    data = tmp_path / "image.aci"
+    signature = tmp_path / "image.aci.asc"
+    pieces = [bytes([n]) * (n * 40_000) for n in range(1, 40)]
+    with signing_stream(data.name, signature, key) as signer:
+        for piece in pieces:
+            signer.write(piece)
+    data.write_bytes(b"".join(pieces))
+    public = tmp_path / "pubkey.asc"
+    export_public_key(fingerprint, public, gnupghome=home)
+    assert verify_detached(data, signature, public) == fingerprint
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["image.aci", "image.aci.asc", "pubkey.asc"]
+
+
+def test_a_failed_write_leaves_no_signature_and_stops_gpg(home: Path, tmp_path: Path) -> None:
+    key, _ = check_signing_key(create_key("Bot", "bot@example.com", gnupghome=home), gnupghome=home)
+    signature = tmp_path / "image.aci.asc"
+
+    def failing_emit() -> None:
+        with signing_stream("image.aci", signature, key) as signer:
+            signer.write(b"half an image")
+            raise RuntimeError("emitter failed")
+
+    with pytest.raises(RuntimeError, match="emitter failed"):
+        failing_emit()
+    assert list(tmp_path.iterdir()) == []
+    assert "--detach-sign" not in subprocess.run(["ps", "-eo", "args"], capture_output=True, text=True).stdout
+
+
+def test_gpg_failing_mid_stream_is_a_signing_error(home: Path, tmp_path: Path) -> None:
+    key, _ = check_signing_key(create_key("Gone", "gone@example.com", gnupghome=home), gnupghome=home)
+    signature = tmp_path / "image.aci.asc"
+    # The key disappears after the check: gpg starts, then fails to sign.
+    gpg(home, "--yes", "--delete-secret-and-public-key", key.fingerprint)
+
+    def emit() -> None:
+        with signing_stream("image.aci", signature, key) as signer:
+            for _ in range(64):
+                signer.write(b"x" * (1 << 20))
+
+    with pytest.raises(SigningError, match=r"signing image\.aci failed"):
+        emit()
+    assert list(tmp_path.iterdir()) == []

@@ -2,9 +2,12 @@
 
 Each emitter has the same signature::
 
-    emit(tree, image, config, source_date_epoch, dest) -> Artifact
+    emit(layer, image, config, source_date_epoch, dest, *, tap=None) -> Artifact
 
 and writes ``dest`` atomically (a temporary name in the same directory, renamed on success).
+``layer`` is the tree itself (the emitter then reads it alone) or its subscription to a
+:class:`~dualbuild.layerfeed.LayerFeed`, which :func:`run_emitters` uses so the tree is read
+once for every format. ``tap`` gets the file's bytes in order (the ACI's signer).
 The registry is an explicit dict (STYLE.md B2.9). The emitter modules import
 :class:`Artifact` from here, so they are imported lazily inside :func:`emitters` to keep the
 import graph acyclic.
@@ -15,16 +18,19 @@ from __future__ import annotations
 import contextvars
 import functools
 import threading
-from collections.abc import Callable, Mapping
+import time
+from collections.abc import Mapping, MutableMapping
 from concurrent.futures import Future, ThreadPoolExecutor, as_completed
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Protocol
 
 from dualbuild import log as logmod
 from dualbuild.errors import BuildError, DualbuildError
 from dualbuild.imageconfig import ImageConfig
+from dualbuild.layerfeed import LayerFeed, LayerSource, Subscription
 from dualbuild.model import Format, Image
-from dualbuild.tarwriter import set_cancel_event
+from dualbuild.tarwriter import Writable, set_cancel_event
 from dualbuild.tree import Tree
 
 
@@ -73,7 +79,24 @@ class Artifact:
         }
 
 
-Emitter = Callable[[Tree, Image, ImageConfig, int, Path], Artifact]
+class Emitter(Protocol):
+    """Writes one format's file from the layer and the config."""
+
+    def __call__(
+        self,
+        layer: Tree | LayerSource,
+        image: Image,
+        config: ImageConfig,
+        source_date_epoch: int,
+        dest: Path,
+        *,
+        tap: Writable | None = None,
+    ) -> Artifact:
+        """Write ``dest``; return what was written."""
+
+
+# The name prefix of the tree's entries inside each format's archive (appc.md §1.3).
+LAYER_PREFIX = {Format.DOCKER: "", Format.OCI: "", Format.ACI: "rootfs/"}
 
 
 class EmitError(BuildError):
@@ -101,14 +124,18 @@ def run_emitters(
     config: ImageConfig,
     source_date_epoch: int,
     targets: Mapping[Format, Path],
+    *,
+    taps: Mapping[Format, Writable] | None = None,
+    timings: MutableMapping[str, float] | None = None,
 ) -> list[Artifact]:
-    """Write every target in parallel, one thread per format, all reading the same tree.
+    """Write every target in parallel from one read of the tree.
 
-    Every task runs in a copy of the caller's context (threads do not inherit contextvars),
-    so each one's log lines carry its format as a prefix. An emitter that fails does not stop
-    the others: all failures are collected and raised together. An interrupt (e.g.
-    KeyboardInterrupt) cancels the running emitters, which remove their temporary files,
-    and is re-raised once they have stopped.
+    A :class:`LayerFeed` reads the tree once in a thread of its own and hands the tar to one
+    thread per format. Every task runs in a copy of the caller's context (threads do not
+    inherit contextvars), so each one's log lines carry its format as a prefix. An emitter
+    that fails does not stop the others: all failures are collected and raised together. An
+    interrupt (e.g. KeyboardInterrupt) cancels the producer and the emitters, which remove
+    their temporary files, and is re-raised once they have stopped.
 
     Args:
         tree: The image tree.
@@ -116,6 +143,8 @@ def run_emitters(
         config: The runtime config of the image.
         source_date_epoch: Timestamp for ``created`` fields and the mtime clamp.
         targets: Output file per format.
+        taps: Per format, a writer that also gets the file's bytes in order (e.g. a signer).
+        timings: Gets each emitter's wall time as ``emit_<format>``, in seconds.
 
     Returns:
         The artifacts, in the order of ``targets``.
@@ -125,21 +154,28 @@ def run_emitters(
     """
     registry = emitters()
     cancel = threading.Event()
+    feed = LayerFeed(tree, mtime_clamp=source_date_epoch)
+    subscriptions = {fmt: feed.subscribe(LAYER_PREFIX[fmt]) for fmt in targets}
     results: dict[Format, Artifact] = {}
     failures: dict[Format, BaseException] = {}
-    with ThreadPoolExecutor(max_workers=max(len(targets), 1), thread_name_prefix="emit") as pool:
-        futures: dict[Future[Artifact], Format] = {}
+    with ThreadPoolExecutor(max_workers=len(targets) + 1, thread_name_prefix="emit") as pool:
+        producer_context = contextvars.copy_context()
+        producer_context.run(set_cancel_event, cancel)
+        pool.submit(producer_context.run, feed.run)
+        futures: dict[Future[tuple[Artifact, float]], Format] = {}
         for fmt, dest in targets.items():
-            context = contextvars.copy_context()
             job = functools.partial(
-                _run_one, registry[fmt], fmt, cancel, tree, image, config, source_date_epoch, dest
-            )
-            futures[pool.submit(context.run, job)] = fmt
+                _run_one, registry[fmt], fmt, cancel, subscriptions[fmt], image, config,
+                source_date_epoch, dest, (taps or {}).get(fmt),
+            )  # fmt: skip
+            futures[pool.submit(contextvars.copy_context().run, job)] = fmt
         try:
             for future in as_completed(futures):
                 fmt = futures[future]
                 try:
-                    results[fmt] = future.result()
+                    results[fmt], seconds = future.result()
+                    if timings is not None:
+                        timings[f"emit_{fmt}"] = seconds
                 except Exception as exc:  # noqa: BLE001 - every failure is collected and reported
                     failures[fmt] = exc
         except BaseException:
@@ -156,25 +192,30 @@ def _run_one(
     emit: Emitter,
     fmt: Format,
     cancel: threading.Event,
-    tree: Tree,
+    layer: Subscription,
     image: Image,
     config: ImageConfig,
     source_date_epoch: int,
     dest: Path,
-) -> Artifact:
+    tap: Writable | None,
+) -> tuple[Artifact, float]:
     set_cancel_event(cancel)
+    start = time.monotonic()
     with logmod.prefixed(str(fmt)), logmod.timed(f"writing {dest.name}"):
         try:
-            artifact = emit(tree, image, config, source_date_epoch, dest)
+            artifact = emit(layer, image, config, source_date_epoch, dest, tap=tap)
         except OSError as error:
             # Writes fail without a file name (ENOSPC, EIO): say which output it was.
             if error.filename:
                 raise
             raise BuildError(f"{dest.name}: {error.strerror or error}") from error
+        finally:
+            # An emitter that failed before reading its layer must not hold up the producer.
+            layer.abandon()
         for warning in artifact.warnings:
             logmod.log.warning("%s", warning)
         logmod.log.info("wrote %s (%d bytes)", dest.name, artifact.size)
-    return artifact
+    return artifact, time.monotonic() - start
 
 
 def _describe(exc: BaseException) -> str:

@@ -5,19 +5,34 @@ Layout and manifest rules: appc.md §1 and §2; mapping from the runtime config:
 ``manifest`` comes first so readers (rkt's ``ManifestFromImage``) need not decompress the
 whole image to find it. The image ID is ``sha512-`` of the uncompressed tar, hashed while
 writing, so it does not depend on the compressor.
+
+Two threads share the work: this one hashes the uncompressed tar (sha512, 450 MB/s without
+SHA instructions), a :class:`BackgroundStage` compresses, checksums and writes it, and a tap
+(the signer) gets the compressed bytes as they are written.
 """
 
 from __future__ import annotations
 
 import json
 import re
+import tarfile
 from pathlib import Path
 
 from dualbuild.emit import Artifact
 from dualbuild.emit.oci import canonical_json, rfc3339
 from dualbuild.imageconfig import ImageConfig
+from dualbuild.layerfeed import LayerSource, as_layer
 from dualbuild.model import Format, Image
-from dualbuild.tarwriter import GzipWriter, HashingWriter, TarStream, atomic_output
+from dualbuild.tarwriter import (
+    BackgroundStage,
+    GzipWriter,
+    HashingWriter,
+    Tee,
+    Writable,
+    atomic_output,
+    padding,
+    tar_header,
+)
 from dualbuild.tree import Tree, resolve_ids
 
 AC_VERSION = "0.8.11"
@@ -102,18 +117,30 @@ def aci_manifest(
     return manifest, warnings
 
 
-def emit_aci(tree: Tree, image: Image, config: ImageConfig, source_date_epoch: int, dest: Path) -> Artifact:
+PREFIX = "rootfs/"
+
+
+def emit_aci(
+    layer: Tree | LayerSource,
+    image: Image,
+    config: ImageConfig,
+    source_date_epoch: int,
+    dest: Path,
+    *,
+    tap: Writable | None = None,
+) -> Artifact:
     """Write ``dest`` as a gzip-compressed ACI.
 
     The ``rootfs`` entry is 0755 root:root like docker2aci's (the Docker layer has no entry
     for ``/`` either, so both formats give the container the same root directory).
 
     Args:
-        tree: The image tree.
+        layer: The image tree, or its layer under ``rootfs/`` from a shared feed.
         image: Name, version, platform, labels, annotations.
         config: The runtime config.
         source_date_epoch: The ``created`` annotation and the mtime clamp.
         dest: The ``.aci`` file to write (atomically).
+        tap: Also gets every byte of the file, in order, as it is written.
 
     Returns:
         The artifact; ``image_id`` is ``sha512-<hex>`` of the uncompressed tar.
@@ -121,16 +148,22 @@ def emit_aci(tree: Tree, image: Image, config: ImageConfig, source_date_epoch: i
     Raises:
         BuildError: The user or group cannot be resolved (nothing is written then).
     """
-    manifest, warnings = aci_manifest(tree, image, config, source_date_epoch)
+    source = as_layer(layer, prefix=PREFIX, mtime_clamp=source_date_epoch)
+    manifest, warnings = aci_manifest(source.tree, image, config, source_date_epoch)
+    document = canonical_json(manifest)
     with atomic_output(dest) as file:
-        compressed = HashingWriter(file, "sha256")
+        compressed = HashingWriter(Tee(file, tap), "sha256")
         gzip = GzipWriter(compressed)
-        raw = HashingWriter(gzip, "sha512")
-        stream = TarStream(raw, prefix="rootfs/", mtime_clamp=source_date_epoch)
-        stream.add_bytes("manifest", canonical_json(manifest), mtime=source_date_epoch)
-        stream.add_directory("rootfs", mtime=source_date_epoch)
-        stream.add_tree(tree)
-        stream.finish()
+        with BackgroundStage(gzip) as stage:
+            raw = HashingWriter(stage, "sha512")
+            sde = source_date_epoch
+            raw.write(
+                tar_header("manifest", tarfile.REGTYPE, mode=0o644, mtime=sde, size=len(document))
+                + document
+                + padding(len(document))
+                + tar_header(PREFIX.rstrip("/"), tarfile.DIRTYPE, mode=0o755, mtime=sde)
+            )
+            source.write_to(raw)
         gzip.close()
     return Artifact(
         format=Format.ACI,

@@ -17,8 +17,9 @@ from pathlib import Path
 from dualbuild.emit import Artifact
 from dualbuild.emit.oci import LayoutWriter, canonical_json, write_image
 from dualbuild.imageconfig import ImageConfig
+from dualbuild.layerfeed import LayerSource, as_layer
 from dualbuild.model import Format, Image
-from dualbuild.tarwriter import atomic_output, file_sha256
+from dualbuild.tarwriter import Writable, atomic_output, file_sha256
 from dualbuild.tree import Tree
 
 
@@ -29,16 +30,23 @@ def repo_tags(image: Image) -> list[str]:
 
 
 def emit_docker(
-    tree: Tree, image: Image, config: ImageConfig, source_date_epoch: int, dest: Path
+    layer: Tree | LayerSource,
+    image: Image,
+    config: ImageConfig,
+    source_date_epoch: int,
+    dest: Path,
+    *,
+    tap: Writable | None = None,
 ) -> Artifact:
     """Write ``dest`` as a docker-archive that is also an OCI image layout.
 
     Args:
-        tree: The image tree.
+        layer: The image tree, or its layer from a shared feed.
         image: Name, version and tags (the RepoTags), platform, annotations.
         config: The runtime config.
         source_date_epoch: ``created`` and the mtime clamp.
         dest: The ``.docker.tar`` file to write (atomically).
+        tap: Gets every byte of the finished file, in order.
 
     Returns:
         The artifact; ``image_id`` is what ``docker images`` shows as the image ID.
@@ -47,7 +55,7 @@ def emit_docker(
         layout = LayoutWriter(file, mtime=source_date_epoch)
         result = write_image(
             layout,
-            tree,
+            as_layer(layer, prefix="", mtime_clamp=source_date_epoch),
             image,
             config,
             source_date_epoch,
@@ -65,6 +73,6 @@ def emit_docker(
         repositories = {image.name: {tag.rpartition(":")[2]: layer_id for tag in tags}}
         layout.add_file("repositories", canonical_json(repositories))
         layout.finish()
-        sha256 = file_sha256(file)
+        sha256 = file_sha256(file, tap)
         size = file.tell()
     return result.artifact(Format.DOCKER, dest, sha256, size)

@@ -15,6 +15,7 @@ page cache) instead of while writing.
 
 from __future__ import annotations
 
+import contextlib
 import datetime
 import json
 import tarfile
@@ -24,12 +25,14 @@ from typing import BinaryIO
 
 from dualbuild.emit import Artifact
 from dualbuild.imageconfig import ImageConfig
+from dualbuild.layerfeed import LayerSource, as_layer
 from dualbuild.model import Format, Image
 from dualbuild.tarwriter import (
     BLOCK,
+    BackgroundStage,
     GzipWriter,
     HashingWriter,
-    TarStream,
+    Writable,
     atomic_output,
     file_sha256,
     padding,
@@ -206,16 +209,17 @@ class LayoutWriter:
         self.add_file(f"blobs/sha256/{hasher.hexdigest('sha256')}", data)
         return {"mediaType": media_type, "digest": hasher.digest(), "size": len(data)}
 
-    def add_layer(self, tree: Tree, *, clamp: int, compress: bool) -> tuple[str, dict[str, object]]:
-        """Stream the tree as one layer blob; returns its diff_id and its descriptor."""
+    def add_layer(self, layer: LayerSource, *, compress: bool) -> tuple[str, dict[str, object]]:
+        """Stream the layer as one blob; returns its diff_id and its descriptor."""
         start = self._file.tell()
         self._file.write(bytes(BLOCK))  # placeholder for the header, patched below
         blob = HashingWriter(self._file, "sha256")
         gzip = GzipWriter(blob) if compress else None
-        raw = HashingWriter(gzip if gzip is not None else blob, "sha256")
-        stream = TarStream(raw, mtime_clamp=clamp)
-        stream.add_tree(tree)
-        stream.finish()
+        with contextlib.ExitStack() as stack:
+            # Compression and the raw digest on two cores (see dualbuild.emit.aci).
+            below: Writable = stack.enter_context(BackgroundStage(gzip)) if gzip is not None else blob
+            raw = HashingWriter(below, "sha256")
+            layer.write_to(raw)
         if gzip is not None:
             gzip.close()
         self._file.write(padding(blob.size))
@@ -245,7 +249,7 @@ class LayoutWriter:
 
 def write_image(
     layout: LayoutWriter,
-    tree: Tree,
+    layer: LayerSource,
     image: Image,
     config: ImageConfig,
     source_date_epoch: int,
@@ -259,7 +263,7 @@ def write_image(
 
     Args:
         layout: The archive being written.
-        tree: The image tree (one layer).
+        layer: The image tree's layer (the image has one).
         image: Identity and platform.
         config: The runtime config.
         source_date_epoch: ``created`` and the mtime clamp.
@@ -271,7 +275,7 @@ def write_image(
     Returns:
         Digests and paths of what was written.
     """
-    diff_id, layer = layout.add_layer(tree, clamp=source_date_epoch, compress=compress)
+    diff_id, descriptor = layout.add_layer(layer, compress=compress)
     document, warnings = image_config(
         image, config, source_date_epoch, [diff_id], target=target, healthcheck=healthcheck
     )
@@ -280,7 +284,7 @@ def write_image(
         "schemaVersion": 2,
         "mediaType": MEDIA_MANIFEST,
         "config": config_descriptor,
-        "layers": [layer],
+        "layers": [descriptor],
     }
     if image.annotations:
         manifest["annotations"] = dict(image.annotations)
@@ -302,22 +306,31 @@ def write_image(
         config_digest=str(config_descriptor["digest"]),
         manifest_digest=str(manifest_descriptor["digest"]),
         diff_id=diff_id,
-        layer_path=f"blobs/sha256/{str(layer['digest']).removeprefix('sha256:')}",
-        layer_digest=str(layer["digest"]),
+        layer_path=f"blobs/sha256/{str(descriptor['digest']).removeprefix('sha256:')}",
+        layer_digest=str(descriptor["digest"]),
         config_path=f"blobs/sha256/{str(config_descriptor['digest']).removeprefix('sha256:')}",
         warnings=tuple(warnings),
     )
 
 
-def emit_oci(tree: Tree, image: Image, config: ImageConfig, source_date_epoch: int, dest: Path) -> Artifact:
+def emit_oci(
+    layer: Tree | LayerSource,
+    image: Image,
+    config: ImageConfig,
+    source_date_epoch: int,
+    dest: Path,
+    *,
+    tap: Writable | None = None,
+) -> Artifact:
     """Write ``dest`` as an OCI image layout archive with one gzip layer.
 
     Args:
-        tree: The image tree.
+        layer: The image tree, or its layer from a shared feed.
         image: Identity and platform.
         config: The runtime config (its healthcheck is dropped with a warning).
         source_date_epoch: ``created`` and the mtime clamp.
         dest: The ``.oci.tar`` file to write (atomically).
+        tap: Gets every byte of the finished file, in order.
 
     Returns:
         The artifact with its config, manifest and layer digests.
@@ -326,7 +339,7 @@ def emit_oci(tree: Tree, image: Image, config: ImageConfig, source_date_epoch: i
         layout = LayoutWriter(file, mtime=source_date_epoch)
         result = write_image(
             layout,
-            tree,
+            as_layer(layer, prefix="", mtime_clamp=source_date_epoch),
             image,
             config,
             source_date_epoch,
@@ -336,6 +349,6 @@ def emit_oci(tree: Tree, image: Image, config: ImageConfig, source_date_epoch: i
             containerd_name=False,
         )
         layout.finish()
-        sha256 = file_sha256(file)
+        sha256 = file_sha256(file, tap)
         size = file.tell()
     return result.artifact(Format.OCI, dest, sha256, size)

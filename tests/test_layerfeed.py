@@ -1,0 +1,197 @@
+"""The shared layer feed and the byte-level writers under it: fast headers, gzip, stages."""
+
+from __future__ import annotations
+
+import gzip
+import hashlib
+import os
+import threading
+from pathlib import Path
+
+import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+from test_tree import SDE, build_rich_tree
+
+from dualbuild.errors import BuildError
+from dualbuild.layerfeed import DirectLayer, LayerFeed
+from dualbuild.tarwriter import (
+    _TAR_TYPES,
+    CHUNK,
+    BackgroundStage,
+    GzipWriter,
+    entry_headers,
+    tar_header,
+)
+from dualbuild.tree import Entry, EntryType, Tree, snapshot
+
+PROPERTY = settings(max_examples=1000, deadline=None, suppress_health_check=list(HealthCheck))
+PREFIXES = ["", "rootfs/"]
+
+
+def tarfile_header(entry: Entry, prefix: str, clamp: int) -> bytes:
+    """The header as tarfile writes it: what the packed headers must equal byte for byte."""
+    link = prefix + entry.link_target if entry.type is EntryType.HARDLINK else entry.link_target
+    return tar_header(
+        prefix + entry.path, _TAR_TYPES[entry.type], mode=entry.mode, mtime=min(entry.mtime, clamp),
+        size=entry.size, uid=entry.uid, gid=entry.gid, linkname=link, devmajor=entry.devmajor,
+        devminor=entry.devminor, xattrs=entry.xattrs,
+    )  # fmt: skip
+
+
+names = st.text(
+    alphabet=st.sampled_from("abcXYZ019._-é\udce9 ") | st.characters(codec="utf-8"), min_size=1, max_size=60
+)
+paths = st.lists(names, min_size=1, max_size=3).map("/".join)
+ids = st.one_of(st.integers(0, 70_000), st.integers(0, 2**22))
+
+
+@st.composite
+def entries(draw: st.DrawFn) -> Entry:
+    kind = draw(st.sampled_from(list(EntryType)))
+    path = draw(paths | st.text(alphabet="ab/", min_size=90, max_size=110).filter(lambda p: "//" not in p))
+    link = draw(paths) if kind in (EntryType.SYMLINK, EntryType.HARDLINK) else ""
+    device = kind in (EntryType.CHAR, EntryType.BLOCK)
+    xattr_names = st.sampled_from(["user.a", "user.b", "security.capability"])
+    xattrs = draw(
+        st.lists(st.tuples(xattr_names, st.binary(max_size=8)), max_size=2, unique_by=lambda x: x[0])
+    )
+    major = draw(st.integers(0, 4095)) if device else 0
+    minor = draw(st.integers(0, 2**20)) if device else 0
+    size = draw(st.one_of(st.integers(0, 2**20), st.integers(0, 2**34))) if kind is EntryType.FILE else 0
+    return Entry(
+        path=path, type=kind, mode=draw(st.integers(0, 0o7777)), uid=draw(ids), gid=draw(ids), size=size,
+        mtime=draw(st.integers(0, 2 * SDE)), link_target=link, devmajor=major, devminor=minor,
+        xattrs=tuple(sorted(xattrs)),
+    )  # fmt: skip
+
+
+@PROPERTY
+@given(entries())
+def test_packed_headers_equal_tarfile_headers_byte_for_byte(entry: Entry) -> None:
+    expected = [tarfile_header(entry, prefix, SDE) for prefix in PREFIXES]
+    assert entry_headers(entry, PREFIXES, SDE) == expected
+    assert entry_headers(entry, ["rootfs/", ""], SDE) == expected[::-1]
+
+
+@settings(max_examples=200, deadline=None, suppress_health_check=list(HealthCheck))
+@given(st.binary(max_size=3 * CHUNK // 1024).map(lambda b: b * 1024), st.lists(st.integers(1, 2 * CHUNK)))
+def test_gzip_bytes_do_not_depend_on_how_the_input_is_cut(data: bytes, cuts: list[int]) -> None:
+    def compressed(pieces: list[bytes]) -> bytes:
+        out: list[bytes] = []
+        sink = type("Sink", (), {"write": lambda self, chunk: out.append(bytes(chunk))})()
+        writer = GzipWriter(sink)
+        for piece in pieces:
+            writer.write(piece)
+        writer.close()
+        return b"".join(out)
+
+    pieces, position = [], 0
+    for cut in cuts:
+        pieces.append(data[position : position + cut])
+        position += cut
+    pieces.append(data[position:])
+    whole = compressed([data])
+    assert compressed(pieces) == whole
+    assert gzip.decompress(whole) == data
+
+
+def layer_bytes(layer: DirectLayer) -> bytes:
+    out: list[bytes] = []
+    layer.write_to(type("Sink", (), {"write": lambda self, chunk: out.append(bytes(chunk))})())
+    return b"".join(out)
+
+
+@pytest.fixture
+def tree(tmp_path: Path) -> Tree:
+    root = build_rich_tree(tmp_path / "root", privileged=os.geteuid() == 0)
+    (root / "big.bin").write_bytes(os.urandom(3 * CHUNK + 5))  # the chunked path, with padding
+    return snapshot(root, SDE)
+
+
+def run_feed(feed: LayerFeed) -> threading.Thread:
+    thread = threading.Thread(target=feed.run)
+    thread.start()
+    return thread
+
+
+def collect(subscription: object, out: dict[str, bytes], name: str) -> threading.Thread:
+    chunks: list[bytes] = []
+
+    def work() -> None:
+        try:
+            subscription.write_to(type("Sink", (), {"write": lambda self, c: chunks.append(bytes(c))})())  # type: ignore[attr-defined]
+            out[name] = b"".join(chunks)
+        except BuildError as error:
+            out[name] = str(error).encode()
+
+    thread = threading.Thread(target=work)
+    thread.start()
+    return thread
+
+
+def test_every_subscriber_gets_exactly_the_layer_a_lone_emitter_writes(tree: Tree) -> None:
+    feed = LayerFeed(tree, mtime_clamp=SDE)
+    subscriptions = {"a": feed.subscribe(""), "b": feed.subscribe("rootfs/"), "c": feed.subscribe("")}
+    out: dict[str, bytes] = {}
+    workers = [collect(subscription, out, name) for name, subscription in subscriptions.items()]
+    run_feed(feed).join(30)
+    for worker in workers:
+        worker.join(30)
+    plain = layer_bytes(DirectLayer(tree, prefix="", mtime_clamp=SDE))
+    prefixed = layer_bytes(DirectLayer(tree, prefix="rootfs/", mtime_clamp=SDE))
+    assert out["a"] == out["c"] == plain
+    assert out["b"] == prefixed
+    assert plain != prefixed
+
+
+def test_a_subscriber_that_gives_up_does_not_stop_the_others(tree: Tree) -> None:
+    feed = LayerFeed(tree, mtime_clamp=SDE)
+    quitter = feed.subscribe("")
+    stayer = feed.subscribe("rootfs/")
+    quitter.abandon()  # e.g. its emitter failed before reading (a bad app user)
+    out: dict[str, bytes] = {}
+    worker = collect(stayer, out, "stayer")
+    producer = run_feed(feed)
+    producer.join(30)
+    worker.join(30)
+    assert not producer.is_alive()
+    assert (
+        hashlib.sha256(out["stayer"]).digest()
+        == hashlib.sha256(layer_bytes(DirectLayer(tree, prefix="rootfs/", mtime_clamp=SDE))).digest()
+    )
+
+
+def test_a_producer_error_reaches_every_subscriber(tree: Tree) -> None:
+    (tree.root / "file").write_text("changed size\n")
+    feed = LayerFeed(tree, mtime_clamp=SDE)
+    subscriptions = [feed.subscribe(""), feed.subscribe("rootfs/")]
+    out: dict[str, bytes] = {}
+    workers = [collect(s, out, str(n)) for n, s in enumerate(subscriptions)]
+    run_feed(feed).join(30)
+    for worker in workers:
+        worker.join(30)
+    for text in out.values():
+        assert b"/file changed while the image was being written" in text
+
+
+def test_a_background_stage_hands_its_error_to_the_writer() -> None:
+    class Failing:
+        def write(self, data: bytes | bytearray | memoryview, /) -> None:
+            raise OSError(28, "No space left on device")
+
+    def write_a_lot() -> None:
+        with BackgroundStage(Failing()) as stage:
+            for _ in range(100):
+                stage.write(b"x" * 1024)
+
+    with pytest.raises(OSError, match="No space left"):
+        write_a_lot()
+
+
+def test_a_background_stage_writes_everything_in_order() -> None:
+    got: list[bytes] = []
+    with BackgroundStage(type("Sink", (), {"write": lambda self, c: got.append(c)})()) as stage:
+        for number in range(1000):
+            stage.write(b"%d," % number)
+    assert b"".join(got) == b"".join(b"%d," % n for n in range(1000))
