@@ -36,7 +36,7 @@ from typing import BinaryIO, Protocol
 from isal import isal_zlib
 
 from dualbuild.errors import BuildError
-from dualbuild.tree import Entry, EntryType, encode_name
+from dualbuild.tree import Entry, EntryType
 
 CHUNK = 1 << 20
 BLOCK = 512
@@ -54,11 +54,14 @@ _TAR_TYPES = {
     EntryType.FIFO: tarfile.FIFOTYPE,
 }
 
-# The ustar header (POSIX.1-1988 fields, as tarfile writes them in PAX format).
-_USTAR = struct.Struct("100s8s8s8s12s12s8s1s100s8s32s32s8s8s155s12s")
+# The ustar header as tarfile writes it in PAX format: name; mode, uid, gid, size, mtime
+# (together); checksum; typeflag; linkname; magic + version; uname and gname (empty, 64 pad
+# bytes); devmajor; devminor; prefix (unused) and padding (167 bytes).
+_USTAR = struct.Struct("100s48s8s1s100s8s64x8s8s167x")
 _USTAR_MAGIC = b"ustar\x0000"
 _NO_DEVICE = b"\0" * 8
-_CHECKSUM_BLANK = b" " * 8
+# While summing, the checksum field counts as eight spaces (POSIX); the magic is fixed.
+_CHECKSUM_FIXED = sum(b" " * 8) + sum(_USTAR_MAGIC)
 # Beyond these a value needs a PAX record (tarfile's limits for octal fields).
 _MAX_ID = 8**7
 _MAX_SIZE = 8**11
@@ -339,65 +342,81 @@ def tar_header(
     return info.tobuf(tarfile.PAX_FORMAT, "utf-8", "surrogateescape")
 
 
-def entry_headers(entry: Entry, prefixes: Sequence[str], clamp: int) -> list[bytes]:
-    """The header block(s) of ``entry`` under each name prefix, in the order of ``prefixes``.
+class HeaderPacker:
+    """The header block(s) of an entry under each of several name prefixes, in their order.
 
-    The first prefix's header is packed; when only the name differs for the next prefix, its
-    header is the first one with the name replaced and the checksum shifted by the bytes the
-    prefix adds (NULs count zero), which is much cheaper than packing again.
+    Ordinary entries are packed with :mod:`struct`: the fields are made once per entry and
+    only the name (and a hardlink's target) change per prefix; the checksum is summed over
+    what varies plus a constant for the fixed fields (NUL padding counts zero), so each
+    block is packed once. Entries that need a PAX record go through :mod:`tarfile`.
     """
-    first = _packed_header(entry, prefixes[0], clamp)
-    headers = [first if first is not None else _tarfile_header(entry, prefixes[0], clamp)]
-    name = encode_name(entry.path) + (b"/" if entry.type is EntryType.DIR else b"")
-    for prefix in prefixes[1:]:
-        extra = prefix.encode()
-        if prefix == prefixes[0]:
-            headers.append(headers[0])
-        elif first is not None and entry.type is not EntryType.HARDLINK and len(extra) + len(name) <= 100:
-            checksum = int(first[148:154], 8) + sum(extra) - sum(prefixes[0].encode())
-            renamed = (extra + name).ljust(100, b"\0")
-            headers.append(b"".join((renamed, first[100:148], b"%06o\0 " % checksum, first[156:])))
-        else:
-            headers.append(_header(entry, prefix, clamp))
-    return headers
+
+    def __init__(self, prefixes: Sequence[str], clamp: int) -> None:
+        assert all(prefix.isascii() for prefix in prefixes), "prefixes are ASCII"
+        self._prefixes = [(prefix, prefix.encode(), sum(prefix.encode())) for prefix in prefixes]
+        self._clamp = clamp
+
+    def __call__(self, entry: Entry) -> list[bytes]:
+        """Every prefix's header of ``entry``."""
+        clamp = self._clamp
+        fields = _ustar_fields(entry, clamp)
+        if fields is None:
+            return [_tarfile_header(entry, prefix, clamp) for prefix, _, _ in self._prefixes]
+        name, link, numbers, typeflag, devmajor, devminor, checksum = fields
+        hardlink = entry.type is EntryType.HARDLINK
+        headers = []
+        for prefix, extra, extra_sum in self._prefixes:
+            full_name = extra + name
+            target = extra + link if hardlink else link
+            if len(full_name) > 100 or len(target) > 100:
+                headers.append(_tarfile_header(entry, prefix, clamp))
+                continue
+            total = checksum + extra_sum * (2 if hardlink else 1)
+            headers.append(
+                _USTAR.pack(
+                    full_name, numbers, b"%06o\0 " % total, typeflag, target, _USTAR_MAGIC, devmajor, devminor
+                )
+            )
+        return headers
 
 
-def _header(entry: Entry, prefix: str, clamp: int) -> bytes:
-    packed = _packed_header(entry, prefix, clamp)
-    return packed if packed is not None else _tarfile_header(entry, prefix, clamp)
+def entry_headers(entry: Entry, prefixes: Sequence[str], clamp: int) -> list[bytes]:
+    """The header block(s) of ``entry`` under each name prefix, in the order of ``prefixes``."""
+    return HeaderPacker(prefixes, clamp)(entry)
 
 
-def _packed_header(entry: Entry, prefix: str, clamp: int) -> bytes | None:
-    """The ustar block tarfile would write for ``entry``, or None when it needs a PAX record."""
+def _ustar_fields(entry: Entry, clamp: int) -> tuple[bytes, bytes, bytes, bytes, bytes, bytes, int] | None:
+    """Name, link, numbers, typeflag, devices and the checksum without any prefix.
+
+    None when tarfile would write a PAX record: xattrs, a non-ASCII name or link, ids, size
+    or mtime beyond the octal fields (name and link lengths are checked per prefix).
+    """
     if entry.xattrs:
         return None
-    kind = _TAR_TYPES[entry.type]
-    name = encode_name(prefix + entry.path)
-    if kind == tarfile.DIRTYPE:
+    kind = entry.type
+    name = entry.path.encode("utf-8", "surrogateescape")
+    if kind is EntryType.DIR:
         name += b"/"  # tarfile's rule: a directory's name ends with a slash
-    link = prefix + entry.link_target if entry.type is EntryType.HARDLINK else entry.link_target
-    linkname = encode_name(link)
-    size = entry.size
+    link = entry.link_target.encode("utf-8", "surrogateescape")
+    uid, gid, size, mtime = entry.uid, entry.gid, entry.size, min(entry.mtime, clamp)
     if (
-        len(name) > 100
-        or len(linkname) > 100
-        or not name.isascii()
-        or not linkname.isascii()
-        or entry.uid >= _MAX_ID
-        or entry.gid >= _MAX_ID
+        uid >= _MAX_ID
+        or gid >= _MAX_ID
         or size >= _MAX_SIZE
+        or mtime >= _MAX_SIZE
+        or not (name + link).isascii()
     ):
         return None
-    if kind == tarfile.CHRTYPE or kind == tarfile.BLKTYPE:
+    numbers = b"%07o\0%07o\0%07o\0%011o\0%011o\0" % (entry.mode, uid, gid, size, mtime)
+    typeflag = _TAR_TYPES[kind]
+    checksum = sum(name) + sum(link) + sum(numbers) + typeflag[0] + _CHECKSUM_FIXED
+    devmajor = devminor = _NO_DEVICE
+    if kind is EntryType.CHAR or kind is EntryType.BLOCK:
+        if entry.devmajor >= _MAX_ID or entry.devminor >= _MAX_ID:
+            return None
         devmajor, devminor = b"%07o\0" % entry.devmajor, b"%07o\0" % entry.devminor
-    else:
-        devmajor = devminor = _NO_DEVICE
-    block = _USTAR.pack(
-        name, b"%07o\0" % entry.mode, b"%07o\0" % entry.uid, b"%07o\0" % entry.gid,
-        b"%011o\0" % size, b"%011o\0" % min(entry.mtime, clamp), _CHECKSUM_BLANK, kind,
-        linkname, _USTAR_MAGIC, b"", b"", devmajor, devminor, b"", b"",
-    )  # fmt: skip
-    return b"".join((block[:148], b"%06o\0 " % sum(block), block[156:]))
+        checksum += sum(devmajor) + sum(devminor)
+    return name, link, numbers, typeflag, devmajor, devminor, checksum
 
 
 def _tarfile_header(entry: Entry, prefix: str, clamp: int) -> bytes:

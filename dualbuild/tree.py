@@ -58,7 +58,9 @@ class EntryType(enum.StrEnum):
     FIFO = "fifo"
 
 
-@dataclass(frozen=True, slots=True, kw_only=True)
+# Not frozen: a frozen dataclass pays object.__setattr__ per field, 2.8 µs of every entry's
+# ~15 µs snapshot cost. Entries are never changed after the snapshot all the same.
+@dataclass(slots=True, kw_only=True)
 class Entry:
     """One path of the tree, with everything the archives record about it.
 
@@ -137,10 +139,10 @@ def snapshot(root: Path, source_date_epoch: int) -> Tree:
     warnings: list[str] = []
     # (st_dev, st_ino) of regular files with more than one link → the first path seen.
     inodes: dict[tuple[int, int], str] = {}
-    root_bytes = os.fsencode(root)
+    root_slash = os.path.join(os.fsencode(root), b"")
     try:
-        for rel, st in _walk(root_bytes):
-            entry = _make_entry(root_bytes, rel, st, source_date_epoch, inodes, warnings)
+        for rel, st in _walk(root_slash):
+            entry = _make_entry(root_slash, rel, st, source_date_epoch, inodes, warnings)
             if entry is not None:
                 entries.append(entry)
     except OSError as exc:
@@ -151,13 +153,15 @@ def snapshot(root: Path, source_date_epoch: int) -> Tree:
     )
 
 
-def _walk(root: bytes) -> Iterator[tuple[bytes, os.stat_result]]:
+def _walk(root_slash: bytes) -> Iterator[tuple[bytes, os.stat_result]]:
     """Yield ``(relative path, lstat)`` depth-first: a directory, then its whole subtree.
 
     Siblings are sorted by name bytes, so the order does not depend on readdir order, the
     locale or the filesystem. An explicit stack keeps deep trees off the recursion limit.
+    ``root_slash`` ends with a slash; paths are joined by concatenation (os.path.join costs
+    more than the lstat on a 100k-file tree).
     """
-    stack: list[tuple[bytes, Iterator[tuple[bytes, os.stat_result]]]] = [(b"", _children(root))]
+    stack: list[tuple[bytes, Iterator[tuple[bytes, os.stat_result]]]] = [(b"", _children(root_slash))]
     while stack:
         prefix, children = stack[-1]
         item = next(children, None)
@@ -168,7 +172,7 @@ def _walk(root: bytes) -> Iterator[tuple[bytes, os.stat_result]]:
         rel = prefix + name
         yield rel, st
         if stat.S_ISDIR(st.st_mode):
-            stack.append((rel + b"/", _children(os.path.join(root, rel))))
+            stack.append((rel + b"/", _children(root_slash + rel)))
 
 
 def _children(directory: bytes) -> Iterator[tuple[bytes, os.stat_result]]:
@@ -179,15 +183,15 @@ def _children(directory: bytes) -> Iterator[tuple[bytes, os.stat_result]]:
 
 
 def _make_entry(
-    root: bytes,
+    root_slash: bytes,
     rel: bytes,
     st: os.stat_result,
     source_date_epoch: int,
     inodes: dict[tuple[int, int], str],
     warnings: list[str],
 ) -> Entry | None:
-    path = decode_name(rel)
-    full = os.path.join(root, rel)
+    path = rel.decode("utf-8", "surrogateescape")  # decode_name, inlined: this runs per entry
+    full = root_slash + rel
     fmt = stat.S_IFMT(st.st_mode)
     size, link_target, devmajor, devminor = 0, "", 0, 0
     if fmt == stat.S_IFREG:

@@ -134,6 +134,8 @@ def test_signing_while_writing_gives_a_signature_of_exactly_those_bytes(home: Pa
     export_public_key(fingerprint, public, gnupghome=home)
     assert verify_detached(data, signature, public) == fingerprint
     assert sorted(p.name for p in tmp_path.iterdir()) == ["image.aci", "image.aci.asc", "pubkey.asc"]
+    packets = gpg(home, "--list-packets", str(signature)).stdout.decode()
+    assert "digest algo 8," in packets  # SHA-256 (RFC 4880 §9.4)
 
 
 def test_a_failed_write_leaves_no_signature_and_stops_gpg(home: Path, tmp_path: Path) -> None:
