@@ -15,14 +15,12 @@ import sys
 import tarfile
 import threading
 import time
-from collections.abc import Sequence
 from pathlib import Path
 
 import pytest
 from conftest import ROOT, Docker, require_root, require_tools
 from test_tree import CAPABILITY, LONG_PATH, NON_UTF8, SDE, build_rich_tree
 
-from dualbuild import layerfeed
 from dualbuild.emit import Artifact, EmitError, run_emitters
 from dualbuild.emit.aci import emit_aci
 from dualbuild.emit.docker import emit_docker, repo_tags
@@ -30,7 +28,7 @@ from dualbuild.emit.oci import LayoutWriter, emit_oci, normalized_reference
 from dualbuild.errors import BuildError
 from dualbuild.imageconfig import ImageConfig
 from dualbuild.model import Arch, Format, Healthcheck, Image, Port, Protocol, Volume
-from dualbuild.tarwriter import Cancelled, set_cancel_event
+from dualbuild.tarwriter import Cancelled, HeaderPacker, set_cancel_event
 from dualbuild.tree import Entry, EntryType, Tree, decode_name, snapshot
 from dualbuild.verify import ArchivedEntry, read_entries
 
@@ -489,15 +487,15 @@ def test_a_file_changing_during_export_fails_cleanly(tmp_path: Path) -> None:
 def test_an_interrupt_cancels_every_emitter_and_leaves_nothing(
     rich_tree: Tree, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    original = layerfeed.entry_headers
+    original = HeaderPacker.__call__
     started = threading.Event()
 
-    def slow(entry: Entry, prefixes: Sequence[str], clamp: int) -> list[bytes]:
+    def slow(self: HeaderPacker, entry: Entry) -> list[bytes]:
         started.set()
         time.sleep(0.05)
-        return original(entry, prefixes, clamp)
+        return original(self, entry)
 
-    monkeypatch.setattr(layerfeed, "entry_headers", slow)
+    monkeypatch.setattr(HeaderPacker, "__call__", slow)
 
     def interrupt() -> None:
         started.wait(10)
@@ -678,7 +676,6 @@ def test_skopeo_reads_both_image_archives(rich_tree: Tree, tmp_path: Path) -> No
 
 MEMORY_CHILD = """
 import json, sys
-from collections.abc import Sequence
 from pathlib import Path
 from dualbuild.emit import run_emitters
 from dualbuild.imageconfig import ImageConfig
