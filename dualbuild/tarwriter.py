@@ -275,7 +275,9 @@ class BackgroundStage:
         return self
 
     def __exit__(self, *exc_info: object) -> None:
-        self._put(_DONE)
+        # Not cancellable: the thread always drains its queue, so this wait is short, and
+        # the thread must be gone before the caller closes the sink under it.
+        self._put(_DONE, cancellable=False)
         self._thread.join()
         if self._error is not None and exc_info[0] is None:
             raise self._error
@@ -284,15 +286,16 @@ class BackgroundStage:
         """Queue ``data`` for the stage's thread."""
         if self._error is not None:
             raise self._error
-        self._put(data)
+        self._put(data, cancellable=True)
 
-    def _put(self, item: object) -> None:
+    def _put(self, item: object, *, cancellable: bool) -> None:
         while self._thread.is_alive():
             try:
                 self._queue.put(item, timeout=0.2)
                 return
             except queue.Full:
-                check_cancelled()
+                if cancellable:
+                    check_cancelled()
 
     def _work(self) -> None:
         while (item := self._queue.get()) is not _DONE:
