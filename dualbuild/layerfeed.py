@@ -29,6 +29,7 @@ from dualbuild.tarwriter import (
     BLOCK,
     CHUNK,
     Bytes,
+    Cancelled,
     HeaderPacker,
     Writable,
     check_cancelled,
@@ -108,7 +109,9 @@ class LayerFeed:
             write_entries(self._tree, fanouts, self._clamp)
         except BaseException as error:  # noqa: BLE001 - each subscriber raises it in its own thread
             for subscription in everyone:
-                subscription.put(_Failed(error))
+                # A cancelled consumer stops on its own; the others still get the error.
+                with contextlib.suppress(Cancelled):
+                    subscription.put(_Failed(error))
             return
         for subscription in everyone:
             subscription.put(_END)
