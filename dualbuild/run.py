@@ -7,6 +7,7 @@ still running when the build is interrupted is terminated before the interruptio
 from __future__ import annotations
 
 import collections
+import contextlib
 import os
 import shlex
 import shutil
@@ -35,6 +36,7 @@ PACKAGES = {
     "runc": "runc",
     "zstd": "zstd",
     "unshare": "util-linux",
+    "tar": "tar",
 }
 
 Argv = Sequence[str | os.PathLike[str]]
@@ -176,6 +178,49 @@ def stream_stdout(argv: Argv) -> Iterator[IO[bytes]]:
     if process.returncode != 0:
         text = b"".join(errors).decode("utf-8", "replace").splitlines()[-TAIL_LINES:]
         raise CommandError(args, process.returncode, "\n".join(text))
+
+
+@contextmanager
+def stream_stdin(argv: Argv) -> Iterator[IO[bytes]]:
+    """Run a command fed through its stdin as a stream (e.g. an extractor); checked at the end.
+
+    Leaving the block is the end of the input. If the block raises, the command is terminated.
+
+    Raises:
+        CommandError: the command failed, also when it stopped reading early.
+    """
+    args = [os.fspath(a) for a in argv]
+    log.log(TRACE, "+ %s", shlex.join(args))
+    process = subprocess.Popen(
+        args, stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+        start_new_session=True,
+    )  # fmt: skip
+    assert process.stdin is not None
+    assert process.stdout is not None
+    output = process.stdout
+    tail: collections.deque[str] = collections.deque(maxlen=TAIL_LINES)
+    # Read its output as it comes: a command blocked on a full output pipe would stop reading ours.
+    reader = threading.Thread(
+        target=lambda: tail.extend(raw.decode("utf-8", "replace").rstrip("\n") for raw in output)
+    )
+    reader.start()
+    try:
+        try:
+            yield process.stdin
+            process.stdin.close()
+        except BrokenPipeError:
+            pass  # it stopped reading: its exit code and output say why
+        process.wait()
+    except BaseException:
+        _terminate(process)
+        raise
+    finally:
+        reader.join()
+        with contextlib.suppress(BrokenPipeError):
+            process.stdin.close()
+        output.close()
+    if process.returncode != 0:
+        raise CommandError(args, process.returncode, "\n".join(tail))
 
 
 _HANDLED = (signal.SIGINT, signal.SIGTERM)
