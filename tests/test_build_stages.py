@@ -355,17 +355,27 @@ def test_bad_inputs_are_clear_errors(builder: Builder, context: Path, body: str,
 
 
 def test_rootfs_tarball_escaping_entries_are_refused(builder: Builder, context: Path) -> None:
-    for name in ("../evil", "/abs/evil"):
+    victim = context / "victim"
+    victim.mkdir()
+    planted = tarfile.TarInfo("evil")
+    planted.type = tarfile.SYMTYPE
+    planted.linkname = str(victim)  # then "evil/passwd" would land in it, outside the container
+    for members in (["../evil"], ["/abs/evil"], [planted, "evil/passwd"]):
         tar_path = context / "evil.tar"
         with tarfile.open(tar_path, "w") as out:
-            info = tarfile.TarInfo(name)
-            info.size = 4
-            out.addfile(info, io.BytesIO(b"evil"))
+            for member in members:
+                if isinstance(member, tarfile.TarInfo):
+                    out.addfile(member)
+                    continue
+                info = tarfile.TarInfo(member)
+                info.size = 4
+                out.addfile(info, io.BytesIO(b"evil"))
         recipe = write_recipe(context, '[[stages]]\nfrom = "rootfs:evil.tar"\n')
         with pytest.raises(BuildError, match="refusing to extract"), builder.build(recipe):
             pass
     assert not (context.parent / "evil").exists()
     assert not Path("/abs/evil").exists()
+    assert not list(victim.iterdir())
     assert not builder.containers()
 
 
