@@ -1,22 +1,18 @@
 """Turning a stage's ``from`` into a working container, and what config the base brings.
 
 Tarballs from outside (rootfs, ACI) are read as streams and checked entry by entry before
-anything is extracted: no absolute names, no ``..``, no hardlink leaving the tree.
+anything of an entry is extracted (see tarballs.py).
 """
 
 from __future__ import annotations
 
-import contextlib
 import hashlib
 import json
 import os
-import posixpath
 import tarfile
 import tempfile
-from collections.abc import Callable, Iterator
-from contextlib import contextmanager
+from collections.abc import Callable
 from pathlib import Path
-from typing import IO
 
 from dualbuild import gpg, run
 from dualbuild.buildah import Buildah
@@ -24,6 +20,7 @@ from dualbuild.errors import BuildError, CommandError
 from dualbuild.imageconfig import ImageConfig, from_docker_config
 from dualbuild.log import log
 from dualbuild.model import AciBase, Arch, ArchiveBase, BootstrapBase, Port, Protocol, RootfsBase, Volume
+from dualbuild.tarballs import extract_checked, open_tar_stream, unsafe_member_reason
 
 # Docker architecture → Debian architecture, for mmdebstrap.
 DEBIAN_ARCH = {
@@ -50,58 +47,17 @@ def context_file(context: Path, relative: str, what: str) -> Path:
     return real
 
 
-@contextmanager
-def open_tar_stream(path: Path) -> Iterator[tarfile.TarFile]:
-    """Read a tarball (plain, gzip, bzip2, xz or zstd) as a stream, never all at once."""
-    with contextlib.ExitStack() as stack:
-        if path.name.endswith((".zst", ".zstd")):
-            raw: IO[bytes] = stack.enter_context(
-                run.stream_stdout([run.find_tool("zstd", "read .zst"), "-dc", path])
-            )
-            archive = stack.enter_context(tarfile.open(fileobj=raw, mode="r|"))
-        else:
-            archive = stack.enter_context(tarfile.open(path, mode="r|*"))
-        yield archive
+def prepare_rootfs(buildah: Buildah, tarball: Path, label: str) -> str:
+    """A container holding the tarball's files on an empty root, every entry checked first.
 
-
-def unsafe_member_reason(name: str, member: tarfile.TarInfo) -> str | None:
-    """Why an entry could write outside the tree it is extracted into, or None if it cannot."""
-    if name.startswith("/"):
-        return "an absolute path"
-    if ".." in name.split("/"):
-        return "a '..' component"
-    if member.islnk():
-        link = member.linkname
-        if link.startswith("/") or ".." in posixpath.normpath(link).split("/"):
-            return f"a hardlink to {link!r} outside the tree"
-    return None
-
-
-def check_rootfs_tarball(path: Path) -> None:
-    """Refuse a rootfs tarball holding entries that would land outside the root.
+    The container is registered with ``buildah`` before anything is extracted, so its
+    cleanup removes it whether extraction succeeds, fails or is interrupted.
 
     Raises:
-        BuildError: naming the first bad entry.
+        BuildError: an entry would land outside the root, the tarball is unreadable, or tar failed.
     """
-    try:
-        with open_tar_stream(path) as archive:
-            for member in archive:
-                reason = unsafe_member_reason(member.name, member)
-                if reason:
-                    raise BuildError(
-                        f"rootfs tarball {path.name}: entry {member.name!r} has {reason}; "
-                        "refusing to extract",
-                        hint="rebuild the tarball with relative paths (tar -C ROOT -cf OUT.tar .)",
-                    )
-    except (tarfile.TarError, EOFError, OSError) as error:
-        raise BuildError(f"rootfs tarball {path.name} cannot be read: {error}") from None
-
-
-def prepare_rootfs(buildah: Buildah, tarball: Path, label: str) -> str:
-    """A container holding the checked tarball's files on an empty root."""
-    check_rootfs_tarball(tarball)
     container = buildah.new_container("scratch", label=label)
-    buildah.add_archive(container, tarball)
+    extract_checked(tarball, buildah.mount(container), "rootfs tarball")
     return container
 
 

@@ -4,7 +4,8 @@ Position 0 of a stage is its base; position k is the tree after step k. The key 
 is the hash of the previous key, the step after substitution (with its env and workdir) and, for
 ``copy``, the path, type, mode and content of every input file. ``run`` steps are keyed by their
 definition, as Docker does: a command that fetches from the network is not re-run unless its
-text changes. The tree at each position is kept as a buildah image tagged with its key.
+text changes. The tree at each position is kept as a buildah image tagged with its key, except
+position 0 of ``rootfs:`` and bootstrap bases, which is extracted again instead.
 """
 
 from __future__ import annotations

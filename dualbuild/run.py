@@ -36,6 +36,7 @@ PACKAGES = {
     "runc": "runc",
     "zstd": "zstd",
     "unshare": "util-linux",
+    "tar": "tar",
 }
 
 Argv = Sequence[str | os.PathLike[str]]
@@ -183,43 +184,51 @@ def stream_stdout(argv: Argv) -> Iterator[IO[bytes]]:
 def stream_stdin(
     argv: Argv, *, env: Mapping[str, str] | None = None, pass_fds: Sequence[int] = ()
 ) -> Iterator[IO[bytes]]:
-    """Run a command that reads a stream on stdin (e.g. a signer); checked once it is closed.
+    """Run a command fed through its stdin as a stream (an extractor, a signer); checked at the end.
 
-    The caller writes to the yielded pipe; leaving the block closes it and waits. On an
-    exception the command is terminated instead.
+    Leaving the block is the end of the input. If the block raises, the command is terminated.
+
+    Args:
+        argv: the command.
+        env: the complete environment (default: inherit).
+        pass_fds: file descriptors the command inherits (e.g. a passphrase pipe).
 
     Raises:
-        CommandError: the command failed.
+        CommandError: the command failed, also when it stopped reading early.
     """
     args = [os.fspath(a) for a in argv]
     log.log(TRACE, "+ %s", shlex.join(args))
     process = subprocess.Popen(
         args, env=dict(env) if env is not None else None, stdin=subprocess.PIPE,
-        stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, pass_fds=tuple(pass_fds),
+        stdout=subprocess.PIPE, stderr=subprocess.STDOUT, pass_fds=tuple(pass_fds),
         start_new_session=True,
     )  # fmt: skip
     assert process.stdin is not None
-    assert process.stderr is not None
-    errors: list[bytes] = []
-    reader = threading.Thread(target=lambda: errors.append(process.stderr.read() if process.stderr else b""))
+    assert process.stdout is not None
+    output = process.stdout
+    tail: collections.deque[str] = collections.deque(maxlen=TAIL_LINES)
+    # Read its output as it comes: a command blocked on a full output pipe would stop reading ours.
+    reader = threading.Thread(
+        target=lambda: tail.extend(raw.decode("utf-8", "replace").rstrip("\n") for raw in output)
+    )
     reader.start()
     try:
-        yield process.stdin
-        # A command that stopped reading breaks the pipe: its exit status and stderr say why.
-        with contextlib.suppress(BrokenPipeError):
+        try:
+            yield process.stdin
             process.stdin.close()
+        except BrokenPipeError:
+            pass  # it stopped reading: its exit code and output say why
         process.wait()
     except BaseException:
         _terminate(process)
         raise
     finally:
-        with contextlib.suppress(OSError):
-            process.stdin.close()
         reader.join()
-        process.stderr.close()
+        with contextlib.suppress(BrokenPipeError):
+            process.stdin.close()
+        output.close()
     if process.returncode != 0:
-        text = b"".join(errors).decode("utf-8", "replace").splitlines()[-TAIL_LINES:]
-        raise CommandError(args, process.returncode, "\n".join(text))
+        raise CommandError(args, process.returncode, "\n".join(tail))
 
 
 _HANDLED = (signal.SIGINT, signal.SIGTERM)

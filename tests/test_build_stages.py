@@ -17,10 +17,11 @@ import pytest
 from conftest import buildah, push_to_registry, require_tools
 
 from dualbuild.buildah import StorageOptions
+from dualbuild.cache import base_key, cache_image, file_sha256
 from dualbuild.errors import BuildError
 from dualbuild.plan import make_plan
 from dualbuild.recipe import load_recipe
-from dualbuild.stages import BuildOptions, BuiltImage, build_stages
+from dualbuild.stages import BuildOptions, BuiltImage, build_stages, final_key
 
 pytestmark = pytest.mark.integration
 
@@ -49,6 +50,10 @@ class Builder:
 
     def containers(self) -> list[str]:
         return buildah(self.storage, "containers", "-q").split()
+
+    def cached(self, key: str) -> bool:
+        argv = ["buildah", *self.storage.argv(), "inspect", "--type", "image", cache_image(key)]
+        return subprocess.run(argv, capture_output=True, check=False).returncode == 0
 
 
 @pytest.fixture
@@ -355,17 +360,47 @@ def test_bad_inputs_are_clear_errors(builder: Builder, context: Path, body: str,
 
 
 def test_rootfs_tarball_escaping_entries_are_refused(builder: Builder, context: Path) -> None:
-    for name in ("../evil", "/abs/evil"):
+    victim = context / "victim"
+    victim.mkdir()
+    planted = tarfile.TarInfo("evil")
+    planted.type = tarfile.SYMTYPE
+    planted.linkname = str(victim)  # then "evil/passwd" would land in it, outside the container
+    for members in (["../evil"], ["/abs/evil"], [planted, "evil/passwd"]):
         tar_path = context / "evil.tar"
         with tarfile.open(tar_path, "w") as out:
-            info = tarfile.TarInfo(name)
-            info.size = 4
-            out.addfile(info, io.BytesIO(b"evil"))
+            for member in members:
+                if isinstance(member, tarfile.TarInfo):
+                    out.addfile(member)
+                    continue
+                info = tarfile.TarInfo(member)
+                info.size = 4
+                out.addfile(info, io.BytesIO(b"evil"))
         recipe = write_recipe(context, '[[stages]]\nfrom = "rootfs:evil.tar"\n')
         with pytest.raises(BuildError, match="refusing to extract"), builder.build(recipe):
             pass
     assert not (context.parent / "evil").exists()
     assert not Path("/abs/evil").exists()
+    assert not list(victim.iterdir())
+    assert not builder.containers()
+
+
+def test_rootfs_base_is_extracted_again_not_cached(builder: Builder, context: Path) -> None:
+    # The first stage is its base alone: position 0, which the cache does not keep.
+    recipe = write_recipe(
+        context,
+        '[[stages]]\nname = "base"\nfrom = "rootfs:busybox.tar"\n\n'
+        '[[stages]]\nname = "final"\nfrom = "stage:base"\n'
+        '  [[stages.steps]]\n  write = "/marker"\n  content = "marked\\n"\n',
+    )
+    for _ in range(2):  # filling the cache, then hitting it
+        with builder.build(recipe) as built:
+            assert (built.rootfs / "marker").read_text() == "marked\n"
+            assert (built.rootfs / "bin" / "busybox").is_file()
+    plan = make_plan(load_recipe(recipe), environ={})
+    options = BuildOptions(storage=builder.storage, cache_dir=builder.cache_dir)
+    rootfs_key = base_key("rootfs", file_sha256(context / "busybox.tar"))
+    assert not builder.cached(rootfs_key)
+    assert builder.cached(final_key(plan, options))
     assert not builder.containers()
 
 

@@ -91,6 +91,38 @@ def test_random_interrupts_leave_nothing_behind(
     assert interrupted >= rounds // 2
 
 
+@pytest.mark.parametrize("signum", [signal.SIGINT, signal.SIGTERM])
+def test_interrupt_during_rootfs_extraction_leaves_nothing(
+    project: Path, cli_env: dict[str, str], buildah_storage: StorageOptions, tmp_path: Path, signum: int
+) -> None:
+    # A tar that reads nothing: the build waits in the extraction, its container made and mounted.
+    fake = tmp_path / "fake-bin"
+    fake.mkdir()
+    (fake / "tar").write_text(f"#!/bin/sh\necho $$ > {tmp_path}/tar.pid\nexec sleep 60\n")
+    (fake / "tar").chmod(0o755)
+    env = {**cli_env, "PATH": f"{fake}:{cli_env['PATH']}"}
+    (project / "recipe.toml").write_text(RECIPE)
+    process = subprocess.Popen(
+        [DUALBUILD, "-vv", "build", str(project / "recipe.toml"), "--no-cache"],
+        env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True,
+    )  # fmt: skip
+    assert process.stderr is not None
+    seen = ""
+    deadline = time.monotonic() + 60
+    while f"+ {fake}/tar --extract" not in seen and time.monotonic() < deadline:
+        seen += process.stderr.readline()
+    assert f"+ {fake}/tar --extract" in seen, seen
+    time.sleep(0.5)  # the build is now blocked feeding tar, or waiting for it to finish
+    process.send_signal(signum)
+    rest = process.stderr.read()
+    process.stderr.close()
+    assert process.wait(timeout=60) == 128 + signum, seen + rest
+    assert "interrupted" in rest
+    assert "Traceback" not in rest
+    assert not _leftovers(buildah_storage, project / "dist"), rest
+    assert not Path(f"/proc/{(tmp_path / 'tar.pid').read_text().strip()}").exists()  # tar was stopped
+
+
 def test_full_disk_is_a_clear_error_and_leaves_nothing(
     project: Path, cli_env: dict[str, str], tmp_path: Path
 ) -> None:
