@@ -163,13 +163,13 @@ def run_emitters(
         producer_context.run(set_cancel_event, cancel)
         pool.submit(producer_context.run, feed.run)
         futures: dict[Future[tuple[Artifact, float]], Format] = {}
-        for fmt, dest in targets.items():
-            job = functools.partial(
-                _run_one, registry[fmt], fmt, cancel, subscriptions[fmt], image, config,
-                source_date_epoch, dest, (taps or {}).get(fmt),
-            )  # fmt: skip
-            futures[pool.submit(contextvars.copy_context().run, job)] = fmt
         try:
+            for fmt, dest in targets.items():
+                job = functools.partial(
+                    _run_one, registry[fmt], fmt, cancel, subscriptions[fmt], image, config,
+                    source_date_epoch, dest, (taps or {}).get(fmt),
+                )  # fmt: skip
+                futures[pool.submit(contextvars.copy_context().run, job)] = fmt
             for future in as_completed(futures):
                 fmt = futures[future]
                 try:
@@ -179,7 +179,8 @@ def run_emitters(
                 except Exception as exc:  # noqa: BLE001 - every failure is collected and reported
                     failures[fmt] = exc
         except BaseException:
-            # Interrupted while waiting: stop the workers; leaving the with-block waits for them.
+            # Interrupted: stop the producer and the workers (a producer waiting for a worker
+            # that never started stops too); leaving the with-block waits for them.
             cancel.set()
             raise
     if failures:
