@@ -10,7 +10,6 @@ position 0 of ``rootfs:`` and bootstrap bases, which is extracted again instead.
 
 from __future__ import annotations
 
-import functools
 import hashlib
 import json
 import os
@@ -41,20 +40,69 @@ def _digest(*parts: str) -> str:
     return hasher.hexdigest()
 
 
-def file_sha256(path: Path) -> str:
-    """sha256 of a file's content, streamed; remembered while the file is unchanged."""
+Stamp = tuple[int, int, int, int, int]
+
+
+def file_stamp(path: Path) -> Stamp:
+    """What changes whenever a file's content may have: device, inode, size, mtime, ctime.
+
+    ctime cannot be set from user space and moves on every write, chmod or rename, so an
+    unchanged stamp means unchanged content (the rule git's index and make rely on).
+    """
     info = path.stat()
-    return _file_sha256(path, (info.st_size, info.st_mtime_ns, info.st_ino))
+    return (info.st_dev, info.st_ino, info.st_size, info.st_mtime_ns, info.st_ctime_ns)
 
 
-# A build keys its inputs twice (up-to-date check, then the build): hash each file once.
-@functools.lru_cache(maxsize=4096)
-def _file_sha256(path: Path, _stamp: tuple[int, int, int]) -> str:
-    hasher = hashlib.sha256()
-    with path.open("rb") as handle:
-        while chunk := handle.read(_CHUNK):
-            hasher.update(chunk)
-    return hasher.hexdigest()
+# Digests known for a path at a stamp: hashed in this process, or remembered from the last
+# build's report (remember_digests), so an unchanged rebuild hashes no big file again.
+_known_digests: dict[tuple[str, Stamp], str] = {}
+
+
+def file_sha256(path: Path) -> str:
+    """sha256 of a file's content, streamed; remembered while its stamp is unchanged."""
+    key = (os.fspath(path.absolute()), file_stamp(path))
+    known = _known_digests.get(key)
+    if known is None:
+        hasher = hashlib.sha256()
+        with path.open("rb") as handle:
+            while chunk := handle.read(_CHUNK):
+                hasher.update(chunk)
+        known = _known_digests[key] = hasher.hexdigest()
+    return known
+
+
+def remember_digest(path: Path, sha256: str) -> None:
+    """Record a digest computed elsewhere (e.g. while the file was written) for its stamp."""
+    _known_digests[(os.fspath(path.absolute()), file_stamp(path))] = sha256
+
+
+# Smaller files hash in less time than reading their record back would save.
+_WORTH_REMEMBERING = 1 << 20
+
+
+def known_digests() -> list[list[object]]:
+    """Remembered digests of big files, JSON-ready: ``[path, dev, ino, size, mtime_ns, ctime_ns, sha256]``."""
+    return [
+        [path, *stamp, digest]
+        for (path, stamp), digest in sorted(_known_digests.items())
+        if stamp[2] >= _WORTH_REMEMBERING
+    ]
+
+
+def remember_digests(records: object) -> None:
+    """Take back the records of :func:`known_digests` (from a report); malformed ones are ignored."""
+    if not isinstance(records, list):
+        return
+    for record in records:
+        if (
+            isinstance(record, list)
+            and len(record) == 7
+            and isinstance(record[0], str)
+            and all(isinstance(number, int) for number in record[1:6])
+            and isinstance(record[6], str)
+        ):
+            stamp = (record[1], record[2], record[3], record[4], record[5])
+            _known_digests[(record[0], stamp)] = record[6]
 
 
 @dataclass(frozen=True)

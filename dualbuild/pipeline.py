@@ -20,6 +20,7 @@ from pathlib import Path
 
 from dualbuild import __version__, run
 from dualbuild.buildah import StorageOptions, temporary_storage
+from dualbuild.cache import file_sha256, known_digests, remember_digest, remember_digests
 from dualbuild.emit import Artifact, run_emitters
 from dualbuild.errors import SigningError
 from dualbuild.log import log, status
@@ -88,9 +89,17 @@ def build_recipe(recipe: Recipe, request: BuildRequest) -> dict[str, object]:
         isolation=request.isolation, tls_verify=request.tls_verify, authfile=request.authfile,
         keyring=request.keyring, storage=request.storage, cache_dir=request.cache_dir, cache=request.cache,
     )  # fmt: skip
+    previous_report = _previous_report(plan)
+    if request.cache:
+        # File digests of the last build, valid while each file's stamp is unchanged.
+        remember_digests(previous_report.get("digests"))
     build_key = _build_key(plan, options, key) if request.cache else None
-    if build_key is not None and (previous := _up_to_date(plan, build_key)) is not None:
+    if build_key is not None and (previous := _up_to_date(plan, previous_report, build_key)) is not None:
         log.info("up to date: the recipe, its inputs and the artifacts are unchanged (--no-cache rebuilds)")
+        if previous.get("digests") != (digests := known_digests()):
+            # Files were hashed again (touched, copied back): remember them for the next check.
+            previous["digests"] = digests
+            _write_json_atomically(plan.artifacts.report, previous)
         return previous
     staging.mkdir(parents=True, exist_ok=True)
     try:
@@ -128,6 +137,9 @@ def build_recipe(recipe: Recipe, request: BuildRequest) -> dict[str, object]:
                 path.replace(targets[fmt])
             if pending_signature is not None and signature is not None:
                 pending_signature.replace(signature)
+            for artifact in artifacts:
+                remember_digest(targets[artifact.format], artifact.sha256)
+            report["digests"] = known_digests()
             _write_json_atomically(plan.artifacts.report, report)
     finally:
         shutil.rmtree(staging, ignore_errors=True)
@@ -139,7 +151,7 @@ def _build_key(plan: BuildPlan, options: BuildOptions, key: SigningKey | None) -
     """What decides every output byte: the final tree's key, the recipe, its args, the key."""
     parts = {
         "tree": final_key(plan, options),
-        "recipe": _file_sha256(plan.recipe.path) if plan.recipe.path.is_file() else repr(plan.recipe),
+        "recipe": file_sha256(plan.recipe.path) if plan.recipe.path.is_file() else repr(plan.recipe),
         "args": dict(plan.args),
         "source_date_epoch": plan.source_date_epoch,
         "signing_key": key.fingerprint if key is not None else None,
@@ -148,20 +160,28 @@ def _build_key(plan: BuildPlan, options: BuildOptions, key: SigningKey | None) -
     return hashlib.sha256(json.dumps(parts, sort_keys=True).encode()).hexdigest()
 
 
-def _up_to_date(plan: BuildPlan, build_key: str) -> dict[str, object] | None:
-    """The last report, if it was made with this build key and its artifacts are intact."""
+def _previous_report(plan: BuildPlan) -> dict[str, object]:
     try:
         previous = json.loads(plan.artifacts.report.read_text())
     except (OSError, ValueError):
-        return None
-    if not isinstance(previous, dict) or previous.get("build_key") != build_key:
+        return {}
+    return previous if isinstance(previous, dict) else {}
+
+
+def _up_to_date(plan: BuildPlan, previous: dict[str, object], build_key: str) -> dict[str, object] | None:
+    """The last report, if it was made with this build key and its artifacts are intact.
+
+    "Intact" is the recorded sha256, checked by hashing unless the file's stamp is the one
+    recorded with that digest (see dualbuild.cache.file_stamp).
+    """
+    if previous.get("build_key") != build_key:
         return None
     artifacts = previous.get("artifacts")
     if not isinstance(artifacts, dict) or set(artifacts) != {str(f) for f in _targets(plan)}:
         return None
     for entry in artifacts.values():
         path = Path(str(entry.get("file"))) if isinstance(entry, dict) else None
-        if path is None or not path.is_file() or _file_sha256(path) != entry.get("sha256"):
+        if path is None or not path.is_file() or file_sha256(path) != entry.get("sha256"):
             return None
         signature = entry.get("signature")
         if signature is not None and not Path(str(signature)).is_file():
@@ -225,14 +245,6 @@ def _targets(plan: BuildPlan) -> dict[Format, Path]:
     return {fmt: path for fmt, path in candidates.items() if path is not None}
 
 
-def _file_sha256(path: Path) -> str:
-    digest = hashlib.sha256()
-    with path.open("rb") as handle:
-        while chunk := handle.read(1 << 20):
-            digest.update(chunk)
-    return digest.hexdigest()
-
-
 def _report(
     plan: BuildPlan,
     artifacts: list[Artifact],
@@ -253,7 +265,7 @@ def _report(
         "dualbuild": __version__,
         "recipe": {
             "path": str(plan.recipe.path),
-            "sha256": _file_sha256(plan.recipe.path) if plan.recipe.path.is_file() else None,
+            "sha256": file_sha256(plan.recipe.path) if plan.recipe.path.is_file() else None,
         },
         "image": {
             "name": image.name,
