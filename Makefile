@@ -53,7 +53,7 @@ lint: venv
 	$(BIN)/mypy
 
 # Benchmarks (issue 8), not part of `make test`: root, buildah, gpg, pigz, actool, mmdebstrap.
-# ~17 min with the default 3 runs; trees are cached in ~/.cache/dualbuild-bench. Results: BENCHMARKS.md.
+# ~11 min with the default 3 runs; trees are cached in ~/.cache/dualbuild-bench. Results: BENCHMARKS.md.
 BENCH_ARGS ?=
 bench: setup bytecode
 	$(BIN)/python bench/run.py $(BENCH_ARGS)
