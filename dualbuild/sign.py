@@ -150,16 +150,9 @@ def sign_file(data: Path, key: SigningKey) -> Path:
         SigningError: gpg failed; no signature file is left.
     """
     signature = data.with_name(data.name + ".asc")
-    partial = data.with_name(f".{data.name}.asc.{os.getpid()}.tmp")
-    argv, stdin = _sign_argv(key, partial, data)
-    try:
-        run.run(argv, env=gpg.gpg_env(key.gnupghome), input=stdin)
-        partial.replace(signature)
-    except CommandError as error:
-        raise SigningError(f"signing {data.name} failed: {error.output_tail.strip()}") from None
-    finally:
-        partial.unlink(missing_ok=True)
-    log.debug("signed %s with %s", data.name, key.fingerprint)
+    with signing_stream(data.name, signature, key) as signer, data.open("rb") as source:
+        while chunk := source.read(1 << 20):
+            signer.write(chunk)
     return signature
 
 
