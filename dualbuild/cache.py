@@ -81,12 +81,22 @@ _WORTH_REMEMBERING = 1 << 20
 
 
 def known_digests() -> list[list[object]]:
-    """Remembered digests of big files, JSON-ready: ``[path, dev, ino, size, mtime_ns, ctime_ns, sha256]``."""
-    return [
-        [path, *stamp, digest]
-        for (path, stamp), digest in sorted(_known_digests.items())
-        if stamp[2] >= _WORTH_REMEMBERING
-    ]
+    """Remembered digests of big files that still hold, JSON-ready.
+
+    Each record is ``[path, dev, ino, size, mtime_ns, ctime_ns, sha256]``; a record whose file
+    is gone or has another stamp now is dropped, so the list does not grow from build to build.
+    """
+    records: list[list[object]] = []
+    for (path, stamp), digest in sorted(_known_digests.items()):
+        if stamp[2] < _WORTH_REMEMBERING:
+            continue
+        try:
+            current = file_stamp(Path(path))
+        except OSError:
+            continue
+        if current == stamp:
+            records.append([path, *stamp, digest])
+    return records
 
 
 def remember_digests(records: object) -> None:
