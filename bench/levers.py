@@ -36,7 +36,7 @@ from pathlib import Path
 import trees
 from benchenv import sandbox
 
-from dualbuild.tarwriter import _TAR_TYPES, tar_header
+from dualbuild.tarwriter import _TAR_TYPES, tarfile_entry_header
 from dualbuild.tree import Entry, EntryType, Tree, snapshot
 
 LEVERS = ("headers", "reads", "engines", "gpg", "fsync", "threads")
@@ -94,15 +94,6 @@ def fast_header(entry: Entry, prefix: str, clamp: int) -> bytes | None:
     return bytes(block)
 
 
-def _tarfile_header(entry: Entry, prefix: str, clamp: int) -> bytes:
-    link = prefix + entry.link_target if entry.type is EntryType.HARDLINK else entry.link_target
-    return tar_header(
-        prefix + entry.path, _TAR_TYPES[entry.type], mode=entry.mode, mtime=min(entry.mtime, clamp),
-        size=entry.size, uid=entry.uid, gid=entry.gid, linkname=link, devmajor=entry.devmajor,
-        devminor=entry.devminor, xattrs=entry.xattrs,
-    )  # fmt: skip
-
-
 def lever_headers(tree_map: dict[str, Tree]) -> None:
     print("## headers: µs per entry (one emitter's share; both emitters pay it)")
     for name, tree in tree_map.items():
@@ -113,9 +104,9 @@ def lever_headers(tree_map: dict[str, Tree]) -> None:
                 fast = fast_header(entry, prefix, clamp)
                 if fast is None:
                     fallbacks += 1
-                elif fast != _tarfile_header(entry, prefix, clamp):
+                elif fast != tarfile_entry_header(entry, prefix, clamp):
                     mismatches += 1
-        slow_s = _per_entry(lambda e, c=clamp: _tarfile_header(e, "rootfs/", c), tree)
+        slow_s = _per_entry(lambda e, c=clamp: tarfile_entry_header(e, "rootfs/", c), tree)
         fast_s = _per_entry(lambda e, c=clamp: fast_header(e, "rootfs/", c), tree)
         print(
             f"{name}: {len(tree.entries)} entries; tarfile {slow_s * 1e6:.1f} µs, "

@@ -387,7 +387,7 @@ class HeaderPacker:
         clamp = self._clamp
         fields = _ustar_fields(entry, clamp)
         if fields is None:
-            return [_tarfile_header(entry, prefix, clamp) for prefix, _, _ in self._prefixes]
+            return [tarfile_entry_header(entry, prefix, clamp) for prefix, _, _ in self._prefixes]
         name, link, numbers, typeflag, devmajor, devminor, checksum = fields
         hardlink = entry.type is EntryType.HARDLINK
         headers = []
@@ -395,7 +395,7 @@ class HeaderPacker:
             full_name = extra + name
             target = extra + link if hardlink else link
             if len(full_name) > 100 or len(target) > 100:
-                headers.append(_tarfile_header(entry, prefix, clamp))
+                headers.append(tarfile_entry_header(entry, prefix, clamp))
                 continue
             total = checksum + extra_sum * (2 if hardlink else 1)
             headers.append(
@@ -445,7 +445,8 @@ def _ustar_fields(entry: Entry, clamp: int) -> tuple[bytes, bytes, bytes, bytes,
     return name, link, numbers, typeflag, devmajor, devminor, checksum
 
 
-def _tarfile_header(entry: Entry, prefix: str, clamp: int) -> bytes:
+def tarfile_entry_header(entry: Entry, prefix: str, clamp: int) -> bytes:
+    """The header of ``entry`` made by :mod:`tarfile` (PAX where needed): the reference bytes."""
     link = prefix + entry.link_target if entry.type is EntryType.HARDLINK else entry.link_target
     return tar_header(
         prefix + entry.path, _TAR_TYPES[entry.type], mode=entry.mode, mtime=min(entry.mtime, clamp),

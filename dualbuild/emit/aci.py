@@ -18,7 +18,7 @@ import re
 import tarfile
 from pathlib import Path
 
-from dualbuild.emit import Artifact
+from dualbuild.emit import LAYER_PREFIX, Artifact
 from dualbuild.emit.oci import canonical_json, rfc3339
 from dualbuild.imageconfig import ImageConfig
 from dualbuild.layerfeed import LayerSource, as_layer
@@ -117,9 +117,6 @@ def aci_manifest(
     return manifest, warnings
 
 
-PREFIX = "rootfs/"
-
-
 def emit_aci(
     layer: Tree | LayerSource,
     image: Image,
@@ -148,7 +145,7 @@ def emit_aci(
     Raises:
         BuildError: The user or group cannot be resolved (nothing is written then).
     """
-    source = as_layer(layer, prefix=PREFIX, mtime_clamp=source_date_epoch)
+    source = as_layer(layer, prefix=LAYER_PREFIX[Format.ACI], mtime_clamp=source_date_epoch)
     manifest, warnings = aci_manifest(source.tree, image, config, source_date_epoch)
     document = canonical_json(manifest)
     with atomic_output(dest) as file:
@@ -161,7 +158,7 @@ def emit_aci(
                 tar_header("manifest", tarfile.REGTYPE, mode=0o644, mtime=sde, size=len(document))
                 + document
                 + padding(len(document))
-                + tar_header(PREFIX.rstrip("/"), tarfile.DIRTYPE, mode=0o755, mtime=sde)
+                + tar_header(LAYER_PREFIX[Format.ACI].rstrip("/"), tarfile.DIRTYPE, mode=0o755, mtime=sde)
             )
             source.write_to(raw)
         gzip.close()
