@@ -1,4 +1,4 @@
-"""Reproducible tar streams, hashing writers and atomic output files, shared by every emitter.
+"""Reproducible tar streams and hashing writers, shared by every emitter.
 
 The same :class:`~dualbuild.tree.Entry` always becomes the same header bytes, whichever
 emitter writes it; only the name prefix differs (``""`` for image layers, ``"rootfs/"`` in an
@@ -21,21 +21,17 @@ to that).
 
 from __future__ import annotations
 
-import contextlib
 import hashlib
-import os
 import queue
 import struct
 import tarfile
 import threading
-from collections.abc import Iterator, Sequence
+from collections.abc import Sequence
 from contextvars import ContextVar
-from pathlib import Path
-from typing import BinaryIO, Protocol
+from typing import Protocol
 
 from isal import isal_zlib
 
-from dualbuild.errors import BuildError
 from dualbuild.tree import Entry, EntryType
 
 CHUNK = 1 << 20
@@ -179,85 +175,6 @@ class GzipWriter:
         compressed = self._compressor.compress(block)
         if compressed:
             self._sink.write(compressed)
-
-
-@contextlib.contextmanager
-def atomic_output(dest: Path) -> Iterator[BinaryIO]:
-    """Open a temporary file next to ``dest`` that becomes ``dest`` only on success.
-
-    The temporary name is ``.NAME.tmp-PID`` in the same directory, so the final rename is
-    atomic. On success the file is fsynced, renamed and the directory fsynced; on any
-    exception (including KeyboardInterrupt) it is removed: no partial artifact remains.
-    The file is opened read-write because the docker emitter patches and re-reads it.
-
-    Raises:
-        BuildError: The directory cannot be written.
-    """
-    temporary = dest.with_name(f".{dest.name}.tmp-{os.getpid()}")
-    try:
-        # A leftover of a killed run that had the same PID.
-        with contextlib.suppress(FileNotFoundError):
-            temporary.unlink()
-        fd = os.open(temporary, os.O_RDWR | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o644)
-    except OSError as exc:
-        raise BuildError(f"cannot write {dest}: {exc.strerror or exc}") from exc
-    file = os.fdopen(fd, "w+b", buffering=CHUNK)
-    try:
-        yield file
-        file.flush()
-        os.fsync(file.fileno())
-        file.close()
-        os.replace(temporary, dest)
-        _fsync_directory(dest.parent)
-    except BaseException:
-        file.close()
-        with contextlib.suppress(FileNotFoundError):
-            temporary.unlink()
-        raise
-
-
-def _fsync_directory(directory: Path) -> None:
-    fd = os.open(directory, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
-
-
-def file_sha256(file: BinaryIO, tap: Writable | None = None) -> str:
-    """Hex sha256 of a whole open file, read from the start in big chunks (also fed to ``tap``).
-
-    The file is fsynced by another thread meanwhile: writing it back to disk and hashing it
-    from the page cache overlap, and atomic_output's own fsync then finds nothing to do.
-
-    Raises:
-        OSError: the fsync failed (Linux reports a writeback error once per file: it is
-            raised here, not swallowed).
-    """
-    file.flush()
-    errors: list[OSError] = []
-    writeback = threading.Thread(target=_fsync_into, args=(file.fileno(), errors), name="emit-fsync")
-    writeback.start()
-    try:
-        file.seek(0)
-        hasher = hashlib.sha256()
-        while data := file.read(CHUNK):
-            check_cancelled()
-            hasher.update(data)
-            if tap is not None:
-                tap.write(data)
-    finally:
-        writeback.join()
-    if errors:
-        raise errors[0]
-    return hasher.hexdigest()
-
-
-def _fsync_into(fd: int, errors: list[OSError]) -> None:
-    try:
-        os.fsync(fd)
-    except OSError as error:
-        errors.append(error)
 
 
 class Tee:

@@ -23,13 +23,13 @@ from dualbuild.emit.oci import canonical_json, rfc3339
 from dualbuild.imageconfig import ImageConfig
 from dualbuild.layerfeed import LayerSource, as_layer
 from dualbuild.model import Format, Image
+from dualbuild.outfile import atomic_output
 from dualbuild.tarwriter import (
     BackgroundStage,
     GzipWriter,
     HashingWriter,
     Tee,
     Writable,
-    atomic_output,
     padding,
     tar_header,
 )

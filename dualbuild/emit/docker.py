@@ -19,7 +19,8 @@ from dualbuild.emit.oci import LayoutWriter, canonical_json, write_image
 from dualbuild.imageconfig import ImageConfig
 from dualbuild.layerfeed import LayerSource, as_layer
 from dualbuild.model import Format, Image
-from dualbuild.tarwriter import Writable, atomic_output, file_sha256
+from dualbuild.outfile import atomic_output, file_sha256
+from dualbuild.tarwriter import Writable
 from dualbuild.tree import Tree
 
 

@@ -27,14 +27,13 @@ from dualbuild.emit import Artifact
 from dualbuild.imageconfig import ImageConfig
 from dualbuild.layerfeed import LayerSource, as_layer
 from dualbuild.model import Format, Image
+from dualbuild.outfile import atomic_output, file_sha256
 from dualbuild.tarwriter import (
     BLOCK,
     BackgroundStage,
     GzipWriter,
     HashingWriter,
     Writable,
-    atomic_output,
-    file_sha256,
     padding,
     tar_header,
 )
