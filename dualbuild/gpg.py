@@ -6,11 +6,14 @@ Every call names its GNUPGHOME explicitly; temporary homes have their agent stop
 from __future__ import annotations
 
 import os
+import re
 import shutil
+import socket
 import tempfile
 from collections.abc import Iterator, Mapping
 from contextlib import contextmanager
 from pathlib import Path
+from typing import BinaryIO
 
 from dualbuild import run
 from dualbuild.errors import CommandError, SigningError
@@ -71,7 +74,7 @@ def verify_detached(data: Path, signature: Path, keyring: Path) -> str:
     return _valid_fingerprint(result.stdout) or ""
 
 
-def verify_in_keyring(data: Path, signature: Path) -> str:
+def verify_in_keyring(data: Path, signature: Path, gnupghome: Path | None = None) -> str:
     """Verify ``signature`` over ``data`` with the user's keyring ($GNUPGHOME).
 
     Raises:
@@ -83,7 +86,7 @@ def verify_in_keyring(data: Path, signature: Path) -> str:
     try:
         result = run.run(
             [gpg, "--batch", "--status-fd", "1", "--verify", os.fspath(signature), os.fspath(data)],
-            env=gpg_env(None),
+            env=gpg_env(gnupghome),
         )
     except CommandError as error:
         raise SigningError(
@@ -102,9 +105,97 @@ def _valid_fingerprint(status: str) -> str | None:
 
 
 def key_status(key: str, env: Mapping[str, str]) -> list[list[str]]:
-    """``gpg --list-secret-keys --with-colons`` records for ``key`` (empty if unknown)."""
+    """``gpg --list-secret-keys --with-colons --with-keygrip`` records for ``key`` (empty if unknown)."""
     gpg = run.find_tool("gpg", "sign the ACI")
-    result = run.run([gpg, "--batch", "--with-colons", "--list-secret-keys", "--", key], env=env, check=False)
+    result = run.run(
+        [gpg, "--batch", "--with-colons", "--with-keygrip", "--list-secret-keys", "--", key],
+        env=env,
+        check=False,
+    )
     if result.returncode != 0:
         return []
     return [line.split(":") for line in result.stdout.splitlines()]
+
+
+# --- gpg-agent --------------------------------------------------------------------------------
+
+# Assuan (the agent's protocol) escapes %, CR and LF in data lines, whose length is limited to
+# 1000 bytes: a piece of 300 bytes stays under it even with every byte escaped.
+_ESCAPE = re.compile(rb"[%\r\n]")
+_UNESCAPE = re.compile(rb"%([0-9A-Fa-f]{2})")
+_ASSUAN_PIECE = 300
+
+
+def _escaped(match: re.Match[bytes]) -> bytes:
+    return b"%%%02X" % match[0][0]
+
+
+def agent_socket(gnupghome: Path | None) -> Path:
+    """The socket of the gpg-agent serving ``gnupghome``, started if it was not running.
+
+    Raises:
+        CommandError: gpgconf failed (no agent can run for this home).
+    """
+    gpgconf = run.find_tool("gpgconf", "talk to gpg-agent")
+    env = gpg_env(gnupghome)
+    run.run([gpgconf, "--launch", "gpg-agent"], env=env)
+    return Path(run.run([gpgconf, "--list-dirs", "agent-socket"], env=env).stdout.strip())
+
+
+def agent_sign(gnupghome: Path | None, keygrip: str, digest: bytes, passphrase: str | None) -> bytes:
+    """Ask gpg-agent to sign a SHA-256 ``digest`` with the key ``keygrip``; its S-expression.
+
+    A passphrase is handed over when the agent asks for it (loopback pinentry), through the
+    socket only. Without one the agent uses its cache, or its pinentry. An agent that is not
+    running (stopped since the key check) is started, as gpg would.
+
+    Raises:
+        SigningError: the agent cannot be reached or refuses (unknown key, bad passphrase).
+    """
+    socket_path = agent_socket(gnupghome)
+    try:
+        with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as connection:
+            connection.connect(os.fspath(socket_path))
+            with connection.makefile("rb") as replies:
+                session = _Assuan(connection, replies, passphrase)
+                session.expect_ok()  # the greeting
+                if passphrase is not None:
+                    session.command("OPTION pinentry-mode=loopback")
+                session.command(f"SIGKEY {keygrip}")
+                session.command(f"SETHASH 8 {digest.hex().upper()}")  # 8: SHA-256 (libgcrypt)
+                return session.command("PKSIGN")
+    except OSError as error:
+        why = error.strerror or str(error)
+        raise SigningError(f"gpg-agent at {socket_path} cannot be reached: {why}") from None
+
+
+class _Assuan:
+    def __init__(self, connection: socket.socket, replies: BinaryIO, passphrase: str | None) -> None:
+        self._send = connection.sendall
+        self._replies = replies
+        self._passphrase = passphrase
+
+    def command(self, line: str) -> bytes:
+        self._send(line.encode() + b"\n")
+        return self.expect_ok()
+
+    def expect_ok(self) -> bytes:
+        """Read to the command's OK; its data lines, unescaped. INQUIREs are answered."""
+        data = bytearray()
+        while line := self._replies.readline():
+            line = line.rstrip(b"\n")
+            if line == b"OK" or line.startswith(b"OK "):
+                return bytes(data)
+            if line.startswith(b"ERR "):
+                raise SigningError(f"gpg-agent refused: {line[4:].decode('utf-8', 'replace')}")
+            if line.startswith(b"D "):
+                data += _UNESCAPE.sub(lambda match: bytes([int(match[1], 16)]), line[2:])
+            elif line.startswith(b"INQUIRE PASSPHRASE") and self._passphrase is not None:
+                self._send_passphrase(self._passphrase.encode())
+            elif line.startswith(b"INQUIRE "):
+                self._send(b"END\n")  # e.g. PINENTRY_LAUNCHED: nothing to add
+        raise SigningError("gpg-agent closed the connection")
+
+    def _send_passphrase(self, secret: bytes) -> None:
+        pieces = [secret[i : i + _ASSUAN_PIECE] for i in range(0, len(secret), _ASSUAN_PIECE)]
+        self._send(b"".join(b"D " + _ESCAPE.sub(_escaped, piece) + b"\n" for piece in pieces) + b"END\n")

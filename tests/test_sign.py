@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import subprocess
 import tempfile
 import time
@@ -11,8 +12,9 @@ from pathlib import Path
 import pytest
 from conftest import require_tools
 
+from dualbuild import openpgp
 from dualbuild.errors import SigningError
-from dualbuild.gpg import gpg_env, stop_agent, verify_detached
+from dualbuild.gpg import agent_sign, gpg_env, stop_agent, verify_detached
 from dualbuild.sign import (
     check_signing_key,
     choose_key,
@@ -166,4 +168,75 @@ def test_gpg_failing_mid_stream_is_a_signing_error(home: Path, tmp_path: Path) -
 
     with pytest.raises(SigningError, match=r"signing image\.aci failed"):
         emit()
+    assert list(tmp_path.iterdir()) == []
+
+
+def add_subkey(home: Path, fingerprint: str, algo: str, passphrase: str = "") -> str:
+    gpg(
+        home,
+        "--passphrase",
+        passphrase,
+        "--pinentry-mode",
+        "loopback",
+        "--quick-add-key",
+        fingerprint,
+        algo,
+        "sign",
+    )
+    out = gpg(home, "--with-colons", "--list-secret-keys", fingerprint).stdout.decode()
+    return [line.split(":")[9] for line in out.splitlines() if line.startswith("fpr")][-1]
+
+
+@pytest.mark.parametrize("subkey", [None, "ed25519"])
+def test_agent_signature_is_byte_identical_to_gpgs(home: Path, tmp_path: Path, subkey: str | None) -> None:
+    fingerprint = quick_key(home, "Same <same@example.com>")
+    signer_fingerprint = add_subkey(home, fingerprint, subkey) if subkey else fingerprint
+    key, _ = check_signing_key(fingerprint, gnupghome=home)
+    assert key.agent is not None
+    # gpg signs with the newest signing subkey; so does the agent path.
+    assert key.agent.fingerprint == signer_fingerprint
+    data = tmp_path / "image.aci"
+    data.write_bytes(b"".join(bytes([n]) * 70_000 for n in range(50)))
+    created = int(time.time()) + 5
+    expected = tmp_path / "gpg.asc"
+    faked = time.strftime("%Y%m%dT%H%M%S!", time.gmtime(created))
+    gpg(home, "--armor", "--detach-sign", "--digest-algo", "SHA256", "--local-user", fingerprint,
+        "--faked-system-time", faked, "--output", str(expected), str(data))  # fmt: skip
+    draft = openpgp.SignatureDraft(
+        algorithm=key.agent.algorithm, fingerprint=key.agent.fingerprint, created=created
+    )
+    with data.open("rb") as source:
+        while chunk := source.read(100_000):
+            draft.write(chunk)
+    digest = draft.digest()
+    values = openpgp.signature_values(agent_sign(home, key.agent.keygrip, digest, None), key.agent.algorithm)
+    # RSA (PKCS #1 v1.5) and Ed25519 signatures are deterministic: same digest, same bytes.
+    assert openpgp.armor(draft.packet(digest, values)) == expected.read_text()
+
+
+def test_a_dsa_key_is_signed_by_gpg_itself(home: Path, tmp_path: Path) -> None:
+    fingerprint = quick_key(home, "Dsa <dsa@example.com>", algo="dsa2048")
+    key, warnings = check_signing_key(fingerprint, gnupghome=home)
+    assert key.agent is None
+    assert warnings == []
+    data = tmp_path / "image.aci"
+    signature = tmp_path / "image.aci.asc"
+    with signing_stream(data.name, signature, key) as signer:
+        signer.write(b"dsa-signed bytes")
+    data.write_bytes(b"dsa-signed bytes")
+    public = tmp_path / "pubkey.asc"
+    export_public_key(fingerprint, public, gnupghome=home)
+    assert verify_detached(data, signature, public) == fingerprint
+
+
+def test_the_agent_refusing_is_a_signing_error_and_leaves_nothing(home: Path, tmp_path: Path) -> None:
+    fingerprint = quick_key(home, "Locked <refuse@example.com>", passphrase="right horse")
+    key, _ = check_signing_key(fingerprint, gnupghome=home, passphrase="right horse")
+    assert key.agent is not None
+    stop_agent(home)  # forget the cached passphrase: the wrong one below is asked for
+    wrong = dataclasses.replace(key, passphrase="wrong horse")
+    signature = tmp_path / "image.aci.asc"
+    refused = r"signing image\.aci failed: gpg-agent refused: .*Bad passphrase"
+    with pytest.raises(SigningError, match=refused), signing_stream("image.aci", signature, wrong) as signer:
+        signer.write(b"bytes")
     assert list(tmp_path.iterdir()) == []
