@@ -4,7 +4,9 @@ from __future__ import annotations
 
 import gzip
 import hashlib
+import io
 import os
+import tarfile
 import threading
 from pathlib import Path
 
@@ -184,3 +186,30 @@ def test_a_background_stage_writes_everything_in_order() -> None:
         for number in range(1000):
             stage.write(b"%d," % number)
     assert b"".join(got) == b"".join(b"%d," % n for n in range(1000))
+
+
+def test_entries_across_many_batches_keep_their_order_and_contents(tmp_path: Path) -> None:
+    # Entries are read, given headers and written in batches (layerfeed._BATCH): this tree
+    # spans several, with big files (streamed, not batched) and symlinks among small ones.
+    root = tmp_path / "root"
+    expected: dict[str, bytes] = {}
+    for directory in range(3):
+        (root / f"d{directory}").mkdir(parents=True)
+        for number in range(300):
+            name = f"d{directory}/f{number:03d}"
+            size = 70_000 + number if number % 97 == 0 else number * 7
+            expected[name] = os.urandom(size)
+            (root / name).write_bytes(expected[name])
+        (root / f"d{directory}/link").symlink_to("f000")
+    tree = snapshot(root, SDE)
+    layer = layer_bytes(DirectLayer(tree, prefix="rootfs/", mtime_clamp=SDE))
+    with tarfile.open(fileobj=io.BytesIO(layer)) as archive:
+        members = archive.getmembers()
+        assert [m.name for m in members] == ["rootfs/" + entry.path for entry in tree.entries]
+        contents = {
+            m.name.removeprefix("rootfs/"): archive.extractfile(m).read()  # type: ignore[union-attr]
+            for m in members
+            if m.isfile()
+        }
+    assert contents == expected
+    assert [m.linkname for m in members if m.issym()] == ["f000"] * 3
