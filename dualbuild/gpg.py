@@ -142,31 +142,47 @@ def agent_socket(gnupghome: Path | None) -> Path:
     return Path(run.run([gpgconf, "--list-dirs", "agent-socket"], env=env).stdout.strip())
 
 
-def agent_sign(gnupghome: Path | None, keygrip: str, digest: bytes, passphrase: str | None) -> bytes:
+def agent_sign(
+    socket_path: Path, gnupghome: Path | None, keygrip: str, digest: bytes, passphrase: str | None
+) -> bytes:
     """Ask gpg-agent to sign a SHA-256 ``digest`` with the key ``keygrip``; its S-expression.
 
     A passphrase is handed over when the agent asks for it (loopback pinentry), through the
-    socket only. Without one the agent uses its cache, or its pinentry. An agent that is not
-    running (stopped since the key check) is started, as gpg would.
+    socket only. Without one the agent uses its cache, or its pinentry. An agent that is no
+    longer running (stopped since the key check) is started again, as gpg would.
 
     Raises:
         SigningError: the agent cannot be reached or refuses (unknown key, bad passphrase).
     """
-    socket_path = agent_socket(gnupghome)
     try:
-        with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as connection:
-            connection.connect(os.fspath(socket_path))
-            with connection.makefile("rb") as replies:
-                session = _Assuan(connection, replies, passphrase)
-                session.expect_ok()  # the greeting
-                if passphrase is not None:
-                    session.command("OPTION pinentry-mode=loopback")
-                session.command(f"SIGKEY {keygrip}")
-                session.command(f"SETHASH 8 {digest.hex().upper()}")  # 8: SHA-256 (libgcrypt)
-                return session.command("PKSIGN")
+        try:
+            connection = _connect(socket_path)
+        except (FileNotFoundError, ConnectionRefusedError):
+            socket_path = agent_socket(gnupghome)
+            connection = _connect(socket_path)
+        with connection, connection.makefile("rb") as replies:
+            session = _Assuan(connection, replies, passphrase)
+            session.expect_ok()  # the greeting
+            if passphrase is not None:
+                session.command("OPTION pinentry-mode=loopback")
+            session.command(f"SIGKEY {keygrip}")
+            session.command(f"SETHASH 8 {digest.hex().upper()}")  # 8: SHA-256 (libgcrypt)
+            return session.command("PKSIGN")
     except OSError as error:
         why = error.strerror or str(error)
         raise SigningError(f"gpg-agent at {socket_path} cannot be reached: {why}") from None
+    except CommandError as error:
+        raise SigningError(f"gpg-agent cannot be started: {error.output_tail.strip()}") from None
+
+
+def _connect(socket_path: Path) -> socket.socket:
+    connection = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    try:
+        connection.connect(os.fspath(socket_path))
+    except OSError:
+        connection.close()
+        raise
+    return connection
 
 
 class _Assuan:

@@ -47,8 +47,9 @@ PASSPHRASE_ENV = "DUALBUILD_SIGN_PASSPHRASE"
 
 @dataclass(frozen=True, kw_only=True)
 class AgentKey:
-    """The (sub)key gpg-agent signs with: its keygrip, fingerprint and OpenPGP algorithm id."""
+    """The (sub)key gpg-agent signs with (keygrip, fingerprint, OpenPGP algorithm id), and where."""
 
+    socket: Path
     keygrip: str
     fingerprint: str
     algorithm: int
@@ -152,8 +153,9 @@ def _agent_key(key: SigningKey, records: Sequence[Sequence[str]]) -> AgentKey | 
     _, _, fingerprint, keygrip, algorithm = max(candidates)
     if algorithm not in openpgp.SIGNED_ALGORITHMS:
         return None
-    agent_key = AgentKey(keygrip=keygrip, fingerprint=fingerprint, algorithm=algorithm)
     try:
+        socket = gpg.agent_socket(key.gnupghome)
+        agent_key = AgentKey(socket=socket, keygrip=keygrip, fingerprint=fingerprint, algorithm=algorithm)
         with tempfile.TemporaryDirectory(prefix="dualbuild-sign-") as scratch:
             probe, signature = Path(scratch, "probe"), Path(scratch, "probe.asc")
             probe.write_bytes(b"dualbuild signing check\n")
@@ -263,7 +265,7 @@ def signing_stream(
     yield draft
     digest = draft.digest()
     try:
-        answer = gpg.agent_sign(key.gnupghome, key.agent.keygrip, digest, key.passphrase)
+        answer = gpg.agent_sign(key.agent.socket, key.gnupghome, key.agent.keygrip, digest, key.passphrase)
         values = openpgp.signature_values(answer, key.agent.algorithm)
     except SigningError as error:
         raise SigningError(f"signing {data_name} failed: {error.message}", hint=error.hint) from None

@@ -202,14 +202,15 @@ def test_agent_signature_is_byte_identical_to_gpgs(home: Path, tmp_path: Path, s
     faked = time.strftime("%Y%m%dT%H%M%S!", time.gmtime(created))
     gpg(home, "--armor", "--detach-sign", "--digest-algo", "SHA256", "--local-user", fingerprint,
         "--faked-system-time", faked, "--output", str(expected), str(data))  # fmt: skip
-    draft = openpgp.SignatureDraft(
-        algorithm=key.agent.algorithm, fingerprint=key.agent.fingerprint, created=created
-    )
+    agent_key = key.agent
+    algorithm, signer = agent_key.algorithm, agent_key.fingerprint
+    draft = openpgp.SignatureDraft(algorithm=algorithm, fingerprint=signer, created=created)
     with data.open("rb") as source:
         while chunk := source.read(100_000):
             draft.write(chunk)
     digest = draft.digest()
-    values = openpgp.signature_values(agent_sign(home, key.agent.keygrip, digest, None), key.agent.algorithm)
+    answer = agent_sign(agent_key.socket, home, agent_key.keygrip, digest, None)
+    values = openpgp.signature_values(answer, algorithm)
     # RSA (PKCS #1 v1.5) and Ed25519 signatures are deterministic: same digest, same bytes.
     assert openpgp.armor(draft.packet(digest, values)) == expected.read_text()
 
