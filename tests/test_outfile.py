@@ -2,10 +2,10 @@
 
 from __future__ import annotations
 
-import ctypes
 import errno
 import os
 import threading
+import time
 from pathlib import Path
 
 import pytest
@@ -13,19 +13,48 @@ import pytest
 from dualbuild import outfile
 
 
-def test_sync_file_range_is_bound_with_64_bit_offsets(tmp_path: Path) -> None:
-    start_writeback = outfile._sync_file_range()
-    assert start_writeback is not None  # Linux with glibc, as on every supported host
-    fd = os.open(tmp_path / "data", os.O_RDWR | os.O_CREAT)
-    try:
-        os.write(fd, b"x" * (3 << 20))
-        assert start_writeback(fd, 0, 0, outfile._SYNC_FILE_RANGE_WRITE) == 0
-        # An offset past 4 GiB reaches the kernel intact (a 32-bit argument would wrap it).
-        assert start_writeback(fd, 5 << 30, 4096, outfile._SYNC_FILE_RANGE_WRITE) == 0
-        assert start_writeback(fd, -1, 0, outfile._SYNC_FILE_RANGE_WRITE) == -1
-        assert ctypes.get_errno() == errno.EINVAL
-    finally:
-        os.close(fd)
+def test_a_file_written_slowly_is_on_disk_before_its_final_fsync(tmp_path: Path) -> None:
+    # 96 MiB at ~120 MiB/s: the writeback thread flushes as it goes, so an fsync at the end
+    # has next to nothing left. The same bytes written at once and fsynced are the baseline.
+    chunk = os.urandom(1 << 20)
+    baseline_file = tmp_path / "baseline"
+    with baseline_file.open("wb") as file:
+        for _ in range(96):
+            file.write(chunk)
+        file.flush()
+        start = time.perf_counter()
+        os.fsync(file.fileno())
+        baseline = time.perf_counter() - start
+    baseline_file.unlink()
+    dest = tmp_path / "image.aci"
+    with outfile.atomic_output(dest) as file:
+        for _ in range(96):
+            file.write(chunk)
+            file.flush()
+            time.sleep(0.008)
+        time.sleep(0.2)  # a few writeback periods after the last write
+        start = time.perf_counter()
+        os.fsync(file.fileno())
+        final_fsync = time.perf_counter() - start
+    assert dest.stat().st_size == 96 << 20
+    assert final_fsync < baseline / 2, (final_fsync, baseline)
+
+
+def test_a_flush_error_in_the_writeback_thread_is_raised(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    def failing(fd: int) -> None:
+        raise OSError(errno.EIO, "Input/output error")
+
+    def emit() -> None:
+        with outfile.atomic_output(tmp_path / "image.aci") as file:
+            file.write(b"x")
+            time.sleep(0.2)
+
+    monkeypatch.setattr(os, "fdatasync", failing)
+    with pytest.raises(OSError, match="Input/output error"):
+        emit()
+    assert list(tmp_path.iterdir()) == []
 
 
 def test_the_file_appears_whole_and_the_writeback_thread_is_gone(tmp_path: Path) -> None:
