@@ -6,9 +6,10 @@ JSON object on stdout with the phase timings. It calls dualbuild's own API, exac
 
     snapshot(root, sde) → run_emitters(tree, image, config, sde, targets, taps={aci: signer})
 
-with the signer (gpg reading the ACI's bytes as they are written) started before the
-emitters. Per-emitter wall times come from ``run_emitters``' timings; the emitters run in
-parallel as in a build, so they overlap. "sign" is the wait for gpg after the emit.
+with the signer (fed the ACI's bytes as they are written: a SHA-256 that gpg-agent signs at
+the end, or gpg itself for DSA/ECDSA keys) started before the emitters. Per-emitter wall times
+come from ``run_emitters``' timings; the emitters run in parallel as in a build, so they
+overlap. "sign" is the time from the end of the emit to the signature on disk.
 
 usage: export_child.py TREE OUT_DIR --formats docker,aci [--sign-key FPR]
 """
