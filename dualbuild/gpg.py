@@ -1,5 +1,6 @@
-"""gpg, driven through run.py: key checks, detached signatures, verification.
+"""gpg through run.py (key checks, signatures, verification), gpg-agent over its socket.
 
+gpg-agent is spoken to in its own protocol (Assuan) to sign a digest dualbuild computed.
 Every call names its GNUPGHOME explicitly; temporary homes have their agent stopped afterwards.
 """
 

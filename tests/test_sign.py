@@ -45,21 +45,15 @@ def gpg(home: Path, *args: str, input: bytes | None = None) -> subprocess.Comple
     )
 
 
+def unattended(passphrase: str) -> list[str]:
+    """gpg options that give a new key ``passphrase`` without asking (empty: none)."""
+    return ["--passphrase", passphrase, "--pinentry-mode", "loopback"]
+
+
 def quick_key(
     home: Path, user_id: str, algo: str = "rsa2048", expire: str = "0", passphrase: str = ""
 ) -> str:
-    gpg(
-        home,
-        "--passphrase",
-        passphrase,
-        "--pinentry-mode",
-        "loopback",
-        "--quick-generate-key",
-        user_id,
-        algo,
-        "sign",
-        expire,
-    )
+    gpg(home, *unattended(passphrase), "--quick-generate-key", user_id, algo, "sign", expire)
     out = gpg(home, "--with-colons", "--list-secret-keys", f"={user_id}").stdout.decode()
     return next(line.split(":")[9] for line in out.splitlines() if line.startswith("fpr"))
 
@@ -172,17 +166,7 @@ def test_gpg_failing_mid_stream_is_a_signing_error(home: Path, tmp_path: Path) -
 
 
 def add_subkey(home: Path, fingerprint: str, algo: str, passphrase: str = "") -> str:
-    gpg(
-        home,
-        "--passphrase",
-        passphrase,
-        "--pinentry-mode",
-        "loopback",
-        "--quick-add-key",
-        fingerprint,
-        algo,
-        "sign",
-    )
+    gpg(home, *unattended(passphrase), "--quick-add-key", fingerprint, algo, "sign")
     out = gpg(home, "--with-colons", "--list-secret-keys", fingerprint).stdout.decode()
     return [line.split(":")[9] for line in out.splitlines() if line.startswith("fpr")][-1]
 
