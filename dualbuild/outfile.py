@@ -106,34 +106,15 @@ def _fsync_directory(directory: Path) -> None:
 def file_sha256(file: BinaryIO, tap: Writable | None = None) -> str:
     """Hex sha256 of a whole open file, read from the start in big chunks (also fed to ``tap``).
 
-    The file is fsynced by another thread meanwhile: writing it back to disk and hashing it
-    from the page cache overlap, and atomic_output's own fsync then finds nothing to do.
-
-    Raises:
-        OSError: the fsync failed (Linux reports a writeback error once per file: it is
-            raised here, not swallowed).
+    Meant for a file being written through :func:`atomic_output`: its writeback thread goes on
+    flushing while the file is read back, so the final fsync finds little left.
     """
     file.flush()
-    errors: list[OSError] = []
-    writeback = threading.Thread(target=_fsync_into, args=(file.fileno(), errors), name="emit-fsync")
-    writeback.start()
-    try:
-        file.seek(0)
-        hasher = hashlib.sha256()
-        while data := file.read(CHUNK):
-            check_cancelled()
-            hasher.update(data)
-            if tap is not None:
-                tap.write(data)
-    finally:
-        writeback.join()
-    if errors:
-        raise errors[0]
+    file.seek(0)
+    hasher = hashlib.sha256()
+    while data := file.read(CHUNK):
+        check_cancelled()
+        hasher.update(data)
+        if tap is not None:
+            tap.write(data)
     return hasher.hexdigest()
-
-
-def _fsync_into(fd: int, errors: list[OSError]) -> None:
-    try:
-        os.fsync(fd)
-    except OSError as error:
-        errors.append(error)

@@ -28,6 +28,7 @@ from typing import IO
 from dualbuild import gpg, openpgp, run
 from dualbuild.errors import CommandError, SigningError, ToolNotFoundError
 from dualbuild.log import log
+from dualbuild.outfile import atomic_output
 
 # OpenPGP public-key algorithm ids (RFC 4880 §9.1, RFC 9580) as gpg's --with-colons prints them.
 ALGORITHMS = {
@@ -271,20 +272,9 @@ def signing_stream(
         raise SigningError(f"signing {data_name} failed: {error.message}", hint=error.hint) from None
     except ValueError as error:
         raise SigningError(f"signing {data_name} failed: gpg-agent answered no signature ({error})") from None
-    _write_atomically(signature, openpgp.armor(draft.packet(digest, values)).encode("ascii"))
+    with atomic_output(signature) as file:
+        file.write(openpgp.armor(draft.packet(digest, values)).encode("ascii"))
     log.debug("signed %s with %s through gpg-agent", data_name, key.agent.fingerprint)
-
-
-def _write_atomically(path: Path, data: bytes) -> None:
-    partial = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    try:
-        with partial.open("wb") as file:
-            file.write(data)
-            file.flush()
-            os.fsync(file.fileno())
-        partial.replace(path)
-    finally:
-        partial.unlink(missing_ok=True)
 
 
 @contextmanager
