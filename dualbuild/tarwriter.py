@@ -323,11 +323,6 @@ class HeaderPacker:
         return headers
 
 
-def entry_headers(entry: Entry, prefixes: Sequence[str], clamp: int) -> list[bytes]:
-    """The header block(s) of ``entry`` under each name prefix, in the order of ``prefixes``."""
-    return HeaderPacker(prefixes, clamp)(entry)
-
-
 def _ustar_fields(entry: Entry, clamp: int) -> tuple[bytes, bytes, bytes, bytes, bytes, bytes, int] | None:
     """Name, link, numbers, typeflag, devices and the checksum without any prefix.
 

@@ -21,7 +21,7 @@ from dualbuild.tarwriter import (
     CHUNK,
     BackgroundStage,
     GzipWriter,
-    entry_headers,
+    HeaderPacker,
     tarfile_entry_header,
 )
 from dualbuild.tree import Entry, EntryType, Tree, snapshot
@@ -61,8 +61,8 @@ def entries(draw: st.DrawFn) -> Entry:
 @given(entries())
 def test_packed_headers_equal_tarfile_headers_byte_for_byte(entry: Entry) -> None:
     expected = [tarfile_entry_header(entry, prefix, SDE) for prefix in PREFIXES]
-    assert entry_headers(entry, PREFIXES, SDE) == expected
-    assert entry_headers(entry, ["rootfs/", ""], SDE) == expected[::-1]
+    assert HeaderPacker(PREFIXES, SDE)(entry) == expected
+    assert HeaderPacker(["rootfs/", ""], SDE)(entry) == expected[::-1]
 
 
 @settings(max_examples=200, deadline=None, suppress_health_check=list(HealthCheck))
