@@ -208,17 +208,17 @@ class BackgroundStage:
         self._sink = sink
         self._queue: queue.Queue[object] = queue.Queue(maxsize=_STAGE_DEPTH)
         self._error: BaseException | None = None
-        self._thread = threading.Thread(target=self._work, name="emit-stage", daemon=True)
+        self._worker = threading.Thread(target=self._work, name="emit-stage", daemon=True)
 
     def __enter__(self) -> BackgroundStage:
-        self._thread.start()
+        self._worker.start()
         return self
 
     def __exit__(self, *exc_info: object) -> None:
         # Not cancellable: the thread always drains its queue, so this wait is short, and
         # the thread must be gone before the caller closes the sink under it.
         self._put(_DONE, cancellable=False)
-        self._thread.join()
+        self._worker.join()
         if self._error is not None and exc_info[0] is None:
             raise self._error
 
@@ -229,7 +229,7 @@ class BackgroundStage:
         self._put(data, cancellable=True)
 
     def _put(self, item: object, *, cancellable: bool) -> None:
-        while self._thread.is_alive():
+        while self._worker.is_alive():
             try:
                 self._queue.put(item, timeout=0.2)
                 return

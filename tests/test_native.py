@@ -1,0 +1,122 @@
+"""The hot path compiled by mypyc (setup.py): in use, identical in output, and never stale."""
+
+from __future__ import annotations
+
+import importlib.machinery
+import json
+import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+from conftest import ROOT, require
+from test_tree import build_rich_tree
+
+import dualbuild.layerfeed
+import dualbuild.tarwriter
+import dualbuild.tree
+
+SUFFIX = importlib.machinery.EXTENSION_SUFFIXES[0]
+COMPILED = [dualbuild.tree, dualbuild.tarwriter, dualbuild.layerfeed]
+
+# Every format written from one tree; prints each artifact's sha256 and where tree.py came from.
+EXPORT = """
+import json, sys
+from pathlib import Path
+import dualbuild.tree
+from dualbuild.emit import run_emitters
+from dualbuild.imageconfig import ImageConfig
+from dualbuild.model import Format, Image
+root, out = Path(sys.argv[1]), Path(sys.argv[2])
+tree = dualbuild.tree.snapshot(root, 1700000000)
+targets = {Format.DOCKER: out / "x.docker.tar", Format.ACI: out / "x.aci", Format.OCI: out / "x.oci.tar"}
+artifacts = run_emitters(tree, Image(name="example.com/x", version="1"), ImageConfig(), 1700000000, targets)
+print(json.dumps({"tree": dualbuild.tree.__file__, **{str(a.format): a.sha256 for a in artifacts}}))
+"""
+
+
+def compiled() -> bool:
+    # Only the suffix of __file__ counts: mypyc sets a wrong directory on a module its shared
+    # library initialises first (dualbuild/dualbuild/tree...so), which is harmless.
+    return all((module.__file__ or "").endswith(SUFFIX) for module in COMPILED)
+
+
+def package_copy(destination: Path, *, with_compiled: bool) -> Path:
+    """A copy of the dualbuild package under ``destination``, to import from ahead of ours."""
+    skip = () if with_compiled else ("*" + SUFFIX,)
+    shutil.copytree(
+        ROOT / "dualbuild", destination / "dualbuild", ignore=shutil.ignore_patterns("__pycache__", *skip)
+    )
+    return destination
+
+
+def run_python(code: str, *args: str, path: Path | None = None) -> subprocess.CompletedProcess[str]:
+    """Run ``code`` importing dualbuild from ``path`` if given (else the installed one)."""
+    env = dict(os.environ, PYTHONPATH=str(path)) if path else dict(os.environ)
+    # Not from the checkout: `python -c` puts the working directory first on sys.path.
+    return subprocess.run(
+        [sys.executable, "-c", code, *args], capture_output=True, text=True, env=env, timeout=120,
+        check=False, cwd="/",
+    )  # fmt: skip
+
+
+def test_the_hot_path_runs_compiled() -> None:
+    # `make native` (part of `make test`) compiles them; CI must test what users run.
+    require(compiled(), "tree, tarwriter and layerfeed compiled by `make native`")
+    assert {Path(m.__file__ or "").name.removesuffix(SUFFIX) for m in COMPILED} == {
+        "tree",
+        "tarwriter",
+        "layerfeed",
+    }
+    assert sorted(path.name.removesuffix(SUFFIX) for path in (ROOT / "dualbuild").glob("*" + SUFFIX)) == [
+        "_native__mypyc",
+        "layerfeed",
+        "tarwriter",
+        "tree",
+    ]
+
+
+def test_compiled_and_pure_modules_write_the_same_bytes(tmp_path: Path) -> None:
+    require(compiled(), "tree, tarwriter and layerfeed compiled by `make native`")
+    root = build_rich_tree(tmp_path / "root", privileged=os.geteuid() == 0)
+    (root / "big.bin").write_bytes(os.urandom(3 << 20))
+    results = {}
+    for kind, path in (
+        ("compiled", None),
+        ("pure", package_copy(tmp_path / "pure-package", with_compiled=False)),
+    ):
+        out = tmp_path / kind
+        out.mkdir()
+        result = run_python(EXPORT, str(root), str(out), path=path)
+        assert result.returncode == 0, result.stderr
+        results[kind] = json.loads(result.stdout)
+    assert results["compiled"].pop("tree").endswith(SUFFIX)
+    assert results["pure"].pop("tree").endswith("tree.py")
+    assert results["compiled"] == results["pure"]
+    assert set(results["pure"]) == {"docker", "aci", "oci"}
+
+
+def test_a_source_newer_than_its_compiled_module_is_reported(tmp_path: Path) -> None:
+    require(compiled(), "tree, tarwriter and layerfeed compiled by `make native`")
+    copy = package_copy(tmp_path, with_compiled=True)
+    quiet = run_python("import dualbuild.tree", path=copy)
+    assert quiet.returncode == 0, quiet.stderr
+    assert "RuntimeWarning" not in quiet.stderr
+    source = copy / "dualbuild" / "tree.py"
+    later = (copy / "dualbuild" / f"tree{SUFFIX}").stat().st_mtime_ns + 10**9
+    os.utime(source, ns=(later, later))
+    stale = run_python("import dualbuild.tree", path=copy)
+    assert stale.returncode == 0, stale.stderr
+    assert f"{source} is newer than its compiled module tree{SUFFIX}" in stale.stderr
+    assert "make native" in stale.stderr
+
+
+@pytest.mark.parametrize("name", ["tree", "tarwriter", "layerfeed"])
+def test_no_compiled_module_is_older_than_its_source(name: str) -> None:
+    # What the import-time warning checks, as a test: a suite run on stale code fails.
+    compiled_module = ROOT / "dualbuild" / f"{name}{SUFFIX}"
+    require(compiled_module.exists(), f"dualbuild/{name} compiled by `make native`")
+    source = ROOT / "dualbuild" / f"{name}.py"
+    assert source.stat().st_mtime_ns <= compiled_module.stat().st_mtime_ns
