@@ -12,12 +12,16 @@ __all__ = ["__version__"]
 
 
 def _warn_of_stale_compiled_modules() -> None:
-    """Warn when a module compiled in place (``make native``) is older than its source.
+    """In a checkout, warn when a module compiled in place (``make native``) is older than its source.
 
     Python imports an extension module before the ``.py`` beside it, so after an edit a
-    checkout would silently run the old code until it is compiled again.
+    checkout would silently run the old code until it is compiled again. Only a checkout
+    (``setup.py`` beside the package) is checked: pip gives an installed wheel's files the
+    time they were unpacked, in no particular order.
     """
     here = os.path.dirname(__file__)
+    if not os.path.exists(os.path.join(here, os.pardir, "setup.py")):
+        return
     suffix = importlib.machinery.EXTENSION_SUFFIXES[0]
     for name in os.listdir(here):
         source = os.path.join(here, name.removesuffix(suffix) + ".py")
