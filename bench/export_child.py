@@ -1,15 +1,17 @@
-"""The export phase of a build, alone, on a plain directory: snapshot → emitters → signature.
+"""The export phase of a build, alone, on a plain directory: tree → emitters → signature.
 
 Run as a child process of bench/run.py (so its peak RSS can be read with wait4); prints one
 JSON object on stdout with the phase timings. It calls dualbuild's own API, exactly what
 ``dualbuild build`` runs after the stages (dualbuild/pipeline.py):
 
-    snapshot(root, sde) → run_emitters(tree, image, config, sde, targets, taps={aci: signer})
+    stream(root, sde) → run_emitters(tree, image, config, sde, targets, taps={aci: signer})
 
 with the signer (fed the ACI's bytes as they are written: a SHA-256 that gpg-agent signs at
-the end, or gpg itself for DSA/ECDSA keys) started before the emitters. Per-emitter wall times
-come from ``run_emitters``' timings; the emitters run in parallel as in a build, so they
-overlap. "sign" is the time from the end of the emit to the signature on disk.
+the end, or gpg itself for DSA/ECDSA keys) started before the emitters. The tree is walked
+while it is written, as in a build, so "emit" includes the walk ("snapshot" is only the check
+of the root). Per-emitter wall times come from ``run_emitters``' timings; the emitters run in
+parallel as in a build, so they overlap. "sign" is the time from the end of the emit to the
+signature on disk.
 
 usage: export_child.py TREE OUT_DIR --formats docker,aci [--sign-key FPR]
 """
@@ -32,7 +34,7 @@ from dualbuild.model import Format
 from dualbuild.recipe import load_recipe
 from dualbuild.sign import check_signing_key, signing_stream
 from dualbuild.tarwriter import Writable
-from dualbuild.tree import snapshot
+from dualbuild.tree import stream
 
 SOURCE_DATE_EPOCH = 1700000000
 RECIPE = """\
@@ -80,7 +82,7 @@ def main() -> None:
     rss_before = _maxrss_kib()
 
     start = time.monotonic()
-    tree = snapshot(args.tree, SOURCE_DATE_EPOCH)
+    tree = stream(args.tree, SOURCE_DATE_EPOCH)
     timings["snapshot"] = time.monotonic() - start
     rss_after_snapshot = _maxrss_kib()
 
@@ -100,21 +102,27 @@ def main() -> None:
         timings["sign"] = time.monotonic() - start
 
     timings["export"] = timings["snapshot"] + timings["emit"] + timings.get("sign", 0.0)
+    peak = _maxrss_kib()
     result = {
         "timings": timings,
         "emitters": {name.removeprefix("emit_"): seconds for name, seconds in emit_timings.items()},
-        "entries": len(tree.entries),
+        # Counted after the timings and the peak RSS were taken, by a second streamed walk.
+        "entries": _count_entries(args.tree),
         "artifacts": {str(a.format): {"size": a.size, "sha256": a.sha256} for a in artifacts},
         "rss_kib": {
             "after_imports": rss_before,
             "after_snapshot": rss_after_snapshot,
-            "self_peak": _maxrss_kib(),
+            "self_peak": peak,
         },
     }
     if not args.keep:
         shutil.rmtree(args.out, ignore_errors=True)
     json.dump(result, sys.stdout)
     sys.stdout.write("\n")
+
+
+def _count_entries(root: Path) -> int:
+    return sum(1 for _ in stream(root, SOURCE_DATE_EPOCH).entries)
 
 
 def _gnupghome() -> Path | None:

@@ -6,7 +6,7 @@ Measurements (pick with --measure; each is run --runs times, alternating with it
   a        full job: `dualbuild build --no-cache` of recipe {from = "rootfs:minbase.tar", one
            write step} → Docker tarball + signed ACI, vs bench/existing-tools.sh (buildah
            from/add/commit/push docker-archive, actool build on a copy, gpg --detach-sign)
-  b        export phase (snapshot + emitters + signature, dualbuild's API in a child process)
+  b        export phase (tree walk + emitters + signature, dualbuild's API in a child process)
            vs `tar -c | pigz -p2 >/dev/null` of the same tree: this machine's I/O + gzip floor
   c        Docker only vs Docker + ACI + signature: the price of the second format
   d        peak RSS of the export child (wait4 ru_maxrss), per tree
@@ -296,7 +296,7 @@ class Bench:
     # --- (b) (c) (d) (e) -----------------------------------------------------------------------
 
     def export(self, root: Path, formats: str, *, sign: bool) -> tuple[ChildResult, dict[str, object]]:
-        """One export (snapshot + emitters [+ signature]) of ``root`` in a child process."""
+        """One export (tree walk + emitters [+ signature]) of ``root`` in a child process."""
         self._before_run()
         out = self.work / "export"
         argv = [python(), str(BENCH / "export_child.py"), str(root), str(out), "--formats", formats]

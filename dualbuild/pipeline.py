@@ -31,7 +31,7 @@ from dualbuild.reproduce import diff_archives
 from dualbuild.sign import PASSPHRASE_ENV, SigningKey, check_signing_key, choose_key, signing_stream
 from dualbuild.stages import BuildOptions, build_stages, default_cache_dir, final_key
 from dualbuild.tarwriter import Writable
-from dualbuild.tree import snapshot
+from dualbuild.tree import stream
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -106,10 +106,9 @@ def build_recipe(recipe: Recipe, request: BuildRequest) -> dict[str, object]:
         start = time.monotonic()
         with build_stages(plan, options) as built:
             timings["stages"] = time.monotonic() - start
-            start = time.monotonic()
-            tree = snapshot(built.rootfs, plan.source_date_epoch)
-            timings["snapshot"] = time.monotonic() - start
-            warnings += list(tree.warnings)
+            # Walked while the formats are written (in "emit"): memory stays flat in the
+            # number of entries, and the walk overlaps the hashing and compression.
+            tree = stream(built.rootfs, plan.source_date_epoch)
             start = time.monotonic()
             with contextlib.ExitStack() as signer:
                 taps: dict[Format, Writable] = {}
@@ -118,11 +117,12 @@ def build_recipe(recipe: Recipe, request: BuildRequest) -> dict[str, object]:
                     name = pending[Format.ACI].name
                     taps[Format.ACI] = signer.enter_context(signing_stream(name, pending_signature, key))
                 formats = ", ".join(str(fmt) for fmt in pending) + (" (signed)" if taps else "")
-                with status.show(f"writing {formats} from {len(tree.entries)} entries"):
+                with status.show(f"writing {formats}"):
                     artifacts = run_emitters(
                         tree, plan.recipe.image, built.config, plan.source_date_epoch, pending,
                         taps=taps, timings=timings,
                     )  # fmt: skip
+                warnings += list(tree.warnings)
                 timings["emit"] = time.monotonic() - start
                 start = time.monotonic()
             if taps:

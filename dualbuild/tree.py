@@ -17,7 +17,7 @@ import enum
 import errno
 import os
 import stat
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -99,19 +99,21 @@ class Entry:
 
 @dataclass(frozen=True, kw_only=True)
 class Tree:
-    """A snapshot of a root filesystem directory.
+    """A root filesystem directory as the canonical entries every format holds.
 
     Attributes:
-        root: The directory that was walked; file contents are read from here when emitting.
-        entries: Every entry, parents before children, siblings sorted by name bytes.
+        root: The directory that is walked; file contents are read from here when emitting.
+        entries: Every entry, parents before children, siblings sorted by name bytes. From
+            :func:`snapshot`, a tuple; from :func:`stream`, walked while it is read, once.
         source_date_epoch: The clamp applied to every mtime.
-        warnings: What the snapshot left out and why (sockets, unknown file types).
+        warnings: What the walk left out and why (sockets, unknown file types); a streamed
+            tree's fill in as its entries are read.
     """
 
     root: Path
-    entries: tuple[Entry, ...]
+    entries: Iterable[Entry]
     source_date_epoch: int
-    warnings: tuple[str, ...] = ()
+    warnings: Sequence[str] = ()
 
     def source_path(self, entry: Entry) -> bytes:
         """The absolute on-disk path of an entry, as bytes (safe for any name)."""
@@ -122,7 +124,7 @@ def snapshot(root: Path, source_date_epoch: int) -> Tree:
     """Walk ``root`` once, without following symlinks, into a canonical sorted entry list.
 
     Args:
-        root: The root filesystem directory (for a build: the final stage, mounted).
+        root: The root filesystem directory.
         source_date_epoch: Every mtime later than this is clamped to it.
 
     Returns:
@@ -131,12 +133,59 @@ def snapshot(root: Path, source_date_epoch: int) -> Tree:
     Raises:
         BuildError: ``root`` is not a directory, or the tree cannot be read.
     """
+    _check_root(root, source_date_epoch)
+    warnings: list[str] = []
+    entries = tuple(_entries(root, source_date_epoch, warnings))
+    return Tree(root=root, entries=entries, source_date_epoch=source_date_epoch, warnings=tuple(warnings))
+
+
+def stream(root: Path, source_date_epoch: int) -> Tree:
+    """The tree :func:`snapshot` gives, with its entries walked only as they are read.
+
+    What a build exports: memory does not grow with the number of entries (the walk keeps
+    one directory's listing per level, and the paths of files with several links), and the
+    walk overlaps the writing instead of leaving a core idle before it. The entries can be
+    read once; a second read raises, rather than silently giving an empty tree.
+
+    Raises:
+        BuildError: ``root`` is not a directory. A tree that cannot be read raises
+            BuildError while its entries are read.
+    """
+    _check_root(root, source_date_epoch)
+    warnings: list[str] = []
+    return Tree(
+        root=root,
+        entries=_OneWalk(root, source_date_epoch, warnings),
+        source_date_epoch=source_date_epoch,
+        warnings=warnings,
+    )
+
+
+class _OneWalk:
+    """A streamed tree's entries: the walk starts when they are iterated, the first time only."""
+
+    def __init__(self, root: Path, source_date_epoch: int, warnings: list[str]) -> None:
+        self._root = root
+        self._source_date_epoch = source_date_epoch
+        self._warnings = warnings
+        self._walked = False
+
+    def __iter__(self) -> Iterator[Entry]:
+        if self._walked:
+            raise BuildError(f"the streamed tree of {self._root} was already read; its entries come once")
+        self._walked = True
+        return _entries(self._root, self._source_date_epoch, self._warnings)
+
+
+def _check_root(root: Path, source_date_epoch: int) -> None:
     if source_date_epoch < 0:
         raise BuildError(f"source_date_epoch must not be negative, got {source_date_epoch}")
     if not root.is_dir():
         raise BuildError(f"cannot snapshot {root}: not a directory")
-    entries: list[Entry] = []
-    warnings: list[str] = []
+
+
+def _entries(root: Path, source_date_epoch: int, warnings: list[str]) -> Iterator[Entry]:
+    """Every entry of the tree in order; what is skipped is added to ``warnings``."""
     # (st_dev, st_ino) of regular files with more than one link → the first path seen.
     inodes: dict[tuple[int, int], str] = {}
     root_slash = os.path.join(os.fsencode(root), b"")
@@ -144,13 +193,10 @@ def snapshot(root: Path, source_date_epoch: int) -> Tree:
         for rel, st, xattrs in _walk(root_slash):
             entry = _make_entry(root_slash, rel, st, xattrs, source_date_epoch, inodes, warnings)
             if entry is not None:
-                entries.append(entry)
+                yield entry
     except OSError as exc:
         where = os.fsdecode(exc.filename) if exc.filename else str(root)
         raise BuildError(f"cannot read the image tree at {where}: {exc.strerror or exc}") from exc
-    return Tree(
-        root=root, entries=tuple(entries), source_date_epoch=source_date_epoch, warnings=tuple(warnings)
-    )
 
 
 _Child = tuple[bytes, os.stat_result, tuple[tuple[str, bytes], ...]]

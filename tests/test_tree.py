@@ -6,13 +6,15 @@ import errno
 import os
 import socket
 import stat
+import tracemalloc
+from collections.abc import Callable
 from pathlib import Path
 
 import pytest
 from conftest import require_root
 
 from dualbuild.errors import BuildError
-from dualbuild.tree import Entry, EntryType, Tree, decode_name, resolve_ids, snapshot
+from dualbuild.tree import Entry, EntryType, Tree, decode_name, resolve_ids, snapshot, stream
 
 SDE = 1_700_000_000
 # cap_net_bind_service+ep, VFS_CAP_REVISION_2 (what `setcap cap_net_bind_service+ep` writes).
@@ -124,6 +126,58 @@ def test_snapshot_records_every_kind(tmp_path: Path) -> None:
     if supports_user_xattrs(tmp_path):
         assert entries["file"].xattrs == (("user.comment", b"\xff\x00binary"),)
         assert entries["empty"].xattrs == (("user.dir", b"on a directory"),)
+
+
+def test_a_streamed_tree_gives_the_snapshot_once_and_its_warnings_after(tmp_path: Path) -> None:
+    root = build_rich_tree(tmp_path / "root", privileged=os.geteuid() == 0)
+    streamed = stream(root, SDE)
+    assert list(streamed.warnings) == []  # nothing walked yet
+    assert tuple(streamed.entries) == snapshot(root, SDE).entries
+    assert list(streamed.warnings) == ["skipped socket /control.sock: sockets cannot be stored in an image"]
+    with pytest.raises(BuildError, match="already read; its entries come once"):
+        iter(streamed.entries)
+
+
+def test_a_streamed_tree_does_not_hold_its_entries(tmp_path: Path) -> None:
+    root = tmp_path / "root"
+    for directory in range(20):
+        (root / f"d{directory:02}").mkdir(parents=True)
+        for number in range(1000):
+            (root / f"d{directory:02}" / f"file-with-a-longish-name-{number:04}").touch()
+
+    def peak_bytes(walk: Callable[[], object]) -> int:
+        tracemalloc.start()
+        try:
+            walk()
+            return tracemalloc.get_traced_memory()[1]
+        finally:
+            tracemalloc.stop()
+
+    held = peak_bytes(lambda: snapshot(root, SDE))
+    streamed = peak_bytes(lambda: sum(1 for _ in stream(root, SDE).entries))
+    # 20,020 entries held take megabytes; walked one directory at a time, a fraction of it.
+    assert held > 2_000_000
+    assert streamed < held / 5
+
+
+def test_a_tree_that_cannot_be_read_is_a_build_error_when_streamed(tmp_path: Path) -> None:
+    # Paths beyond PATH_MAX (4096 bytes) cannot be lstat'ed, even by root: ENAMETOOLONG.
+    root = tmp_path / "root"
+    root.mkdir()
+    fd = os.open(root, os.O_RDONLY | os.O_DIRECTORY)
+    try:
+        for _ in range(20):
+            os.mkdir("d" * 250, dir_fd=fd)
+            inner = os.open("d" * 250, os.O_RDONLY | os.O_DIRECTORY, dir_fd=fd)
+            os.close(fd)
+            fd = inner
+    finally:
+        os.close(fd)
+    streamed = stream(root, SDE)
+    with pytest.raises(BuildError, match=r"cannot read the image tree at .*: File name too long"):
+        list(streamed.entries)
+    with pytest.raises(BuildError, match=r"cannot read the image tree at .*: File name too long"):
+        snapshot(root, SDE)
 
 
 @pytest.mark.integration
