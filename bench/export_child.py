@@ -106,8 +106,6 @@ def main() -> None:
     result = {
         "timings": timings,
         "emitters": {name.removeprefix("emit_"): seconds for name, seconds in emit_timings.items()},
-        # Counted after the timings and the peak RSS were taken, by a second streamed walk.
-        "entries": _count_entries(args.tree),
         "artifacts": {str(a.format): {"size": a.size, "sha256": a.sha256} for a in artifacts},
         "rss_kib": {
             "after_imports": rss_before,
@@ -119,10 +117,6 @@ def main() -> None:
         shutil.rmtree(args.out, ignore_errors=True)
     json.dump(result, sys.stdout)
     sys.stdout.write("\n")
-
-
-def _count_entries(root: Path) -> int:
-    return sum(1 for _ in stream(root, SOURCE_DATE_EPOCH).entries)
 
 
 def _gnupghome() -> Path | None:

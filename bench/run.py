@@ -352,7 +352,8 @@ class Bench:
             "docker_phases": _median_phases([_flat(d) for d in details["docker"]]),
             "peak_rss_mib": {kind: max(values) / 1024 for kind, values in rss.items()},
             "cpu_seconds": {kind: statistics.median(values) for kind, values in cpu.items() if values},
-            "entries": details["full"][0]["entries"] if details["full"] else None,
+            # Rounds before the fifth: from the export child; the tree facts (bench/trees.py) have them.
+            "entries": details["full"][0].get("entries") if details["full"] else None,
             "artifacts": details["full"][0]["artifacts"] if details["full"] else None,
             "rss_detail_kib": details["full"][-1]["rss_kib"] if details["full"] else None,
         }

@@ -147,6 +147,13 @@ def stream(root: Path, source_date_epoch: int) -> Tree:
     walk overlaps the writing instead of leaving a core idle before it. The entries can be
     read once; a second read raises, rather than silently giving an empty tree.
 
+    Args:
+        root: The root filesystem directory (for a build: the final stage, mounted).
+        source_date_epoch: Every mtime later than this is clamped to it.
+
+    Returns:
+        The tree; ``warnings`` names what the walk skipped once the entries have been read.
+
     Raises:
         BuildError: ``root`` is not a directory. A tree that cannot be read raises
             BuildError while its entries are read.

@@ -21,7 +21,8 @@ import dualbuild.tree
 SUFFIX = importlib.machinery.EXTENSION_SUFFIXES[0]
 COMPILED = [dualbuild.tree, dualbuild.tarwriter, dualbuild.layerfeed]
 
-# Every format written from one tree; prints each artifact's sha256 and where tree.py came from.
+# Every format written from one tree, walked as a build walks it; prints each artifact's sha256
+# and where tree.py came from.
 EXPORT = """
 import json, sys
 from pathlib import Path
@@ -30,7 +31,7 @@ from dualbuild.emit import run_emitters
 from dualbuild.imageconfig import ImageConfig
 from dualbuild.model import Format, Image
 root, out = Path(sys.argv[1]), Path(sys.argv[2])
-tree = dualbuild.tree.snapshot(root, 1700000000)
+tree = dualbuild.tree.stream(root, 1700000000)
 targets = {Format.DOCKER: out / "x.docker.tar", Format.ACI: out / "x.aci", Format.OCI: out / "x.oci.tar"}
 artifacts = run_emitters(tree, Image(name="example.com/x", version="1"), ImageConfig(), 1700000000, targets)
 print(json.dumps({"tree": dualbuild.tree.__file__, **{str(a.format): a.sha256 for a in artifacts}}))
