@@ -8,10 +8,9 @@ JSON object on stdout with the phase timings. It calls dualbuild's own API, exac
 
 with the signer (fed the ACI's bytes as they are written: a SHA-256 that gpg-agent signs at
 the end, or gpg itself for DSA/ECDSA keys) started before the emitters. The tree is walked
-while it is written, as in a build, so "emit" includes the walk ("snapshot" is only the check
-of the root). Per-emitter wall times come from ``run_emitters``' timings; the emitters run in
-parallel as in a build, so they overlap. "sign" is the time from the end of the emit to the
-signature on disk.
+while it is written, as in a build, so "emit" includes the walk. Per-emitter wall times come
+from ``run_emitters``' timings; the emitters run in parallel as in a build, so they overlap.
+"sign" is the time from the end of the emit to the signature on disk.
 
 usage: export_child.py TREE OUT_DIR --formats docker,aci [--sign-key FPR]
 """
@@ -83,10 +82,6 @@ def main() -> None:
 
     start = time.monotonic()
     tree = stream(args.tree, SOURCE_DATE_EPOCH)
-    timings["snapshot"] = time.monotonic() - start
-    rss_after_snapshot = _maxrss_kib()
-
-    start = time.monotonic()
     with contextlib.ExitStack() as stack:
         taps: dict[Format, Writable] = {}
         if key is not None:
@@ -101,16 +96,14 @@ def main() -> None:
     if key is not None:
         timings["sign"] = time.monotonic() - start
 
-    timings["export"] = timings["snapshot"] + timings["emit"] + timings.get("sign", 0.0)
-    peak = _maxrss_kib()
+    timings["export"] = timings["emit"] + timings.get("sign", 0.0)
     result = {
         "timings": timings,
         "emitters": {name.removeprefix("emit_"): seconds for name, seconds in emit_timings.items()},
         "artifacts": {str(a.format): {"size": a.size, "sha256": a.sha256} for a in artifacts},
         "rss_kib": {
             "after_imports": rss_before,
-            "after_snapshot": rss_after_snapshot,
-            "self_peak": peak,
+            "self_peak": _maxrss_kib(),
         },
     }
     if not args.keep:

@@ -171,7 +171,7 @@ def _exports(exports: Mapping[str, Any], facts: Mapping[str, Any]) -> list[str]:
         "Phases of the full export (Docker + ACI + signature), medians in seconds; the two "
         "emitters run in parallel, so their times overlap. Since the fifth round the tree is "
         "walked while it is written (`tree.stream`): the walk is inside the emitters' times, "
-        "and the snapshot column is only the check of the root:",
+        "and the snapshot column (earlier rounds' walk before the emit) is 0:",
         "",
         *phase_rows,
         "",
