@@ -158,10 +158,8 @@ def _agent_key(key: SigningKey, records: Sequence[Sequence[str]]) -> AgentKey | 
         socket = gpg.agent_socket(key.gnupghome)
         agent_key = AgentKey(socket=socket, keygrip=keygrip, fingerprint=fingerprint, algorithm=algorithm)
         with tempfile.TemporaryDirectory(prefix="dualbuild-sign-") as scratch:
-            probe, signature = Path(scratch, "probe"), Path(scratch, "probe.asc")
-            probe.write_bytes(b"dualbuild signing check\n")
-            with signing_stream(probe.name, signature, dataclasses.replace(key, agent=agent_key)) as signer:
-                signer.write(probe.read_bytes())
+            probe = _probe(Path(scratch))
+            signature = sign_file(probe, dataclasses.replace(key, agent=agent_key))
             gpg.verify_in_keyring(probe, signature, key.gnupghome)
     except (SigningError, CommandError) as error:
         log.debug("gpg signs %s itself: signing through gpg-agent failed (%s)", key.fingerprint, error)
@@ -197,8 +195,7 @@ def _sign_argv(
 
 def _trial_signature(key: SigningKey) -> None:
     with gpg.temporary_home() as scratch:
-        probe = scratch / "probe"
-        probe.write_bytes(b"dualbuild signing check\n")
+        probe = _probe(scratch)
         argv, stdin = _sign_argv(key, scratch / "probe.asc", probe)
         try:
             run.run(argv, env=gpg.gpg_env(key.gnupghome), input=stdin)
@@ -207,6 +204,13 @@ def _trial_signature(key: SigningKey) -> None:
                 f"key {key.fingerprint} cannot sign here: {error.output_tail.strip() or 'gpg failed'}",
                 hint=f"a protected key needs its passphrase in ${PASSPHRASE_ENV}",
             ) from None
+
+
+def _probe(directory: Path) -> Path:
+    """A small file to make a trial signature of."""
+    probe = directory / "probe"
+    probe.write_bytes(b"dualbuild signing check\n")
+    return probe
 
 
 def sign_file(data: Path, key: SigningKey) -> Path:
