@@ -27,7 +27,7 @@ $(BIN)/.installed: pyproject.toml
 # module before its source (dualbuild/__init__.py warns when one is stale).
 native: build/native.stamp
 
-build/native.stamp: setup.py $(wildcard dualbuild/*.py) $(BIN)/.installed
+build/native.stamp: setup.py $(shell find dualbuild -name '*.py') $(BIN)/.installed
 	$(BIN)/python setup.py -q build_ext --inplace --force
 	touch $@
 
@@ -68,4 +68,4 @@ bench: setup bytecode
 	$(BIN)/python bench/run.py $(BENCH_ARGS)
 
 clean:
-	rm -rf $(VENV) build dualbuild/*.so $(DEMO)/dist $(DEMO)/busybox-rootfs.tar $(DEMO_GNUPGHOME) .pytest_cache .mypy_cache .ruff_cache
+	rm -rf $(VENV) build dualbuild/layer/*.so $(DEMO)/dist $(DEMO)/busybox-rootfs.tar $(DEMO_GNUPGHOME) .pytest_cache .mypy_cache .ruff_cache

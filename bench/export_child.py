@@ -29,11 +29,11 @@ from pathlib import Path
 
 from dualbuild.emit import run_emitters
 from dualbuild.imageconfig import ImageConfig, apply_app
-from dualbuild.model import Format
-from dualbuild.recipe import load_recipe
-from dualbuild.sign import check_signing_key, signing_stream
-from dualbuild.tarwriter import Writable
-from dualbuild.tree import stream
+from dualbuild.layer.tarwriter import Writable
+from dualbuild.layer.tree import stream
+from dualbuild.recipe.load import load_recipe
+from dualbuild.recipe.model import Format
+from dualbuild.sign.keys import check_signing_key, signing_stream
 
 SOURCE_DATE_EPOCH = 1700000000
 RECIPE = """\

@@ -4,7 +4,7 @@
 Nothing here changes dualbuild; each lever is measured on this machine, on the cached bench
 trees (run bench/run.py once first to make them):
 
-  headers   per-entry cost of dualbuild.tarwriter.tar_header (tarfile.TarInfo.tobuf) vs a
+  headers   per-entry cost of dualbuild.layer.tarwriter.tar_header (tarfile.TarInfo.tobuf) vs a
             struct-packed ustar header, checked byte-identical on every entry of the trees
   reads     per-file cost of opening and reading every small file (what each emitter pays)
   engines   single-core throughput of sha256, sha512, crc32, isal level 2, zlib level 6, and
@@ -36,8 +36,8 @@ from pathlib import Path
 import trees
 from benchenv import sandbox
 
-from dualbuild.tarwriter import _TAR_TYPES, tarfile_entry_header
-from dualbuild.tree import Entry, EntryType, Tree, snapshot
+from dualbuild.layer.tarwriter import _TAR_TYPES, tarfile_entry_header
+from dualbuild.layer.tree import Entry, EntryType, Tree, snapshot
 
 LEVERS = ("headers", "reads", "engines", "gpg", "fsync", "threads")
 _USTAR = struct.Struct("100s8s8s8s12s12s8s1s100s8s32s32s8s8s155s12s")
@@ -288,7 +288,7 @@ def lever_threads(tree_map: dict[str, Tree], scratch: Path) -> None:
     print("## threads: Docker then ACI in one thread, vs both at once in run_emitters' threads")
     from dualbuild.emit import emitters, run_emitters
     from dualbuild.imageconfig import ImageConfig
-    from dualbuild.model import Format, Image
+    from dualbuild.recipe.model import Format, Image
 
     image = Image(name="example.com/bench/tree", version="1.0.0")
     config = ImageConfig()

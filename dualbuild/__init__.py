@@ -23,17 +23,18 @@ def _warn_of_stale_compiled_modules() -> None:
     if not os.path.exists(os.path.join(here, os.pardir, "setup.py")):
         return
     suffix = importlib.machinery.EXTENSION_SUFFIXES[0]
-    for name in os.listdir(here):
-        source = os.path.join(here, name.removesuffix(suffix) + ".py")
-        if not name.endswith(suffix) or not os.path.exists(source):
-            continue
-        if os.stat(source).st_mtime_ns > os.stat(os.path.join(here, name)).st_mtime_ns:
-            warnings.warn(
-                f"{source} is newer than its compiled module {name}, which Python imports "
-                "instead: run `make native` (or delete the .so to run the source)",
-                RuntimeWarning,
-                stacklevel=2,
-            )
+    for folder, _, names in os.walk(here):
+        for name in names:
+            source = os.path.join(folder, name.removesuffix(suffix) + ".py")
+            if not name.endswith(suffix) or not os.path.exists(source):
+                continue
+            if os.stat(source).st_mtime_ns > os.stat(os.path.join(folder, name)).st_mtime_ns:
+                warnings.warn(
+                    f"{source} is newer than its compiled module {name}, which Python imports "
+                    "instead: run `make native` (or delete the .so to run the source)",
+                    RuntimeWarning,
+                    stacklevel=2,
+                )
 
 
 _warn_of_stale_compiled_modules()

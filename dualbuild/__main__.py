@@ -1,5 +1,5 @@
 """``python -m dualbuild``."""
 
-from dualbuild.entry import main
+from dualbuild.cli.entry import main
 
 main()

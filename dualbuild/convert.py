@@ -15,8 +15,8 @@ from pathlib import Path
 
 from dualbuild.errors import UsageError
 from dualbuild.pipeline import BuildRequest, build_recipe
-from dualbuild.recipe import parse_recipe_document
-from dualbuild.rules import AC_IDENTIFIER, DOCKER_TAG, is_docker_repository
+from dualbuild.recipe.load import parse_recipe_document
+from dualbuild.recipe.rules import AC_IDENTIFIER, DOCKER_TAG, is_docker_repository
 
 _FILE_PREFIXES = ("docker-archive:", "oci-archive:", "aci:")
 

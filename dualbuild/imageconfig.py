@@ -10,7 +10,7 @@ import re
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 
-from dualbuild.model import App, Healthcheck, Port, Protocol, Volume
+from dualbuild.recipe.model import App, Healthcheck, Port, Protocol, Volume
 
 
 @dataclass(frozen=True, kw_only=True)

@@ -19,19 +19,19 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from dualbuild import __version__, run
-from dualbuild.buildah import StorageOptions, temporary_storage
-from dualbuild.cache import file_sha256, known_digests, remember_digest, remember_digests
+from dualbuild.build.buildah import StorageOptions, temporary_storage
+from dualbuild.build.cache import file_sha256, known_digests, remember_digest, remember_digests
+from dualbuild.build.stages import BuildOptions, build_stages, default_cache_dir, final_key
 from dualbuild.emit import Artifact, run_emitters
 from dualbuild.errors import SigningError
+from dualbuild.layer.tarwriter import Writable
+from dualbuild.layer.tree import stream
 from dualbuild.log import log, status
-from dualbuild.model import Format, Recipe
 from dualbuild.plan import BuildPlan, make_plan
-from dualbuild.recipe import load_recipe
-from dualbuild.reproduce import diff_archives
-from dualbuild.sign import PASSPHRASE_ENV, SigningKey, check_signing_key, choose_key, signing_stream
-from dualbuild.stages import BuildOptions, build_stages, default_cache_dir, final_key
-from dualbuild.tarwriter import Writable
-from dualbuild.tree import stream
+from dualbuild.recipe.load import load_recipe
+from dualbuild.recipe.model import Format, Recipe
+from dualbuild.sign.keys import PASSPHRASE_ENV, SigningKey, check_signing_key, choose_key, signing_stream
+from dualbuild.verify.diff import diff_archives
 
 
 @dataclass(frozen=True, kw_only=True)

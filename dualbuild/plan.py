@@ -13,7 +13,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from dualbuild.errors import Problem, RecipeError
-from dualbuild.model import (
+from dualbuild.recipe.model import (
     DEFAULT_SOURCE_DATE_EPOCH,
     Base,
     CopyStep,
@@ -26,7 +26,7 @@ from dualbuild.model import (
     SymlinkStep,
     WriteStep,
 )
-from dualbuild.rules import ARG_NAME, substitute_args
+from dualbuild.recipe.rules import ARG_NAME, substitute_args
 
 
 @dataclass(frozen=True, kw_only=True)

@@ -16,7 +16,7 @@ from pathlib import Path
 
 import pytest
 
-from dualbuild.buildah import StorageOptions
+from dualbuild.build.buildah import StorageOptions
 from dualbuild.gpg import gpg_env, stop_agent
 
 ROOT = Path(__file__).resolve().parent.parent

@@ -13,9 +13,9 @@ from pathlib import Path
 import pytest
 from conftest import DUALBUILD, ROOT, Docker, buildah, dualbuild, require_tools
 
-from dualbuild.buildah import StorageOptions
+from dualbuild.build.buildah import StorageOptions
 from dualbuild.gpg import gpg_env, stop_agent
-from dualbuild.sign import export_public_key
+from dualbuild.sign.keys import export_public_key
 
 pytestmark = pytest.mark.integration
 

@@ -16,12 +16,12 @@ from pathlib import Path
 import pytest
 from conftest import buildah, push_to_registry, require_tools
 
-from dualbuild.buildah import StorageOptions
-from dualbuild.cache import base_key, cache_image, file_sha256
+from dualbuild.build.buildah import StorageOptions
+from dualbuild.build.cache import base_key, cache_image, file_sha256
+from dualbuild.build.stages import BuildOptions, BuiltImage, build_stages, final_key
 from dualbuild.errors import BuildError
 from dualbuild.plan import make_plan
-from dualbuild.recipe import load_recipe
-from dualbuild.stages import BuildOptions, BuiltImage, build_stages, final_key
+from dualbuild.recipe.load import load_recipe
 
 pytestmark = pytest.mark.integration
 

@@ -6,7 +6,7 @@ import hashlib
 import os
 from pathlib import Path
 
-from dualbuild.cache import file_sha256, file_stamp, known_digests, remember_digests
+from dualbuild.build.cache import file_sha256, file_stamp, known_digests, remember_digests
 
 MIB = 1 << 20
 

@@ -27,10 +27,10 @@ from dualbuild.emit.docker import emit_docker, repo_tags
 from dualbuild.emit.oci import LayoutWriter, emit_oci, normalized_reference
 from dualbuild.errors import BuildError
 from dualbuild.imageconfig import ImageConfig
-from dualbuild.model import Arch, Format, Healthcheck, Image, Port, Protocol, Volume
-from dualbuild.tarwriter import Cancelled, set_cancel_event
-from dualbuild.tree import EntryType, Tree, decode_name, snapshot
-from dualbuild.verify import ArchivedEntry, read_entries
+from dualbuild.layer.tarwriter import Cancelled, set_cancel_event
+from dualbuild.layer.tree import EntryType, Tree, decode_name, snapshot
+from dualbuild.recipe.model import Arch, Format, Healthcheck, Image, Port, Protocol, Volume
+from dualbuild.verify.trees import ArchivedEntry, read_entries
 
 IMAGE = Image(
     name="example.com/team/hello",
@@ -680,8 +680,8 @@ import json, sys
 from pathlib import Path
 from dualbuild.emit import run_emitters
 from dualbuild.imageconfig import ImageConfig
-from dualbuild.model import Format, Image
-from dualbuild.tree import snapshot
+from dualbuild.recipe.model import Format, Image
+from dualbuild.layer.tree import snapshot
 root, out = Path(sys.argv[1]), Path(sys.argv[2])
 tree = snapshot(root, 1700000000)
 targets = {

@@ -16,7 +16,7 @@ import pytest
 from conftest import DUALBUILD, buildah, dualbuild, require_root
 from test_build_cli import RECIPE
 
-from dualbuild.buildah import StorageOptions
+from dualbuild.build.buildah import StorageOptions
 from dualbuild.gpg import gpg_env
 
 pytestmark = pytest.mark.integration

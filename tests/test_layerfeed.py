@@ -16,15 +16,15 @@ from hypothesis import strategies as st
 from test_tree import SDE, build_rich_tree
 
 from dualbuild.errors import BuildError
-from dualbuild.layerfeed import DirectLayer, LayerFeed
-from dualbuild.tarwriter import (
+from dualbuild.layer.feed import DirectLayer, LayerFeed
+from dualbuild.layer.tarwriter import (
     CHUNK,
     BackgroundStage,
     GzipWriter,
     HeaderPacker,
     tarfile_entry_header,
 )
-from dualbuild.tree import Entry, EntryType, Tree, snapshot
+from dualbuild.layer.tree import Entry, EntryType, Tree, snapshot
 
 PROPERTY = settings(max_examples=1000, deadline=None, suppress_health_check=list(HealthCheck))
 PREFIXES = ["", "rootfs/"]

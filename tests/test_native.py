@@ -14,27 +14,27 @@ import pytest
 from conftest import ROOT, require
 from test_tree import build_rich_tree
 
-import dualbuild.layerfeed
-import dualbuild.tarwriter
-import dualbuild.tree
+import dualbuild.layer.feed
+import dualbuild.layer.tarwriter
+import dualbuild.layer.tree
 
 SUFFIX = importlib.machinery.EXTENSION_SUFFIXES[0]
-COMPILED = [dualbuild.tree, dualbuild.tarwriter, dualbuild.layerfeed]
+COMPILED = [dualbuild.layer.tree, dualbuild.layer.tarwriter, dualbuild.layer.feed]
 
 # Every format written from one tree, walked as a build walks it; prints each artifact's sha256
 # and where tree.py came from.
 EXPORT = """
 import json, sys
 from pathlib import Path
-import dualbuild.tree
+import dualbuild.layer.tree
 from dualbuild.emit import run_emitters
 from dualbuild.imageconfig import ImageConfig
-from dualbuild.model import Format, Image
+from dualbuild.recipe.model import Format, Image
 root, out = Path(sys.argv[1]), Path(sys.argv[2])
-tree = dualbuild.tree.stream(root, 1700000000)
+tree = dualbuild.layer.tree.stream(root, 1700000000)
 targets = {Format.DOCKER: out / "x.docker.tar", Format.ACI: out / "x.aci", Format.OCI: out / "x.oci.tar"}
 artifacts = run_emitters(tree, Image(name="example.com/x", version="1"), ImageConfig(), 1700000000, targets)
-print(json.dumps({"tree": dualbuild.tree.__file__, **{str(a.format): a.sha256 for a in artifacts}}))
+print(json.dumps({"tree": dualbuild.layer.tree.__file__, **{str(a.format): a.sha256 for a in artifacts}}))
 """
 
 
@@ -67,22 +67,25 @@ def run_python(code: str, *args: str, path: Path | None = None) -> subprocess.Co
 
 def test_the_hot_path_runs_compiled() -> None:
     # `make native` (part of `make test`) compiles them; CI must test what users run.
-    require(compiled(), "tree, tarwriter and layerfeed compiled by `make native`")
+    require(compiled(), "layer/tree, tarwriter and feed compiled by `make native`")
     assert {Path(m.__file__ or "").name.removesuffix(SUFFIX) for m in COMPILED} == {
         "tree",
         "tarwriter",
-        "layerfeed",
+        "feed",
     }
-    assert sorted(path.name.removesuffix(SUFFIX) for path in (ROOT / "dualbuild").glob("*" + SUFFIX)) == [
-        "_native__mypyc",
-        "layerfeed",
-        "tarwriter",
-        "tree",
+    assert sorted(
+        path.relative_to(ROOT / "dualbuild").as_posix().removesuffix(SUFFIX)
+        for path in (ROOT / "dualbuild").rglob("*" + SUFFIX)
+    ) == [
+        "layer/_native__mypyc",
+        "layer/feed",
+        "layer/tarwriter",
+        "layer/tree",
     ]
 
 
 def test_compiled_and_pure_modules_write_the_same_bytes(tmp_path: Path) -> None:
-    require(compiled(), "tree, tarwriter and layerfeed compiled by `make native`")
+    require(compiled(), "layer/tree, tarwriter and feed compiled by `make native`")
     root = build_rich_tree(tmp_path / "root", privileged=os.geteuid() == 0)
     (root / "big.bin").write_bytes(os.urandom(3 << 20))
     results = {}
@@ -102,29 +105,29 @@ def test_compiled_and_pure_modules_write_the_same_bytes(tmp_path: Path) -> None:
 
 
 def test_a_source_newer_than_its_compiled_module_is_reported(tmp_path: Path) -> None:
-    require(compiled(), "tree, tarwriter and layerfeed compiled by `make native`")
+    require(compiled(), "layer/tree, tarwriter and feed compiled by `make native`")
     copy = package_copy(tmp_path, with_compiled=True)
-    quiet = run_python("import dualbuild.tree", path=copy)
+    quiet = run_python("import dualbuild.layer.tree", path=copy)
     assert quiet.returncode == 0, quiet.stderr
     assert "RuntimeWarning" not in quiet.stderr
-    source = copy / "dualbuild" / "tree.py"
-    later = (copy / "dualbuild" / f"tree{SUFFIX}").stat().st_mtime_ns + 10**9
+    source = copy / "dualbuild" / "layer" / "tree.py"
+    later = (copy / "dualbuild" / "layer" / f"tree{SUFFIX}").stat().st_mtime_ns + 10**9
     os.utime(source, ns=(later, later))
-    stale = run_python("import dualbuild.tree", path=copy)
+    stale = run_python("import dualbuild.layer.tree", path=copy)
     assert stale.returncode == 0, stale.stderr
     assert f"{source} is newer than its compiled module tree{SUFFIX}" in stale.stderr
     assert "make native" in stale.stderr
     # Installed (no setup.py beside the package), unpacking order sets the times: no check.
     (copy / "setup.py").unlink()
-    installed = run_python("import dualbuild.tree", path=copy)
+    installed = run_python("import dualbuild.layer.tree", path=copy)
     assert installed.returncode == 0, installed.stderr
     assert "RuntimeWarning" not in installed.stderr
 
 
-@pytest.mark.parametrize("name", ["tree", "tarwriter", "layerfeed"])
+@pytest.mark.parametrize("name", ["tree", "tarwriter", "feed"])
 def test_no_compiled_module_is_older_than_its_source(name: str) -> None:
     # What the import-time warning checks, as a test: a suite run on stale code fails.
-    compiled_module = ROOT / "dualbuild" / f"{name}{SUFFIX}"
-    require(compiled_module.exists(), f"dualbuild/{name} compiled by `make native`")
-    source = ROOT / "dualbuild" / f"{name}.py"
+    compiled_module = ROOT / "dualbuild" / "layer" / f"{name}{SUFFIX}"
+    require(compiled_module.exists(), f"dualbuild/layer/{name} compiled by `make native`")
+    source = ROOT / "dualbuild" / "layer" / f"{name}.py"
     assert source.stat().st_mtime_ns <= compiled_module.stat().st_mtime_ns

@@ -9,7 +9,7 @@ import base64
 
 import pytest
 
-from dualbuild import openpgp
+from dualbuild.sign import openpgp
 
 FINGERPRINT = "8DE66325106622CE43AD1910A6ECEB1CEF2E4B61"
 

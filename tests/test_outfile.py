@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 
-from dualbuild import outfile
+from dualbuild import files as outfile
 
 
 def test_a_file_written_slowly_is_on_disk_before_its_final_fsync(tmp_path: Path) -> None:

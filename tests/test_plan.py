@@ -6,11 +6,11 @@ from pathlib import Path
 import pytest
 from click.testing import CliRunner
 
-from dualbuild.cli import cli
+from dualbuild.cli.main import cli
 from dualbuild.errors import RecipeError
-from dualbuild.model import CopyStep, RunStep, WriteStep
 from dualbuild.plan import make_plan
-from dualbuild.recipe import load_recipe
+from dualbuild.recipe.load import load_recipe
+from dualbuild.recipe.model import CopyStep, RunStep, WriteStep
 
 RECIPE = """
 [image]

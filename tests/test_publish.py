@@ -29,20 +29,20 @@ from pathlib import Path
 import pytest
 from conftest import free_port, require, require_tools
 
-from dualbuild.buildah import StorageOptions
+from dualbuild.build.buildah import StorageOptions
 from dualbuild.errors import PublishError, UsageError
 from dualbuild.gpg import gpg_env, stop_agent
-from dualbuild.publish import PublishRequest, RetryPolicy, publish, with_retries
-from dualbuild.publish_aci import SiteLayout, aci_url_for, discovery_page
-from dualbuild.publish_docker import _TRANSIENT
-from dualbuild.publish_site import open_site
+from dualbuild.publish.aci import SiteLayout, aci_url_for, discovery_page
+from dualbuild.publish.docker import _TRANSIENT
+from dualbuild.publish.flow import PublishRequest, RetryPolicy, publish, with_retries
+from dualbuild.publish.site import open_site
 
 DUALBUILD = str(Path(sys.executable).parent / "dualbuild")
 # Runs the CLI with `publish` registered, whether or not cli.py does it already.
 CLI = (
     "import sys\n"
-    "from dualbuild.cli import cli\n"
-    "from dualbuild.cli_publish import publish_command\n"
+    "from dualbuild.cli.main import cli\n"
+    "from dualbuild.cli.publish import publish_command\n"
     "if 'publish' not in cli.commands:\n"
     "    cli.add_command(publish_command)\n"
     "cli(sys.argv[1:], prog_name='dualbuild')\n"

@@ -7,7 +7,7 @@ from pathlib import Path
 import pytest
 from click.testing import CliRunner
 
-from dualbuild.cli import cli
+from dualbuild.cli.main import cli
 
 BAD = sorted((Path(__file__).parent / "data" / "bad").glob("*.toml"))
 

@@ -10,7 +10,8 @@ from hypothesis import strategies as st
 
 from dualbuild.errors import RecipeError
 from dualbuild.plan import make_plan
-from dualbuild.recipe import (
+from dualbuild.recipe.app import APP_KEYS
+from dualbuild.recipe.load import (
     IMAGE_KEYS,
     OUTPUT_KEYS,
     PUBLISH_KEYS,
@@ -18,8 +19,7 @@ from dualbuild.recipe import (
     parse_recipe_bytes,
     parse_recipe_document,
 )
-from dualbuild.recipe_app import APP_KEYS
-from dualbuild.steps import ACTION_KEYS, ACTIONS
+from dualbuild.recipe.steps import ACTION_KEYS, ACTIONS
 
 EXAMPLES = int(os.environ.get("DUALBUILD_FUZZ_EXAMPLES", "1000"))
 FUZZ = settings(max_examples=EXAMPLES, deadline=None, suppress_health_check=list(HealthCheck))

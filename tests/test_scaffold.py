@@ -12,14 +12,15 @@ from click.testing import CliRunner, Result
 from hypothesis import given
 from hypothesis import strategies as st
 
-from dualbuild import cli_new, scaffold
-from dualbuild.cli import cli
-from dualbuild.cli_new import new_command
+from dualbuild.cli import new as cli_new
+from dualbuild.cli.main import cli
+from dualbuild.cli.new import new_command
 from dualbuild.errors import DualbuildError, RecipeError, UsageError
-from dualbuild.model import CopyStep
-from dualbuild.recipe import load_recipe
-from dualbuild.scaffold import NewRequest, new_recipe, toml_value
-from dualbuild.schema import RECIPE_SCHEMA
+from dualbuild.recipe.load import load_recipe
+from dualbuild.recipe.model import CopyStep
+from dualbuild.recipe.schema import RECIPE_SCHEMA
+from dualbuild.scaffold import render as scaffold
+from dualbuild.scaffold.render import NewRequest, new_recipe, toml_value
 
 ROOT = Path(__file__).resolve().parent.parent
 SHIPPED = ("busybox-tools", "convert", "debian-service", "go-app", "python-app", "scratch-static")

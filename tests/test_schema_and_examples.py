@@ -10,12 +10,12 @@ import jsonschema
 import pytest
 from click.testing import CliRunner
 
-from dualbuild import recipe as recipe_module
-from dualbuild import recipe_app
-from dualbuild import steps as steps_module
-from dualbuild.cli import cli
-from dualbuild.recipe import load_recipe
-from dualbuild.schema import RECIPE_SCHEMA
+from dualbuild.cli.main import cli
+from dualbuild.recipe import app as recipe_app
+from dualbuild.recipe import load as recipe_module
+from dualbuild.recipe import steps as steps_module
+from dualbuild.recipe.load import load_recipe
+from dualbuild.recipe.schema import RECIPE_SCHEMA
 
 ROOT = Path(__file__).resolve().parent.parent
 EXAMPLES = sorted((ROOT / "recipes").glob("*/recipe.toml"))

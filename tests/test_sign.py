@@ -12,10 +12,10 @@ from pathlib import Path
 import pytest
 from conftest import require_tools
 
-from dualbuild import openpgp
 from dualbuild.errors import SigningError
 from dualbuild.gpg import agent_sign, gpg_env, stop_agent, verify_detached
-from dualbuild.sign import (
+from dualbuild.sign import openpgp
+from dualbuild.sign.keys import (
     check_signing_key,
     choose_key,
     create_key,

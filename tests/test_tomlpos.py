@@ -1,6 +1,6 @@
 from __future__ import annotations
 
-from dualbuild.tomlpos import key_lines, line_of
+from dualbuild.recipe.positions import key_lines, line_of
 
 DOC = '''[image]
 name = "x"

@@ -14,7 +14,7 @@ import pytest
 from conftest import require_root
 
 from dualbuild.errors import BuildError
-from dualbuild.tree import Entry, EntryType, Tree, decode_name, resolve_ids, snapshot, stream
+from dualbuild.layer.tree import Entry, EntryType, Tree, decode_name, resolve_ids, snapshot, stream
 
 SDE = 1_700_000_000
 # cap_net_bind_service+ep, VFS_CAP_REVISION_2 (what `setcap cap_net_bind_service+ep` writes).

@@ -14,9 +14,9 @@ from test_tree import SDE, build_rich_tree, supports_user_xattrs
 from dualbuild.emit.aci import emit_aci
 from dualbuild.emit.docker import emit_docker
 from dualbuild.imageconfig import ImageConfig
-from dualbuild.model import Image
-from dualbuild.tree import EntryType, snapshot
-from dualbuild.verify import ArchivedEntry, compare_entries, verify
+from dualbuild.layer.tree import EntryType, snapshot
+from dualbuild.recipe.model import Image
+from dualbuild.verify.trees import ArchivedEntry, compare_entries, verify
 
 IMAGE = Image(name="example.com/verify", version="1")
 

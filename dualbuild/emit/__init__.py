@@ -6,7 +6,7 @@ Each emitter has the same signature::
 
 and writes ``dest`` atomically (a temporary name in the same directory, renamed on success).
 ``layer`` is the tree itself (the emitter then reads it alone) or its subscription to a
-:class:`~dualbuild.layerfeed.LayerFeed`, which :func:`run_emitters` uses so the tree is read
+:class:`~dualbuild.layer.feed.LayerFeed`, which :func:`run_emitters` uses so the tree is read
 once for every format. ``tap`` gets the file's bytes in order (the ACI's signer).
 The registry is an explicit dict (STYLE.md B2.9). The emitter modules import
 :class:`Artifact` from here, so they are imported lazily inside :func:`emitters` to keep the
@@ -28,10 +28,10 @@ from typing import Protocol
 from dualbuild import log as logmod
 from dualbuild.errors import BuildError, DualbuildError
 from dualbuild.imageconfig import ImageConfig
-from dualbuild.layerfeed import LayerFeed, LayerSource, Subscription
-from dualbuild.model import Format, Image
-from dualbuild.tarwriter import Writable, set_cancel_event
-from dualbuild.tree import Tree
+from dualbuild.layer.feed import LayerFeed, LayerSource, Subscription
+from dualbuild.layer.tarwriter import Writable, set_cancel_event
+from dualbuild.layer.tree import Tree
+from dualbuild.recipe.model import Format, Image
 
 
 @dataclass(frozen=True, kw_only=True)

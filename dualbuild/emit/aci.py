@@ -20,11 +20,10 @@ from pathlib import Path
 
 from dualbuild.emit import LAYER_PREFIX, Artifact
 from dualbuild.emit.oci import canonical_json, rfc3339
+from dualbuild.files import atomic_output
 from dualbuild.imageconfig import ImageConfig
-from dualbuild.layerfeed import LayerSource, as_layer
-from dualbuild.model import Format, Image
-from dualbuild.outfile import atomic_output
-from dualbuild.tarwriter import (
+from dualbuild.layer.feed import LayerSource, as_layer
+from dualbuild.layer.tarwriter import (
     BackgroundStage,
     GzipWriter,
     HashingWriter,
@@ -33,7 +32,8 @@ from dualbuild.tarwriter import (
     padding,
     tar_header,
 )
-from dualbuild.tree import Tree, resolve_ids
+from dualbuild.layer.tree import Tree, resolve_ids
+from dualbuild.recipe.model import Format, Image
 
 AC_VERSION = "0.8.11"
 # appc 0.8.11 environment names (schema/types/environment.go); actool rejects others.

@@ -16,12 +16,12 @@ from pathlib import Path
 
 from dualbuild.emit import Artifact
 from dualbuild.emit.oci import LayoutWriter, canonical_json, write_image
+from dualbuild.files import atomic_output, file_sha256
 from dualbuild.imageconfig import ImageConfig
-from dualbuild.layerfeed import LayerSource, as_layer
-from dualbuild.model import Format, Image
-from dualbuild.outfile import atomic_output, file_sha256
-from dualbuild.tarwriter import Writable
-from dualbuild.tree import Tree
+from dualbuild.layer.feed import LayerSource, as_layer
+from dualbuild.layer.tarwriter import Writable
+from dualbuild.layer.tree import Tree
+from dualbuild.recipe.model import Format, Image
 
 
 def repo_tags(image: Image) -> list[str]:

@@ -24,11 +24,10 @@ from pathlib import Path
 from typing import BinaryIO
 
 from dualbuild.emit import Artifact
+from dualbuild.files import atomic_output, file_sha256
 from dualbuild.imageconfig import ImageConfig
-from dualbuild.layerfeed import LayerSource, as_layer
-from dualbuild.model import Format, Image
-from dualbuild.outfile import atomic_output, file_sha256
-from dualbuild.tarwriter import (
+from dualbuild.layer.feed import LayerSource, as_layer
+from dualbuild.layer.tarwriter import (
     BLOCK,
     BackgroundStage,
     GzipWriter,
@@ -37,7 +36,8 @@ from dualbuild.tarwriter import (
     padding,
     tar_header,
 )
-from dualbuild.tree import Tree
+from dualbuild.layer.tree import Tree
+from dualbuild.recipe.model import Format, Image
 
 MEDIA_INDEX = "application/vnd.oci.image.index.v1+json"
 MEDIA_MANIFEST = "application/vnd.oci.image.manifest.v1+json"

@@ -1,0 +1,286 @@
+"""buildah, driven through run.py: working containers, mounts, run, copy, commit, inspect.
+
+Every container made here is tracked by its ``Buildah`` object and removed by ``cleanup()``,
+which the build calls on success, failure and interruption alike.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import tempfile
+import uuid
+from collections.abc import Callable, Iterator, Mapping, Sequence
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from dualbuild import run
+from dualbuild.errors import BuildError, CommandError, UsageError
+from dualbuild.log import log
+from dualbuild.recipe.model import Network
+
+# How `buildah run` isolates a step. buildah's default OCI runtime (crun) fails on hosts with
+# hybrid cgroups; runc or chroot isolation work there, so the first that runs is chosen.
+ISOLATIONS: dict[str, tuple[str, ...]] = {
+    "oci": ("--isolation", "oci"),
+    "runc": ("--isolation", "oci", "--runtime", "runc"),
+    "chroot": ("--isolation", "chroot"),
+}
+PROBE_ORDER = ("oci", "runc", "chroot")
+NAME_PREFIX = "dualbuild-"
+
+
+@dataclass(frozen=True, kw_only=True)
+class StorageOptions:
+    """Where buildah keeps images and containers (default: its own configuration)."""
+
+    root: Path | None = None
+    runroot: Path | None = None
+    driver: str | None = None
+
+    def argv(self) -> list[str]:
+        """Global buildah flags for this storage."""
+        flags = []
+        if self.root is not None:
+            flags += ["--root", os.fspath(self.root)]
+        if self.runroot is not None:
+            flags += ["--runroot", os.fspath(self.runroot)]
+        if self.driver is not None:
+            flags += ["--storage-driver", self.driver]
+        return flags
+
+
+@contextmanager
+def temporary_storage() -> Iterator[StorageOptions]:
+    """A fresh, empty buildah store for one build, removed afterwards (mounts included)."""
+    base = Path(tempfile.mkdtemp(prefix="dualbuild-store-", dir=os.environ.get("TMPDIR", "/var/tmp")))
+    storage = StorageOptions(root=base / "root", runroot=base / "run")
+    try:
+        yield storage
+    finally:
+        binary = shutil.which("buildah")
+        if binary:
+            run.run([binary, *storage.argv(), "rmi", "--all", "--force"], check=False)
+        # Overlay keeps a bind mount of its own directory; unmount before deleting the tree.
+        run.run(["umount", "-R", os.fspath(base / "root" / "overlay")], check=False)
+        shutil.rmtree(base, ignore_errors=True)
+
+
+@dataclass
+class Buildah:
+    """A buildah session: the containers and images it made, removed again by cleanup()."""
+
+    storage: StorageOptions = field(default_factory=StorageOptions)
+    isolation: str | None = None
+    cache_dir: Path | None = None
+    authfile: Path | None = None
+    containers: list[str] = field(default_factory=list)
+    images: list[str] = field(default_factory=list)
+    session: str = field(default_factory=lambda: uuid.uuid4().hex[:12])
+
+    def __post_init__(self) -> None:
+        self.binary = run.find_tool("buildah", "build the image's root filesystem")
+        if self.isolation is not None and self.isolation not in ISOLATIONS:
+            raise UsageError(
+                f"unknown isolation {self.isolation!r}", hint=f"use one of: {', '.join(ISOLATIONS)}"
+            )
+
+    def _argv(self, *args: str | os.PathLike[str]) -> list[str | os.PathLike[str]]:
+        return [self.binary, *self.storage.argv(), *args]
+
+    def _run(self, *args: str | os.PathLike[str], **kwargs: object) -> run.Result:
+        return run.run(self._argv(*args), **kwargs)  # type: ignore[arg-type]
+
+    # --- containers ---------------------------------------------------------------------------
+
+    def pull(self, image: str, *, tls_verify: bool = True) -> str:
+        """``buildah pull``: bring an image into the store; returns its image id.
+
+        Raises:
+            BuildError: the image cannot be pulled (naming it, with buildah's reason).
+        """
+        args = ["pull", "--quiet"]
+        if not tls_verify:
+            args.append("--tls-verify=false")
+        if self.authfile is not None:
+            args += ["--authfile", os.fspath(self.authfile)]
+        try:
+            return self._run(*args, image).stdout.strip().splitlines()[-1]
+        except (CommandError, IndexError) as error:
+            tail = error.output_tail if isinstance(error, CommandError) else "no image id printed"
+            raise BuildError(
+                f"cannot use base {image!r}: buildah pull failed\n{tail}",
+                hint="check the reference, credentials (--authfile) and tls_verify",
+            ) from None
+
+    def new_container(self, image: str, *, label: str) -> str:
+        """``buildah from`` a local image ("scratch" for none); pull() first for remote ones.
+
+        Interrupts are held while it runs: a ``buildah from`` killed half-way leaves a
+        container record that ``buildah rm`` can no longer remove.
+        """
+        name = f"{NAME_PREFIX}{self.session}-{len(self.containers)}-{label}"
+        # Registered before it exists, so cleanup removes it by name whatever happens next.
+        self.containers.append(name)
+        self._run("from", "--quiet", "--pull=never", "--name", name, image, shield=True)
+        return name
+
+    def image_exists(self, image: str) -> bool:
+        """Whether the store holds ``image``."""
+        return run.run(self._argv("inspect", "--type", "image", image), check=False).returncode == 0
+
+    def commit_as(self, container: str, image: str) -> None:
+        """Commit a container to a named image that outlives the build (a cache entry)."""
+        self._run("commit", "--quiet", container, image)
+
+    def list_images(self, repository: str) -> list[dict[str, object]]:
+        """Images of a repository, as ``buildah images --json`` describes them."""
+        result = self._run("images", "--json", "--filter", f"reference={repository}")
+        data = json.loads(result.stdout or "[]")
+        return [item for item in data if isinstance(item, dict)] if isinstance(data, list) else []
+
+    def remove_image(self, image: str) -> bool:
+        """Remove an image; False if buildah refused (in use, already gone)."""
+        return run.run(self._argv("rmi", image), check=False).returncode == 0
+
+    def mount(self, container: str) -> Path:
+        """Mount a container's root filesystem; returns the host path."""
+        return Path(self._run("mount", container, shield=True).stdout.strip())
+
+    def run_in(
+        self,
+        container: str,
+        argv: Sequence[str],
+        *,
+        user: str | None,
+        workdir: str | None,
+        env: Mapping[str, str],
+        network: Network,
+        on_line: Callable[[str], None],
+    ) -> None:
+        """``buildah run``: a command in the container, output streamed line by line."""
+        isolation = self.chosen_isolation()
+        args: list[str] = ["run", *ISOLATIONS[isolation]]
+        wrapper: list[str] = []
+        if network is Network.NONE and isolation == "chroot":
+            # chroot isolation cannot make a network namespace; give buildah a fresh empty one.
+            wrapper = [run.find_tool("unshare", "run a step without network"), "--net", "--"]
+        else:
+            args += ["--network", network.value]
+        if user:
+            args += ["--user", user]
+        if workdir:
+            args += ["--workingdir", workdir]
+        for name, value in env.items():
+            args += ["--env", f"{name}={value}"]
+        run.run([*wrapper, *self._argv(*args, container, "--", *argv)], on_line=on_line)
+
+    def copy(
+        self,
+        container: str,
+        sources: Sequence[str],
+        dest: str,
+        *,
+        owner: str | None,
+        mode: int | None,
+        from_container: str | None = None,
+        contextdir: Path | None = None,
+    ) -> None:
+        """``buildah copy`` with Docker COPY semantics."""
+        args = ["copy", "--quiet", "--chown", owner or "0:0"]
+        if mode is not None:
+            args += ["--chmod", f"{mode:o}"]
+        if from_container is not None:
+            args += ["--from", from_container]
+        if contextdir is not None:
+            args += ["--contextdir", os.fspath(contextdir)]
+        self._run(*args, container, *sources, dest)
+
+    def add_archive(self, container: str, archive: Path) -> None:
+        """Extract a tarball into the container's root (buildah extracts in a chroot)."""
+        self._run("add", "--quiet", container, os.fspath(archive), "/")
+
+    def commit(self, container: str, label: str) -> str:
+        """Commit a container to a temporary image (removed by cleanup); returns its name."""
+        image = f"localhost/{NAME_PREFIX}{self.session}-{label}:stage"
+        self.images.append(image)
+        self._run("commit", "--quiet", container, image)
+        return image
+
+    def inspect(self, container: str) -> dict[str, object]:
+        """``buildah inspect`` of a container, parsed."""
+        data = json.loads(self._run("inspect", "--type", "container", container).stdout)
+        if not isinstance(data, dict):
+            raise BuildError(f"unexpected buildah inspect output for {container}")
+        return data
+
+    def cleanup(self) -> None:
+        """Unmount and remove every container and image this session made. Never raises."""
+        for container in reversed(self.containers):
+            result = run.run(self._argv("rm", container), check=False)
+            if result.returncode != 0 and "no container" not in result.tail.lower():
+                log.warning("could not remove buildah container %s: %s", container, result.tail)
+        self.containers.clear()
+        for image in reversed(self.images):
+            run.run(self._argv("rmi", "--force", image), check=False)
+        self.images.clear()
+
+    # --- isolation ----------------------------------------------------------------------------
+
+    def chosen_isolation(self) -> str:
+        """The isolation for run steps: the user's choice, else the remembered probe result."""
+        if self.isolation is None:
+            self.isolation = self._remembered_isolation() or self._probe_isolation()
+        return self.isolation
+
+    def _probe_key(self) -> str:
+        version = self._run("version", "--json").stdout
+        return json.dumps({"buildah": json.loads(version).get("version"), "kernel": os.uname().release})
+
+    def _probe_file(self) -> Path | None:
+        return self.cache_dir / "isolation.json" if self.cache_dir is not None else None
+
+    def _remembered_isolation(self) -> str | None:
+        path = self._probe_file()
+        if path is None or not path.exists():
+            return None
+        try:
+            data = json.loads(path.read_text())
+        except (OSError, ValueError):
+            return None
+        if data.get("key") == self._probe_key() and data.get("isolation") in ISOLATIONS:
+            log.debug("isolation: %s (remembered in %s)", data["isolation"], path)
+            return str(data["isolation"])
+        return None
+
+    def _probe_isolation(self) -> str:
+        busybox = shutil.which("busybox")
+        if busybox is None:
+            choice = "runc" if shutil.which("runc") else "chroot"
+            log.info("isolation: %s (not probed: busybox-static is not installed)", choice)
+            return choice
+        container = self.new_container("scratch", label="probe")
+        try:
+            self._run("copy", "--quiet", container, busybox, "/busybox")
+            for choice in PROBE_ORDER:
+                argv = self._argv(
+                    "run", *ISOLATIONS[choice], "--network", "host", container, "--", "/busybox", "true"
+                )
+                if run.run(argv, check=False).returncode == 0:
+                    break
+            else:
+                raise BuildError(
+                    "buildah cannot run commands here with any isolation (oci, runc, chroot)",
+                    hint="check `buildah run` by hand; is runc installed?",
+                )
+        finally:
+            run.run(self._argv("rm", container), check=False)
+            self.containers.remove(container)
+        log.info("isolation: %s (probed; override with --isolation)", choice)
+        path = self._probe_file()
+        if path is not None:
+            path.parent.mkdir(parents=True, exist_ok=True)
+            path.write_text(json.dumps({"key": self._probe_key(), "isolation": choice}))
+        return choice

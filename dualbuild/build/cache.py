@@ -1,0 +1,298 @@
+"""The step cache: content keys for every stage position, and why a step ran instead of hitting.
+
+Position 0 of a stage is its base; position k is the tree after step k. The key of a position
+is the hash of the previous key, the step after substitution (with its env and workdir) and, for
+``copy``, the path, type, mode and content of every input file. ``run`` steps are keyed by their
+definition, as Docker does: a command that fetches from the network is not re-run unless its
+text changes. The tree at each position is kept as a buildah image tagged with its key, except
+position 0 of ``rootfs:`` and bootstrap bases, which is extracted again instead.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import stat
+import time
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+from dualbuild import __version__
+from dualbuild.build.buildah import Buildah
+from dualbuild.plan import PlannedStep, to_jsonable
+
+CACHE_REPOSITORY = "localhost/dualbuild-cache"
+_CHUNK = 1 << 20
+
+
+def cache_image(key: str) -> str:
+    """The buildah image holding the tree of a position."""
+    return f"{CACHE_REPOSITORY}:{key}"
+
+
+def _digest(*parts: str) -> str:
+    hasher = hashlib.sha256()
+    for part in parts:
+        hasher.update(part.encode("utf-8", "surrogateescape"))
+        hasher.update(b"\0")
+    return hasher.hexdigest()
+
+
+Stamp = tuple[int, int, int, int, int]
+
+
+def file_stamp(path: Path) -> Stamp:
+    """What changes whenever a file's content may have: device, inode, size, mtime, ctime.
+
+    ctime cannot be set from user space and moves on every write, chmod or rename, so an
+    unchanged stamp means unchanged content (the rule git's index and make rely on).
+    """
+    info = path.stat()
+    return (info.st_dev, info.st_ino, info.st_size, info.st_mtime_ns, info.st_ctime_ns)
+
+
+# Digests known for a path at a stamp: hashed in this process, or remembered from the last
+# build's report (remember_digests), so an unchanged rebuild hashes no big file again.
+_known_digests: dict[tuple[str, Stamp], str] = {}
+
+
+def file_sha256(path: Path) -> str:
+    """sha256 of a file's content, streamed; remembered while its stamp is unchanged."""
+    key = (os.fspath(path.absolute()), file_stamp(path))
+    known = _known_digests.get(key)
+    if known is None:
+        hasher = hashlib.sha256()
+        with path.open("rb") as handle:
+            while chunk := handle.read(_CHUNK):
+                hasher.update(chunk)
+        known = _known_digests[key] = hasher.hexdigest()
+    return known
+
+
+def remember_digest(path: Path, sha256: str) -> None:
+    """Record a digest computed elsewhere (e.g. while the file was written) for its stamp."""
+    _known_digests[(os.fspath(path.absolute()), file_stamp(path))] = sha256
+
+
+# Smaller files hash in less time than reading their record back would save.
+_WORTH_REMEMBERING = 1 << 20
+
+
+def known_digests() -> list[list[object]]:
+    """Remembered digests of big files that still hold, JSON-ready.
+
+    Each record is ``[path, dev, ino, size, mtime_ns, ctime_ns, sha256]``; a record whose file
+    is gone or has another stamp now is dropped, so the list does not grow from build to build.
+    """
+    records: list[list[object]] = []
+    for (path, stamp), digest in sorted(_known_digests.items()):
+        if stamp[2] < _WORTH_REMEMBERING:
+            continue
+        try:
+            current = file_stamp(Path(path))
+        except OSError:
+            continue
+        if current == stamp:
+            records.append([path, *stamp, digest])
+    return records
+
+
+def remember_digests(records: object) -> None:
+    """Take back the records of :func:`known_digests` (from a report); malformed ones are ignored."""
+    if not isinstance(records, list):
+        return
+    for record in records:
+        if (
+            isinstance(record, list)
+            and len(record) == 7
+            and isinstance(record[0], str)
+            and all(isinstance(number, int) for number in record[1:6])
+            and isinstance(record[6], str)
+        ):
+            stamp = (record[1], record[2], record[3], record[4], record[5])
+            _known_digests[(record[0], stamp)] = record[6]
+
+
+@dataclass(frozen=True)
+class CopyInput:
+    """One file a copy step reads: what decides whether the step's result can be reused."""
+
+    path: str
+    kind: str
+    mode: int
+    content: str
+
+
+def copy_inputs(context: Path, sources: Sequence[Path]) -> list[CopyInput]:
+    """Every file under ``sources`` (paths in the context), sorted, with its content hash."""
+    inputs: list[CopyInput] = []
+    for source in sources:
+        for path in _walk(source):
+            info = path.lstat()
+            relative = os.path.relpath(path, context)
+            if stat.S_ISLNK(info.st_mode):
+                inputs.append(CopyInput(relative, "symlink", 0o777, os.readlink(path)))
+            elif stat.S_ISDIR(info.st_mode):
+                inputs.append(CopyInput(relative, "dir", stat.S_IMODE(info.st_mode), ""))
+            else:
+                inputs.append(CopyInput(relative, "file", stat.S_IMODE(info.st_mode), file_sha256(path)))
+    return inputs
+
+
+def _walk(path: Path) -> list[Path]:
+    if not path.is_dir() or path.is_symlink():
+        return [path]
+    found = [path]
+    for directory, dirnames, filenames in os.walk(path):
+        dirnames.sort()
+        for name in sorted(dirnames + filenames):
+            found.append(Path(directory) / name)
+    return sorted(set(found))
+
+
+def base_key(kind: str, identity: str) -> str:
+    """Key of a stage's position 0, from what identifies its base (an image id, a file hash)."""
+    return _digest("base", __version__, kind, identity)
+
+
+def definition(step: PlannedStep) -> str:
+    """Hash of a step as it will run: its substituted definition, env and workdir."""
+    data = {"step": to_jsonable(step.step), "env": dict(step.env), "workdir": step.workdir}
+    return _digest(json.dumps(data, sort_keys=True))
+
+
+def step_key(parent: str, step_definition: str, inputs: Sequence[CopyInput], source: str | None) -> str:
+    """Key of the position after a step."""
+    listed = json.dumps([[i.path, i.kind, i.mode, i.content] for i in inputs])
+    return _digest("step", parent, step_definition, listed, source or "")
+
+
+@dataclass(frozen=True, kw_only=True)
+class Position:
+    """What decided one position's key, kept to explain the next miss."""
+
+    key: str
+    parent: str
+    definition: str
+    inputs: Mapping[str, str]
+
+
+class StepIndex:
+    """The last keys seen for each stage position of one recipe, to say why a step re-ran."""
+
+    def __init__(self, cache_dir: Path, recipe: Path) -> None:
+        name = hashlib.sha256(str(recipe.absolute()).encode()).hexdigest()[:24]
+        self.path = cache_dir / "index" / f"{name}.json"
+        self.positions: dict[str, dict[str, object]] = {}
+        try:
+            loaded = json.loads(self.path.read_text())
+            if isinstance(loaded, dict):
+                self.positions = loaded
+        except (OSError, ValueError):
+            pass
+
+    @staticmethod
+    def _slot(stage: str, position: int) -> str:
+        return f"{stage}/{position}"
+
+    def record(self, stage: str, position: int, entry: Position) -> None:
+        """Remember how a position was keyed in this build."""
+        self.positions[self._slot(stage, position)] = {
+            "key": entry.key,
+            "parent": entry.parent,
+            "definition": entry.definition,
+            "inputs": dict(entry.inputs),
+        }
+
+    def reason(self, stage: str, position: int, entry: Position) -> str:
+        """Why a position missed the cache, compared with the last build of this recipe."""
+        last = self.positions.get(self._slot(stage, position))
+        if not isinstance(last, dict):
+            return "no cache entry"
+        if position == 0:
+            return "the base changed" if last.get("key") != entry.key else "no cache entry"
+        if last.get("parent") != entry.parent:
+            return "the parent changed"
+        if last.get("definition") != entry.definition:
+            return "the step changed"
+        before = last.get("inputs")
+        before = before if isinstance(before, dict) else {}
+        for path in sorted(set(before) | set(entry.inputs)):
+            if before.get(path) != entry.inputs.get(path):
+                what = "added" if path not in before else "removed" if path not in entry.inputs else "changed"
+                return f"input {what}: {path}"
+        return "no cache entry"
+
+    def save(self) -> None:
+        """Write the index (atomically; a lost index only costs explanations)."""
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        partial = self.path.with_name(f".{self.path.name}.{os.getpid()}.tmp")
+        partial.write_text(json.dumps(self.positions, indent=1, sort_keys=True))
+        partial.replace(self.path)
+
+
+@dataclass(frozen=True, kw_only=True)
+class CacheEntry:
+    """One cached tree: its image id, key, creation time (Unix seconds) and size as buildah says."""
+
+    image_id: str
+    key: str
+    created: int
+    size: str
+
+
+def list_entries(images: Sequence[Mapping[str, object]]) -> list[CacheEntry]:
+    """Cache entries from ``buildah images --json`` records of the cache repository, oldest first."""
+    entries = []
+    for image in images:
+        names = image.get("names")
+        keys = [
+            str(name).rpartition(":")[2]
+            for name in (names if isinstance(names, list) else [])
+            if str(name).startswith(CACHE_REPOSITORY + ":")
+        ]
+        created = image.get("created")
+        entries.append(
+            CacheEntry(
+                image_id=str(image.get("id", "")),
+                key=keys[0] if keys else "",
+                created=created if isinstance(created, int) else 0,
+                size=str(image.get("size", "")),
+            )
+        )
+    return sorted(entries, key=lambda entry: entry.created)
+
+
+def cached(buildah: Buildah, cache_dir: Path) -> list[CacheEntry]:
+    """Every cached tree in buildah's store, and every bootstrap tarball, oldest first."""
+    entries = list_entries(buildah.list_images(CACHE_REPOSITORY))
+    for tarball in sorted((cache_dir / "bootstrap").glob("*.tar")):
+        info = tarball.stat()
+        entries.append(
+            CacheEntry(
+                image_id="bootstrap",
+                key=tarball.name,
+                created=int(info.st_mtime),
+                size=f"{info.st_size / 1e6:.1f} MB",
+            )
+        )
+    return sorted(entries, key=lambda entry: entry.created)
+
+
+def prune(
+    buildah: Buildah, cache_dir: Path, *, older_than: int | None = None, now: float | None = None
+) -> list[CacheEntry]:
+    """Remove cached trees and bootstrap tarballs (those older than ``older_than`` seconds, or all)."""
+    moment = time.time() if now is None else now
+    removed = []
+    for entry in cached(buildah, cache_dir):
+        if older_than is not None and moment - entry.created < older_than:
+            continue
+        if entry.image_id == "bootstrap":
+            (cache_dir / "bootstrap" / entry.key).unlink(missing_ok=True)
+            removed.append(entry)
+        elif buildah.remove_image(cache_image(entry.key) if entry.key else entry.image_id):
+            removed.append(entry)
+    return removed

@@ -1,0 +1,1 @@
+"""The command line: parse options, build a request, call one function (entry is the console script)."""

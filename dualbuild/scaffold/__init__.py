@@ -1,0 +1,1 @@
+"""``dualbuild new``: template folders rendered with Jinja (render), their variables (variables)."""

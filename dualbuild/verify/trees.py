@@ -1,0 +1,403 @@
+"""Read a Docker tarball and an ACI back and prove they hold the same tree.
+
+``dualbuild verify`` (DESIGN.md, "Rules the emitters share"): the two trees are streamed
+once, entry by entry, and compared on path, type, mode, owner, content hash, link target,
+device numbers and carried xattrs. The Docker side's own identities are recomputed on the
+way: every layer's diff_id and the config digest (= the image ID), and for the OCI layout
+view the manifest and blob digests. Memory stays flat: only entries that have not been
+matched yet are held, and for two archives in the same order that is at most one each.
+"""
+
+from __future__ import annotations
+
+import gzip
+import hashlib
+import io
+import json
+import tarfile
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import IO
+
+from dualbuild.layer.tree import EntryType
+
+_CHUNK = 1 << 20
+_TYPES = {
+    tarfile.REGTYPE: EntryType.FILE,
+    tarfile.AREGTYPE: EntryType.FILE,
+    tarfile.CONTTYPE: EntryType.FILE,
+    tarfile.DIRTYPE: EntryType.DIR,
+    tarfile.SYMTYPE: EntryType.SYMLINK,
+    tarfile.LNKTYPE: EntryType.HARDLINK,
+    tarfile.CHRTYPE: EntryType.CHAR,
+    tarfile.BLKTYPE: EntryType.BLOCK,
+    tarfile.FIFOTYPE: EntryType.FIFO,
+}
+_XATTR = "SCHILY.xattr."
+
+
+@dataclass(frozen=True, kw_only=True)
+class ArchivedEntry:
+    """One entry as an archive records it, with its content hashed."""
+
+    path: str
+    type: EntryType
+    mode: int
+    uid: int
+    gid: int
+    size: int
+    sha256: str = ""
+    link_target: str = ""
+    devmajor: int = 0
+    devminor: int = 0
+    xattrs: tuple[tuple[str, bytes], ...] = ()
+
+
+class _HashingReader(io.RawIOBase):
+    """A read-only stream that hashes what passes through it."""
+
+    def __init__(self, source: IO[bytes], algorithm: str) -> None:
+        super().__init__()
+        self._source = source
+        self.hasher = hashlib.new(algorithm)
+
+    def readable(self) -> bool:
+        return True
+
+    def readinto(self, buffer: memoryview) -> int:  # type: ignore[override]
+        data = self._source.read(len(buffer))
+        self.hasher.update(data)
+        buffer[: len(data)] = data
+        return len(data)
+
+    def finish(self) -> str:
+        """Hash the rest of the stream and return the hex digest."""
+        while data := self._source.read(_CHUNK):
+            self.hasher.update(data)
+        return self.hasher.hexdigest()
+
+
+def read_entries(source: IO[bytes], *, prefix: str = "") -> Iterator[ArchivedEntry]:
+    """Stream the entries of a tar, hashing each file's content; names lose ``prefix``.
+
+    Entries outside ``prefix`` (an ACI's ``manifest`` and the ``rootfs`` directory itself)
+    are not yielded.
+    """
+    with tarfile.open(fileobj=source, mode="r|") as tar:
+        for member in tar:
+            name = member.name.removeprefix("./")
+            if prefix:
+                if not name.startswith(prefix):
+                    continue
+                name = name[len(prefix) :]
+            kind = _TYPES.get(member.type)
+            if kind is None:
+                raise ValueError(f"{member.name}: unsupported tar entry type {member.type!r}")
+            digest = ""
+            if kind is EntryType.FILE:
+                content = tar.extractfile(member)
+                hasher = hashlib.sha256()
+                if content is not None:
+                    while data := content.read(_CHUNK):
+                        hasher.update(data)
+                digest = hasher.hexdigest()
+            link = member.linkname
+            if kind is EntryType.HARDLINK:
+                link = link.removeprefix("./").removeprefix(prefix)
+            xattrs = tuple(
+                sorted(
+                    (key[len(_XATTR) :], value.encode("utf-8", "surrogateescape"))
+                    for key, value in member.pax_headers.items()
+                    if key.startswith(_XATTR)
+                )
+            )
+            yield ArchivedEntry(
+                path=name,
+                type=kind,
+                mode=member.mode,
+                uid=member.uid,
+                gid=member.gid,
+                size=member.size if kind is EntryType.FILE else 0,
+                sha256=digest,
+                link_target=link,
+                devmajor=member.devmajor if kind in (EntryType.CHAR, EntryType.BLOCK) else 0,
+                devminor=member.devminor if kind in (EntryType.CHAR, EntryType.BLOCK) else 0,
+                xattrs=xattrs,
+            )
+
+
+def compare_entries(
+    left: Iterator[ArchivedEntry], right: Iterator[ArchivedEntry], names: tuple[str, str]
+) -> list[str]:
+    """Differences between two entry streams, matched by path (order may differ)."""
+    differences: list[str] = []
+    pending: tuple[dict[str, ArchivedEntry], dict[str, ArchivedEntry]] = ({}, {})
+    sides = (left, right)
+    exhausted = [False, False]
+    while not all(exhausted):
+        for side in (0, 1):
+            if exhausted[side]:
+                continue
+            entry = next(sides[side], None)
+            if entry is None:
+                exhausted[side] = True
+                continue
+            other = pending[1 - side].pop(entry.path, None)
+            if other is None:
+                pending[side][entry.path] = entry
+            else:
+                pair = (entry, other) if side == 0 else (other, entry)
+                differences.extend(_differ(pair[0], pair[1], names))
+    for side in (0, 1):
+        for path in pending[side]:
+            differences.append(f"/{path}: only in the {names[side]}")
+    return differences
+
+
+_COMPARED = ("type", "mode", "uid", "gid", "size", "sha256", "link_target", "devmajor", "devminor", "xattrs")
+
+
+def _differ(left: ArchivedEntry, right: ArchivedEntry, names: tuple[str, str]) -> list[str]:
+    found = []
+    for field in _COMPARED:
+        a, b = getattr(left, field), getattr(right, field)
+        if a != b:
+            found.append(
+                f"/{left.path}: {field} differs: {names[0]} {_show(field, a)}, {names[1]} {_show(field, b)}"
+            )
+    return found
+
+
+def _show(field: str, value: object) -> str:
+    if field == "mode" and isinstance(value, int):
+        return oct(value)
+    if isinstance(value, EntryType):
+        return value.value
+    return repr(value)
+
+
+@dataclass(frozen=True, kw_only=True)
+class _DockerImage:
+    config_path: str
+    layer_paths: tuple[str, ...]
+    diff_ids: tuple[str, ...]
+
+
+def _docker_image(outer: tarfile.TarFile, differences: list[str]) -> _DockerImage | None:
+    def member_bytes(name: str) -> bytes | None:
+        try:
+            content = outer.extractfile(name)
+        except KeyError:
+            content = None
+        if content is None:
+            differences.append(f"docker archive: {name} is missing")
+            return None
+        return content.read()
+
+    raw_manifest = member_bytes("manifest.json")
+    if raw_manifest is None:
+        return None
+    manifest = json.loads(raw_manifest)
+    if not isinstance(manifest, list) or len(manifest) != 1:
+        differences.append("docker archive: manifest.json must list exactly one image")
+        return None
+    item = manifest[0]
+    config_path, layers = str(item["Config"]), tuple(str(layer) for layer in item["Layers"])
+    config_bytes = member_bytes(config_path)
+    if config_bytes is None:
+        return None
+    digest = "sha256:" + hashlib.sha256(config_bytes).hexdigest()
+    if not config_path.endswith(digest.removeprefix("sha256:")):
+        differences.append(f"docker archive: config {config_path} hashes to {digest}")
+    config = json.loads(config_bytes)
+    diff_ids = tuple(str(d) for d in config["rootfs"]["diff_ids"])
+    if len(diff_ids) != len(layers):
+        differences.append(f"docker archive: {len(layers)} layers but {len(diff_ids)} diff_ids")
+    _check_oci_layout(outer, differences)
+    return _DockerImage(config_path=config_path, layer_paths=layers, diff_ids=diff_ids)
+
+
+def _check_oci_layout(outer: tarfile.TarFile, differences: list[str]) -> None:
+    """Every blob of the OCI layout view must hash to its name."""
+    for member in outer.getmembers():
+        if not member.isfile() or not member.name.startswith("blobs/sha256/"):
+            continue
+        content = outer.extractfile(member)
+        hasher = hashlib.sha256()
+        while content is not None and (data := content.read(_CHUNK)):
+            hasher.update(data)
+        if hasher.hexdigest() != member.name.removeprefix("blobs/sha256/"):
+            differences.append(f"docker archive: blob {member.name} hashes to sha256:{hasher.hexdigest()}")
+
+
+def _decompressed(stream: IO[bytes]) -> IO[bytes]:
+    """The stream, gunzipped if it starts with the gzip magic (layers and ACIs may be either)."""
+    peek = stream.read(2)
+    stream.seek(0)
+    if peek == b"\x1f\x8b":
+        return gzip.GzipFile(fileobj=stream, mode="rb")  # type: ignore[return-value]
+    return stream
+
+
+def verify(docker_tar: Path, aci: Path) -> list[str]:
+    """Compare a Docker tarball and an ACI entry by entry and recheck the Docker digests.
+
+    Args:
+        docker_tar: The ``.docker.tar`` holding one image with one layer (what dualbuild
+            writes; stacked layers with whiteouts are not modelled).
+        aci: The ``.aci``, plain or gzip.
+
+    Returns:
+        One line per difference; empty when both hold the same tree and the digests match.
+    """
+    differences: list[str] = []
+    try:
+        with tarfile.open(docker_tar, mode="r:") as outer, aci.open("rb") as aci_file:
+            image = _docker_image(outer, differences)
+            if image is None:
+                return differences
+            if len(image.layer_paths) != 1:
+                return [*differences, f"docker archive: {len(image.layer_paths)} layers; verify compares one"]
+            blob = outer.extractfile(image.layer_paths[0])
+            if blob is None:
+                return [*differences, f"docker archive: layer {image.layer_paths[0]} is missing"]
+            layer = _HashingReader(_decompressed(blob), "sha256")
+            differences.extend(
+                compare_entries(
+                    read_entries(io.BufferedReader(layer, _CHUNK)),
+                    read_entries(_decompressed(aci_file), prefix="rootfs/"),
+                    ("Docker layer", "ACI"),
+                )
+            )
+            diff_id = "sha256:" + layer.finish()
+            if image.diff_ids and diff_id != image.diff_ids[0]:
+                differences.append(
+                    f"docker archive: the layer's diff_id is {diff_id}, the config says {image.diff_ids[0]}"
+                )
+    except (OSError, EOFError, tarfile.TarError, ValueError, KeyError) as exc:
+        differences.append(f"cannot read the artifacts: {exc}")
+    return differences
+
+
+# --- the ACI's own rules (appc.md §1, §2), and `dualbuild verify` over files and folders -----
+
+_APPC_ARCHES = {
+    "amd64",
+    "i386",
+    "aarch64",
+    "aarch64_be",
+    "armv6l",
+    "armv7l",
+    "armv7b",
+    "ppc64",
+    "ppc64le",
+    "s390x",
+}
+
+
+def aci_structure(aci: Path) -> list[str]:
+    """Problems with an ACI's layout and manifest: what actool and rkt would reject."""
+    problems: list[str] = []
+    seen: set[str] = set()
+    manifest: object = None
+    try:
+        with aci.open("rb") as raw, tarfile.open(fileobj=_decompressed(raw), mode="r|") as archive:
+            for index, member in enumerate(archive):
+                name = member.name.rstrip("/")
+                if name in seen:
+                    problems.append(f"ACI: duplicate entry {name}")
+                seen.add(name)
+                if index == 0 and name != "manifest":
+                    problems.append(f"ACI: the first entry is {name!r}, not 'manifest'")
+                if name == "manifest":
+                    content = archive.extractfile(member)
+                    manifest = json.loads(content.read()) if content else None
+                elif name != "rootfs" and not name.startswith("rootfs/"):
+                    problems.append(f"ACI: entry {name!r} is outside rootfs/")
+    except (OSError, EOFError, tarfile.TarError, ValueError) as exc:
+        return [f"ACI: cannot read {aci.name}: {exc}"]
+    if "rootfs" not in seen:
+        problems.append("ACI: no rootfs entry")
+    if not isinstance(manifest, dict):
+        return [*problems, "ACI: no manifest"]
+    return problems + _manifest_problems(manifest)
+
+
+def _manifest_problems(manifest: dict[str, object]) -> list[str]:
+    from dualbuild.recipe.rules import AC_IDENTIFIER, AC_NAME, ENV_NAME
+
+    problems = []
+    if manifest.get("acKind") != "ImageManifest":
+        problems.append("ACI manifest: acKind is not ImageManifest")
+    if not AC_IDENTIFIER.fullmatch(str(manifest.get("name", ""))):
+        problems.append(f"ACI manifest: name {manifest.get('name')!r} is not an AC Identifier")
+    labels = {str(x.get("name")): str(x.get("value")) for x in _dicts(manifest.get("labels"))}
+    if labels.get("os") == "linux" and labels.get("arch") not in _APPC_ARCHES:
+        problems.append(f"ACI manifest: arch {labels.get('arch')!r} is not an appc linux arch")
+    app = manifest.get("app")
+    if isinstance(app, dict):
+        for field in ("user", "group"):
+            if not isinstance(app.get(field), str) or not app.get(field):
+                problems.append(f"ACI manifest: app.{field} is required (a string)")
+        for variable in _dicts(app.get("environment")):
+            if not ENV_NAME.fullmatch(str(variable.get("name", ""))):
+                problems.append(f"ACI manifest: environment name {variable.get('name')!r} is invalid")
+        for port in _dicts(app.get("ports")):
+            if not AC_NAME.fullmatch(str(port.get("name", ""))):
+                problems.append(f"ACI manifest: port name {port.get('name')!r} is not an AC Name")
+    return problems
+
+
+def _dicts(value: object) -> list[dict[str, object]]:
+    return [item for item in value if isinstance(item, dict)] if isinstance(value, list) else []
+
+
+@dataclass(frozen=True, kw_only=True)
+class ImageSet:
+    """The artifacts of one build, found by their shared name stem."""
+
+    stem: str
+    docker: Path | None = None
+    aci: Path | None = None
+
+
+def find_sets(paths: list[Path]) -> list[ImageSet]:
+    """Group the .docker.tar and .aci files named (or found in the folders named) by stem."""
+    files: list[Path] = []
+    for path in paths:
+        files.extend(sorted(path.iterdir()) if path.is_dir() else [path])
+    sets: dict[str, dict[str, Path]] = {}
+    for file in files:
+        for suffix, kind in ((".docker.tar", "docker"), (".aci", "aci")):
+            if file.name.endswith(suffix):
+                sets.setdefault(file.name.removesuffix(suffix), {})[kind] = file
+    return [
+        ImageSet(stem=stem, docker=kinds.get("docker"), aci=kinds.get("aci"))
+        for stem, kinds in sorted(sets.items())
+    ]
+
+
+def verify_set(image_set: ImageSet, keyring: Path | None) -> list[str]:
+    """Every check of one build's artifacts; empty when all hold."""
+    from dualbuild import gpg
+    from dualbuild.errors import SigningError
+
+    problems: list[str] = []
+    if image_set.aci is not None:
+        problems += aci_structure(image_set.aci)
+        signature = image_set.aci.with_name(image_set.aci.name + ".asc")
+        try:
+            if keyring is not None:
+                gpg.verify_detached(image_set.aci, signature, keyring)
+            else:
+                gpg.verify_in_keyring(image_set.aci, signature)
+        except SigningError as error:
+            problems.append(f"signature: {error.message}")
+    if image_set.docker is not None and image_set.aci is not None:
+        problems += verify(image_set.docker, image_set.aci)
+    elif image_set.docker is None:
+        problems.append(f"no {image_set.stem}.docker.tar to compare the ACI with")
+    else:
+        problems.append(f"no {image_set.stem}.aci to compare the Docker tarball with")
+    return problems
