@@ -4,7 +4,7 @@ Run as a child process of bench/run.py (so its peak RSS can be read with wait4);
 JSON object on stdout with the phase timings. It calls dualbuild's own API, exactly what
 ``dualbuild build`` runs after the stages (dualbuild/pipeline.py):
 
-    stream(root, sde) → run_emitters(tree, image, config, sde, targets, taps={aci: signer})
+    stream(root, sde) → run_emitters(tree, spec, targets, taps={aci: signer})
 
 with the signer (fed the ACI's bytes as they are written: a SHA-256 that gpg-agent signs at
 the end, or gpg itself for DSA/ECDSA keys) started before the emitters. The tree is walked
@@ -28,12 +28,14 @@ import time
 from pathlib import Path
 
 from dualbuild.emit import run_emitters
+from dualbuild.emit.artifact import ImageSpec
 from dualbuild.imageconfig import ImageConfig, apply_app
 from dualbuild.layer.tarwriter import Writable
 from dualbuild.layer.tree import stream
-from dualbuild.recipe.load import load_recipe
+from dualbuild.recipe import load_recipe
 from dualbuild.recipe.model import Format
-from dualbuild.sign.keys import check_signing_key, signing_stream
+from dualbuild.sign.keys import check_signing_key
+from dualbuild.sign.signer import signing_stream
 
 SOURCE_DATE_EPOCH = 1700000000
 RECIPE = """\
@@ -88,9 +90,8 @@ def main() -> None:
             aci = targets[Format.ACI]
             signature = aci.with_name(aci.name + ".asc")
             taps[Format.ACI] = stack.enter_context(signing_stream(aci.name, signature, key))
-        artifacts = run_emitters(
-            tree, recipe.image, config, SOURCE_DATE_EPOCH, targets, taps=taps, timings=emit_timings
-        )
+        spec = ImageSpec(image=recipe.image, config=config, source_date_epoch=SOURCE_DATE_EPOCH)
+        artifacts = run_emitters(tree, spec, targets, taps=taps, timings=emit_timings)
         timings["emit"] = time.monotonic() - start
         start = time.monotonic()
     if key is not None:

@@ -286,25 +286,24 @@ def lever_fsync(scratch: Path) -> None:
 
 def lever_threads(tree_map: dict[str, Tree], scratch: Path) -> None:
     print("## threads: Docker then ACI in one thread, vs both at once in run_emitters' threads")
-    from dualbuild.emit import emitters, run_emitters
+    from dualbuild.emit import EMITTERS, run_emitters
+    from dualbuild.emit.artifact import ImageSpec
     from dualbuild.imageconfig import ImageConfig
     from dualbuild.recipe.model import Format, Image
 
     image = Image(name="example.com/bench/tree", version="1.0.0")
-    config = ImageConfig()
-    registry = emitters()
     for name, tree in tree_map.items():
-        sde = tree.source_date_epoch
+        spec = ImageSpec(image=image, config=ImageConfig(), source_date_epoch=tree.source_date_epoch)
         targets = {Format.DOCKER: scratch / "t.docker.tar", Format.ACI: scratch / "t.aci"}
         alone = {}
         for fmt, dest in targets.items():
             os.sync()
             start = time.perf_counter()
-            registry[fmt](tree, image, config, sde, dest)
+            EMITTERS[fmt](tree, spec, dest)
             alone[fmt] = time.perf_counter() - start
         os.sync()
         start = time.perf_counter()
-        run_emitters(tree, image, config, sde, targets)
+        run_emitters(tree, spec, targets)
         parallel = time.perf_counter() - start
         for dest in targets.values():
             dest.unlink()

@@ -13,10 +13,12 @@ import tarfile
 from dataclasses import dataclass
 from pathlib import Path
 
-from dualbuild.errors import UsageError
+from dualbuild.archive import read_aci_manifest
+from dualbuild.errors import BuildError, UsageError
 from dualbuild.pipeline import BuildRequest, build_recipe
-from dualbuild.recipe.load import parse_recipe_document
+from dualbuild.recipe import parse_recipe_document
 from dualbuild.recipe.rules import AC_IDENTIFIER, DOCKER_TAG, is_docker_repository
+from dualbuild.report import Report
 
 _FILE_PREFIXES = ("docker-archive:", "oci-archive:", "aci:")
 
@@ -32,7 +34,7 @@ class ConvertRequest:
     build: BuildRequest
 
 
-def convert(request: ConvertRequest) -> dict[str, object]:
+def convert(request: ConvertRequest) -> Report:
     """Convert ``request.source``; return the build report.
 
     Raises:
@@ -53,10 +55,12 @@ def convert(request: ConvertRequest) -> dict[str, object]:
         "output": {"formats": list(request.formats)},
     }
     recipe = parse_recipe_document(document, virtual)
-    out_dir = request.build.out_dir or Path.cwd() / "dist"
-    return build_recipe(
-        recipe, dataclasses.replace(request.build, recipe=virtual, context=context, out_dir=out_dir)
+    overrides = dataclasses.replace(
+        request.build.overrides,
+        context=context,
+        out_dir=request.build.overrides.out_dir or Path.cwd() / "dist",
     )
+    return build_recipe(recipe, dataclasses.replace(request.build, recipe=virtual, overrides=overrides))
 
 
 def _base(source: str) -> tuple[str, Path]:
@@ -95,7 +99,7 @@ def _identity(base: str, context: Path) -> tuple[str | None, str | None]:
     name = version = None
     try:
         if kind == "aci":
-            manifest = _aci_manifest(context / rest)
+            manifest = read_aci_manifest(context / rest)
             name = str(manifest.get("name", ""))
             labels = manifest.get("labels")
             for label in labels if isinstance(labels, list) else []:
@@ -113,17 +117,10 @@ def _identity(base: str, context: Path) -> tuple[str | None, str | None]:
                 base.rpartition(":") if "/" not in base.rpartition(":")[2] else (base, "", "")
             )
             name, version = repository or base, tag or None
-    except (tarfile.TarError, OSError, KeyError, ValueError, AttributeError, IndexError):
+    except (tarfile.TarError, OSError, KeyError, ValueError, AttributeError, IndexError, BuildError):
         return None, None
     if name is not None and not (AC_IDENTIFIER.fullmatch(name) and is_docker_repository(name)):
         name = None
     if version is not None and not DOCKER_TAG.fullmatch(version):
         version = None
     return name, version
-
-
-def _aci_manifest(path: Path) -> dict[str, object]:
-    with tarfile.open(path, "r:*") as archive:
-        member = archive.extractfile("manifest")
-        data = json.loads(member.read()) if member else {}
-    return data if isinstance(data, dict) else {}

@@ -106,6 +106,12 @@ class TemplateError(DualbuildError):
     exit_code = 1
 
 
+class ReportError(DualbuildError):
+    """A build report cannot be read or is not one. Exit 1."""
+
+    exit_code = 1
+
+
 class VerifyError(DualbuildError):
     """An artifact failed verification. Exit 1."""
 

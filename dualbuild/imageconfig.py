@@ -1,16 +1,23 @@
 """The runtime config of the built image: inherited from the base, overridden by [app].
 
 This is what the build hands to the emitters together with the tree; the emitters map it to a
-Docker/OCI config and an ACI app (../shared/DESIGN.md, "One config, three formats").
+Docker/OCI config and an ACI app (../shared/DESIGN.md, "One config, three formats"). Read here
+from what a base brings (a Docker/OCI config, an ACI manifest), and told here what each format
+cannot carry (:func:`lost_fields`), so ``plan`` and the emitters say it in the same words.
 """
 
 from __future__ import annotations
 
+import json
 import re
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 
-from dualbuild.recipe.model import App, Healthcheck, Port, Protocol, Volume
+from dualbuild.recipe.model import App, Format, Healthcheck, Port, Protocol, Volume
+from dualbuild.recipe.rules import ENV_NAME
+
+# How warnings name each format's file.
+FORMAT_NOUNS = {Format.DOCKER: "the Docker archive", Format.OCI: "the OCI archive", Format.ACI: "the ACI"}
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -117,3 +124,90 @@ def apply_app(base: ImageConfig, app: App, labels: Mapping[str, str]) -> ImageCo
         stop_signal=app.stop_signal or base.stop_signal,
         healthcheck=app.healthcheck or base.healthcheck,
     )
+
+
+def from_aci_manifest(manifest: Mapping[str, object]) -> ImageConfig:
+    """Map an ACI manifest's app (and docker2aci's annotations) back to an ImageConfig."""
+    app = manifest.get("app")
+    app = app if isinstance(app, dict) else {}
+    annotations = {str(a.get("name")): str(a.get("value")) for a in _dicts(manifest.get("annotations"))}
+    exec_argv = tuple(str(x) for x in app.get("exec") or [])
+    entrypoint, cmd = _docker_split(annotations, exec_argv)
+    env = tuple((str(e["name"]), str(e.get("value", ""))) for e in _dicts(app.get("environment")))
+    ports = tuple(
+        Port(
+            name=str(p["name"]),
+            port=int(str(p["port"])),
+            protocol=Protocol(str(p.get("protocol") or "tcp")),
+            count=int(str(p.get("count") or 1)),
+        )
+        for p in _dicts(app.get("ports"))
+        if p.get("protocol", "tcp") in ("tcp", "udp", "")
+    )
+    volumes = tuple(
+        Volume(name=str(m["name"]), path=str(m["path"]), read_only=bool(m.get("readOnly", False)))
+        for m in _dicts(app.get("mountPoints"))
+    )
+    labels = app.get("userLabels")
+    return ImageConfig(
+        entrypoint=entrypoint,
+        cmd=cmd,
+        user=str(app["user"]) if app.get("user") else None,
+        group=str(app["group"]) if app.get("group") else None,
+        workdir=str(app["workingDirectory"]) if app.get("workingDirectory") else None,
+        env=env,
+        ports=ports,
+        volumes=volumes,
+        labels={str(k): str(v) for k, v in labels.items()} if isinstance(labels, dict) else {},
+    )
+
+
+def _dicts(value: object) -> list[dict[str, object]]:
+    return [item for item in value if isinstance(item, dict)] if isinstance(value, list) else []
+
+
+def _docker_split(
+    annotations: dict[str, str], exec_argv: tuple[str, ...]
+) -> tuple[tuple[str, ...] | None, tuple[str, ...] | None]:
+    """Entrypoint and Cmd: from docker2aci's annotations when present, else exec as entrypoint."""
+
+    def parsed(key: str) -> tuple[str, ...] | None:
+        try:
+            value = json.loads(annotations[key])
+        except (KeyError, ValueError):
+            return None
+        return tuple(str(v) for v in value) if isinstance(value, list) else None
+
+    entrypoint, cmd = parsed("appc.io/docker/entrypoint"), parsed("appc.io/docker/cmd")
+    if entrypoint is None and cmd is None:
+        return (exec_argv or None), None
+    return entrypoint, cmd
+
+
+def lost_fields(config: ImageConfig, fmt: Format) -> list[str]:
+    """What ``fmt`` cannot carry of ``config``: one warning each, naming the field and the format.
+
+    The one source of these warnings: ``dualbuild plan`` shows them for the recipe's [app],
+    the emitters for the image's whole config (a base's fields included).
+    """
+    noun = FORMAT_NOUNS[fmt]
+    warnings = []
+    if fmt is Format.ACI:
+        warnings += [
+            f"app.env: {name!r} is not a valid appc environment variable name; {noun} does not carry it"
+            for name, _ in config.env
+            if not ENV_NAME.fullmatch(name)
+        ]
+    else:
+        warnings += [
+            f"app.volumes: volume {volume.name!r} ({volume.path}) is read-only, but an image config "
+            f"cannot mark a volume read-only; {noun} declares it read-write"
+            for volume in config.volumes
+            if volume.read_only
+        ]
+    if config.healthcheck is not None and fmt is not Format.DOCKER:
+        warnings.append(f"app.healthcheck: the {fmt} format has no healthcheck; {noun} does not carry it")
+    if config.stop_signal and fmt is Format.ACI:
+        what = config.stop_signal
+        warnings.append(f"app.stop_signal: the {fmt} format has no stop signal; {noun} does not carry {what}")
+    return warnings

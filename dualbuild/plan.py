@@ -1,6 +1,7 @@
 """Recipe → BuildPlan: stages and steps with args substituted, effective env, output files.
 
-Pure: no file system, no processes. The environment it reads ($SOURCE_DATE_EPOCH) is passed in.
+Pure: no file system, no processes. Settings (context, output folder, source_date_epoch) come
+resolved from :mod:`dualbuild.settings`.
 """
 
 from __future__ import annotations
@@ -8,16 +9,17 @@ from __future__ import annotations
 import dataclasses
 import enum
 import shlex
-from collections.abc import Mapping
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 
 from dualbuild.errors import Problem, RecipeError
+from dualbuild.imageconfig import ImageConfig, apply_app, lost_fields
 from dualbuild.recipe.model import (
-    DEFAULT_SOURCE_DATE_EPOCH,
     Base,
     CopyStep,
     Format,
+    Image,
     MkdirStep,
     Recipe,
     RemoveStep,
@@ -27,6 +29,7 @@ from dualbuild.recipe.model import (
     WriteStep,
 )
 from dualbuild.recipe.rules import ARG_NAME, substitute_args
+from dualbuild.settings import Settings
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -59,19 +62,55 @@ class PlannedStage:
 
 
 @dataclass(frozen=True, kw_only=True)
-class Artifacts:
-    """The output files of a build."""
+class ArtifactFiles:
+    """The files of one build: each format's, the ACI's signature, the report.
 
-    docker: Path | None
-    aci: Path | None
-    aci_signature: Path | None
-    oci: Path | None
-    report: Path
+    Named ``{stem}.docker.tar``, ``.aci``, ``.aci.asc``, ``.oci.tar``, ``.report.json``, where the
+    stem is ``{last segment of the name}-{version}-{os}-{arch}``. A build plans them in its
+    output directory; ``publish`` finds them next to a report, ``verify`` in the folders it is
+    given. A format the build does not write (or a file not found) is None.
+    """
+
+    stem: str
+    docker: Path | None = None
+    aci: Path | None = None
+    aci_signature: Path | None = None
+    oci: Path | None = None
+    report: Path | None = None
+
+    @classmethod
+    def named(cls, directory: Path, stem: str, formats: Iterable[Format], *, signed: bool) -> ArtifactFiles:
+        """The files a build of these formats writes in ``directory``."""
+        kinds = set(formats)
+        aci = directory / f"{stem}{SUFFIXES[Format.ACI]}" if Format.ACI in kinds else None
+        return cls(
+            stem=stem,
+            docker=directory / f"{stem}{SUFFIXES[Format.DOCKER]}" if Format.DOCKER in kinds else None,
+            aci=aci,
+            aci_signature=aci.with_name(aci.name + SIGNATURE_SUFFIX) if aci is not None and signed else None,
+            oci=directory / f"{stem}{SUFFIXES[Format.OCI]}" if Format.OCI in kinds else None,
+            report=directory / f"{stem}{REPORT_SUFFIX}",
+        )
+
+    def by_format(self) -> dict[Format, Path]:
+        """The image files, per format, in the order docker, aci, oci."""
+        files = {Format.DOCKER: self.docker, Format.ACI: self.aci, Format.OCI: self.oci}
+        return {fmt: path for fmt, path in files.items() if path is not None}
 
     def all(self) -> list[Path]:
-        """Every file the build writes."""
+        """Every file of the build."""
         files = (self.docker, self.aci, self.aci_signature, self.oci, self.report)
         return [f for f in files if f is not None]
+
+
+SUFFIXES = {Format.DOCKER: ".docker.tar", Format.ACI: ".aci", Format.OCI: ".oci.tar"}
+SIGNATURE_SUFFIX = ".asc"
+REPORT_SUFFIX = ".report.json"
+
+
+def artifact_stem(image: Image) -> str:
+    """``{last segment of the name}-{version}-{os}-{arch}``: how a build's files are named."""
+    return f"{image.short_name}-{image.version}-{image.os}-{image.arch.file_part}"
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -79,12 +118,10 @@ class BuildPlan:
     """Everything a build does, decided before it starts."""
 
     recipe: Recipe
-    context: Path
-    out_dir: Path
+    settings: Settings
     args: Mapping[str, str]
     stages: tuple[PlannedStage, ...]
-    source_date_epoch: int
-    artifacts: Artifacts
+    artifacts: ArtifactFiles
     warnings: tuple[str, ...]
 
     @property
@@ -95,33 +132,28 @@ class BuildPlan:
 
 def make_plan(
     recipe: Recipe,
+    settings: Settings,
     *,
     build_args: Mapping[str, str] | None = None,
-    context: Path | None = None,
-    out_dir: Path | None = None,
-    environ: Mapping[str, str] | None = None,
     sign: bool = True,
 ) -> BuildPlan:
     """Decide every step of a build.
 
     Raises:
-        RecipeError: a --build-arg names no arg of the recipe, or $SOURCE_DATE_EPOCH is invalid.
+        RecipeError: a --build-arg names no arg of the recipe.
     """
     args = _effective_args(recipe, build_args or {})
-    recipe_dir = recipe.path.parent
-    # Absolute, since buildah resolves copy sources against an absolute context directory.
-    context = (context if context is not None else recipe_dir).absolute()
-    out_dir = (out_dir if out_dir is not None else recipe_dir / recipe.output.dir).absolute()
     stages = tuple(_plan_stage(recipe, index, args) for index in range(len(recipe.stages)))
+    recipe_config = apply_app(ImageConfig(), recipe.app, recipe.image.labels)
     return BuildPlan(
         recipe=recipe,
-        context=context,
-        out_dir=out_dir,
+        settings=settings,
         args=args,
         stages=stages,
-        source_date_epoch=_source_date_epoch(recipe, environ or {}),
-        artifacts=_artifacts(recipe, out_dir, sign),
-        warnings=tuple(lost_fields(recipe)),
+        artifacts=ArtifactFiles.named(
+            settings.out_dir, artifact_stem(recipe.image), recipe.output.formats, signed=sign
+        ),
+        warnings=tuple(w for fmt in recipe.output.formats for w in lost_fields(recipe_config, fmt)),
     )
 
 
@@ -139,26 +171,6 @@ def _effective_args(recipe: Recipe, build_args: Mapping[str, str]) -> dict[str, 
     if problems:
         raise RecipeError(problems)
     return {**recipe.args, **build_args}
-
-
-def _source_date_epoch(recipe: Recipe, environ: Mapping[str, str]) -> int:
-    if recipe.output.source_date_epoch is not None:
-        return recipe.output.source_date_epoch
-    text = environ.get("SOURCE_DATE_EPOCH", "").strip()
-    if not text:
-        return DEFAULT_SOURCE_DATE_EPOCH
-    if not text.isdigit():
-        raise RecipeError(
-            [
-                Problem(
-                    file="$SOURCE_DATE_EPOCH",
-                    key="",
-                    message=f"{text!r} is not a non-negative integer",
-                    hint="unset it, or set output.source_date_epoch in the recipe",
-                )
-            ]
-        )
-    return int(text)
 
 
 def _plan_stage(recipe: Recipe, index: int, args: Mapping[str, str]) -> PlannedStage:
@@ -226,42 +238,15 @@ def describe_step(step: Step) -> str:
             return f"remove {' '.join(step.paths)}"
 
 
-def lost_fields(recipe: Recipe) -> list[str]:
-    """Fields of [app] that a requested format cannot carry, one warning each."""
-    warnings = []
-    formats = recipe.output.formats
-    if recipe.app.healthcheck is not None:
-        for fmt in (Format.ACI, Format.OCI):
-            if fmt in formats:
-                warnings.append(f"app.healthcheck: the {fmt} format has no healthcheck; it is left out")
-    if recipe.app.stop_signal is not None and Format.ACI in formats:
-        warnings.append("app.stop_signal: the aci format has no stop signal; it is left out")
-    return warnings
-
-
-def _artifacts(recipe: Recipe, out_dir: Path, sign: bool) -> Artifacts:
-    image = recipe.image
-    stem = f"{image.short_name}-{image.version}-{image.os}-{image.arch.file_part}"
-    formats = recipe.output.formats
-    aci = out_dir / f"{stem}.aci" if Format.ACI in formats else None
-    return Artifacts(
-        docker=out_dir / f"{stem}.docker.tar" if Format.DOCKER in formats else None,
-        aci=aci,
-        aci_signature=out_dir / f"{stem}.aci.asc" if aci is not None and sign else None,
-        oci=out_dir / f"{stem}.oci.tar" if Format.OCI in formats else None,
-        report=out_dir / f"{stem}.report.json",
-    )
-
-
 def plan_to_dict(plan: BuildPlan) -> dict[str, object]:
     """The plan as JSON-ready data, keys in a fixed order."""
     return {
         "recipe": str(plan.recipe.path),
         "image": to_jsonable(plan.recipe.image),
-        "context": str(plan.context),
-        "out_dir": str(plan.out_dir),
+        "context": str(plan.settings.context),
+        "out_dir": str(plan.settings.out_dir),
         "args": dict(plan.args),
-        "source_date_epoch": plan.source_date_epoch,
+        "source_date_epoch": plan.settings.source_date_epoch,
         "stages": [
             {
                 "number": stage.number,
@@ -285,7 +270,9 @@ def plan_to_dict(plan: BuildPlan) -> dict[str, object]:
             for stage in plan.stages
         ],
         "app": to_jsonable(plan.recipe.app),
-        "artifacts": {k: str(v) if v else None for k, v in _jsonable_fields(plan.artifacts).items()},
+        "artifacts": {
+            k: str(v) if v else None for k, v in _jsonable_fields(plan.artifacts).items() if k != "stem"
+        },
         "warnings": list(plan.warnings),
     }
 

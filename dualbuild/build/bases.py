@@ -15,21 +15,14 @@ from collections.abc import Callable
 from pathlib import Path
 
 from dualbuild import gpg, run
+from dualbuild.archive import ACI_MANIFEST, open_tar_stream, read_aci_manifest
 from dualbuild.build.buildah import Buildah
-from dualbuild.build.tarballs import extract_checked, open_tar_stream, unsafe_member_reason
+from dualbuild.build.tarballs import extract_checked, unsafe_member_reason
 from dualbuild.errors import BuildError, CommandError
-from dualbuild.imageconfig import ImageConfig, from_docker_config
+from dualbuild.files import atomic_path
+from dualbuild.imageconfig import ImageConfig, from_aci_manifest, from_docker_config
 from dualbuild.log import log
-from dualbuild.recipe.model import (
-    AciBase,
-    Arch,
-    ArchiveBase,
-    BootstrapBase,
-    Port,
-    Protocol,
-    RootfsBase,
-    Volume,
-)
+from dualbuild.recipe.model import AciBase, Arch, ArchiveBase, BootstrapBase, RootfsBase
 
 # Docker architecture → Debian architecture, for mmdebstrap.
 DEBIAN_ARCH = {
@@ -105,23 +98,13 @@ def aci_file(base: AciBase, context: Path, keyring: Path | None) -> Path:
     return aci
 
 
-def aci_manifest_config(aci: Path) -> ImageConfig:
+def aci_base_config(aci: Path) -> ImageConfig:
     """The app of an ACI as an ImageConfig, reading only up to its manifest.
 
     Raises:
         BuildError: the ACI has no readable manifest.
     """
-    try:
-        with open_tar_stream(aci) as archive:
-            for member in archive:
-                if member.name.rstrip("/") == "manifest" and member.isfile():
-                    raw = archive.extractfile(member)
-                    manifest = json.loads(raw.read()) if raw else None
-                    if isinstance(manifest, dict):
-                        return aci_app_config(manifest)
-    except (tarfile.TarError, EOFError, OSError, ValueError) as error:
-        raise BuildError(f"ACI {aci.name} cannot be read: {error}") from None
-    raise BuildError(f"ACI {aci.name}: no image manifest found")
+    return from_aci_manifest(read_aci_manifest(aci))
 
 
 def prepare_aci(buildah: Buildah, aci: Path, label: str) -> tuple[str, ImageConfig]:
@@ -129,32 +112,28 @@ def prepare_aci(buildah: Buildah, aci: Path, label: str) -> tuple[str, ImageConf
 
     Raises:
         BuildError: the ACI is unreadable, has dependencies, or unsafe entries.
-        SigningError: --keyring was given and its signature does not verify.
     """
+    manifest = read_aci_manifest(aci)
+    if manifest.get("dependencies"):
+        raise BuildError(
+            f"ACI {aci.name}: it has dependencies, which dualbuild does not resolve",
+            hint="flatten it first (e.g. `actool` or docker2aci squashed output), then use it as a base",
+        )
     with tempfile.TemporaryDirectory(prefix="dualbuild-aci-") as scratch:
         rootfs_tar = Path(scratch) / "rootfs.tar"
-        manifest = _split_aci(aci, rootfs_tar)
-        if manifest.get("dependencies"):
-            raise BuildError(
-                f"ACI {aci.name}: it has dependencies, which dualbuild does not resolve",
-                hint="flatten it first (e.g. `actool` or docker2aci squashed output), then use it as a base",
-            )
+        _rootfs_of(aci, rootfs_tar)
         container = buildah.new_container("scratch", label=label)
         buildah.add_archive(container, rootfs_tar)
-    return container, aci_app_config(manifest)
+    return container, from_aci_manifest(manifest)
 
 
-def _split_aci(aci: Path, rootfs_tar: Path) -> dict[str, object]:
-    manifest: dict[str, object] | None = None
+def _rootfs_of(aci: Path, rootfs_tar: Path) -> None:
+    """Write the ACI's rootfs/ as a plain tarball of its own, every entry checked."""
     try:
         with open_tar_stream(aci) as archive, tarfile.open(rootfs_tar, "w", format=tarfile.PAX_FORMAT) as out:
             for member in archive:
                 name = member.name.rstrip("/")
-                if name == "manifest" and member.isfile():
-                    raw = archive.extractfile(member)
-                    manifest = json.loads(raw.read()) if raw else None
-                    continue
-                if name == "rootfs":
+                if name in (ACI_MANIFEST, "rootfs"):
                     continue
                 if not name.startswith("rootfs/"):
                     raise BuildError(f"ACI {aci.name}: entry {member.name!r} is outside rootfs/")
@@ -167,70 +146,6 @@ def _split_aci(aci: Path, rootfs_tar: Path) -> dict[str, object]:
                 out.addfile(member, archive.extractfile(member) if member.isfile() else None)
     except (tarfile.TarError, EOFError, OSError, ValueError) as error:
         raise BuildError(f"ACI {aci.name} cannot be read: {error}") from None
-    if not isinstance(manifest, dict) or manifest.get("acKind") != "ImageManifest":
-        raise BuildError(f"ACI {aci.name}: no image manifest found")
-    return manifest
-
-
-def aci_app_config(manifest: dict[str, object]) -> ImageConfig:
-    """Map an ACI manifest's app (and docker2aci annotations) back to an ImageConfig."""
-    app = manifest.get("app")
-    app = app if isinstance(app, dict) else {}
-    annotations = {
-        str(a.get("name")): str(a.get("value"))
-        for a in manifest.get("annotations") or []  # type: ignore[attr-defined]
-        if isinstance(a, dict)
-    }
-    exec_argv = tuple(str(x) for x in app.get("exec") or [])
-    entrypoint, cmd = _docker_split(annotations, exec_argv)
-    env = tuple(
-        (str(e["name"]), str(e.get("value", ""))) for e in app.get("environment") or [] if isinstance(e, dict)
-    )
-    ports = tuple(
-        Port(
-            name=str(p["name"]),
-            port=int(p["port"]),
-            protocol=Protocol(p.get("protocol") or "tcp"),
-            count=int(p.get("count") or 1),
-        )
-        for p in app.get("ports") or []
-        if isinstance(p, dict) and p.get("protocol", "tcp") in ("tcp", "udp", "")
-    )
-    volumes = tuple(
-        Volume(name=str(m["name"]), path=str(m["path"]), read_only=bool(m.get("readOnly", False)))
-        for m in app.get("mountPoints") or []
-        if isinstance(m, dict)
-    )
-    labels = app.get("userLabels")
-    return ImageConfig(
-        entrypoint=entrypoint,
-        cmd=cmd,
-        user=str(app["user"]) if app.get("user") else None,
-        group=str(app["group"]) if app.get("group") else None,
-        workdir=str(app["workingDirectory"]) if app.get("workingDirectory") else None,
-        env=env,
-        ports=ports,
-        volumes=volumes,
-        labels={str(k): str(v) for k, v in labels.items()} if isinstance(labels, dict) else {},
-    )
-
-
-def _docker_split(
-    annotations: dict[str, str], exec_argv: tuple[str, ...]
-) -> tuple[tuple[str, ...] | None, tuple[str, ...] | None]:
-    """Entrypoint and Cmd: from docker2aci's annotations when present, else exec as entrypoint."""
-
-    def parsed(key: str) -> tuple[str, ...] | None:
-        try:
-            value = json.loads(annotations[key])
-        except (KeyError, ValueError):
-            return None
-        return tuple(str(v) for v in value) if isinstance(value, list) else None
-
-    entrypoint, cmd = parsed("appc.io/docker/entrypoint"), parsed("appc.io/docker/cmd")
-    if entrypoint is None and cmd is None:
-        return (exec_argv or None), None
-    return entrypoint, cmd
 
 
 # --- debian bootstrap bases ------------------------------------------------------------------
@@ -251,24 +166,21 @@ def bootstrap_tarball(
         return cached
     mmdebstrap = run.find_tool("mmdebstrap", "bootstrap a Debian base")
     cached.parent.mkdir(parents=True, exist_ok=True)
-    # mmdebstrap picks its output format from the name: keep ".tar" at the end.
-    partial = cached.with_name(f".{os.getpid()}.partial.{cached.name}")
-    argv: list[str | os.PathLike[str]] = [
-        mmdebstrap, f"--variant={base.variant}", f"--architectures={DEBIAN_ARCH[arch]}",
-    ]  # fmt: skip
-    if base.packages:
-        argv.append("--include=" + ",".join(base.packages))
-    argv += [base.suite, partial]
-    if base.mirror:
-        argv.append(base.mirror)
     log.info("bootstrap %s: running mmdebstrap (cached afterwards in %s)", base.describe(), cached.parent)
-    try:
-        run.run(argv, on_line=on_line)
-        partial.replace(cached)
-    except CommandError as error:
-        raise BuildError(f"bootstrap {base.describe()} failed\n{error}") from None
-    finally:
-        partial.unlink(missing_ok=True)
+    # The temporary name keeps ".tar" at the end: mmdebstrap picks its output format from it.
+    with atomic_path(cached) as partial:
+        argv: list[str | os.PathLike[str]] = [
+            mmdebstrap, f"--variant={base.variant}", f"--architectures={DEBIAN_ARCH[arch]}",
+        ]  # fmt: skip
+        if base.packages:
+            argv.append("--include=" + ",".join(base.packages))
+        argv += [base.suite, partial]
+        if base.mirror:
+            argv.append(base.mirror)
+        try:
+            run.run(argv, on_line=on_line)
+        except CommandError as error:
+            raise BuildError(f"bootstrap {base.describe()} failed\n{error}") from None
     return cached
 
 

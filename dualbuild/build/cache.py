@@ -21,10 +21,10 @@ from pathlib import Path
 
 from dualbuild import __version__
 from dualbuild.build.buildah import Buildah
+from dualbuild.files import file_sha256, write_atomically
 from dualbuild.plan import PlannedStep, to_jsonable
 
 CACHE_REPOSITORY = "localhost/dualbuild-cache"
-_CHUNK = 1 << 20
 
 
 def cache_image(key: str) -> str:
@@ -38,81 +38,6 @@ def _digest(*parts: str) -> str:
         hasher.update(part.encode("utf-8", "surrogateescape"))
         hasher.update(b"\0")
     return hasher.hexdigest()
-
-
-Stamp = tuple[int, int, int, int, int]
-
-
-def file_stamp(path: Path) -> Stamp:
-    """What changes whenever a file's content may have: device, inode, size, mtime, ctime.
-
-    ctime cannot be set from user space and moves on every write, chmod or rename, so an
-    unchanged stamp means unchanged content (the rule git's index and make rely on).
-    """
-    info = path.stat()
-    return (info.st_dev, info.st_ino, info.st_size, info.st_mtime_ns, info.st_ctime_ns)
-
-
-# Digests known for a path at a stamp: hashed in this process, or remembered from the last
-# build's report (remember_digests), so an unchanged rebuild hashes no big file again.
-_known_digests: dict[tuple[str, Stamp], str] = {}
-
-
-def file_sha256(path: Path) -> str:
-    """sha256 of a file's content, streamed; remembered while its stamp is unchanged."""
-    key = (os.fspath(path.absolute()), file_stamp(path))
-    known = _known_digests.get(key)
-    if known is None:
-        hasher = hashlib.sha256()
-        with path.open("rb") as handle:
-            while chunk := handle.read(_CHUNK):
-                hasher.update(chunk)
-        known = _known_digests[key] = hasher.hexdigest()
-    return known
-
-
-def remember_digest(path: Path, sha256: str) -> None:
-    """Record a digest computed elsewhere (e.g. while the file was written) for its stamp."""
-    _known_digests[(os.fspath(path.absolute()), file_stamp(path))] = sha256
-
-
-# Smaller files hash in less time than reading their record back would save.
-_WORTH_REMEMBERING = 1 << 20
-
-
-def known_digests() -> list[list[object]]:
-    """Remembered digests of big files that still hold, JSON-ready.
-
-    Each record is ``[path, dev, ino, size, mtime_ns, ctime_ns, sha256]``; a record whose file
-    is gone or has another stamp now is dropped, so the list does not grow from build to build.
-    """
-    records: list[list[object]] = []
-    for (path, stamp), digest in sorted(_known_digests.items()):
-        if stamp[2] < _WORTH_REMEMBERING:
-            continue
-        try:
-            current = file_stamp(Path(path))
-        except OSError:
-            continue
-        if current == stamp:
-            records.append([path, *stamp, digest])
-    return records
-
-
-def remember_digests(records: object) -> None:
-    """Take back the records of :func:`known_digests` (from a report); malformed ones are ignored."""
-    if not isinstance(records, list):
-        return
-    for record in records:
-        if (
-            isinstance(record, list)
-            and len(record) == 7
-            and isinstance(record[0], str)
-            and all(isinstance(number, int) for number in record[1:6])
-            and isinstance(record[6], str)
-        ):
-            stamp = (record[1], record[2], record[3], record[4], record[5])
-            _known_digests[(record[0], stamp)] = record[6]
 
 
 @dataclass(frozen=True)
@@ -228,9 +153,7 @@ class StepIndex:
     def save(self) -> None:
         """Write the index (atomically; a lost index only costs explanations)."""
         self.path.parent.mkdir(parents=True, exist_ok=True)
-        partial = self.path.with_name(f".{self.path.name}.{os.getpid()}.tmp")
-        partial.write_text(json.dumps(self.positions, indent=1, sort_keys=True))
-        partial.replace(self.path)
+        write_atomically(self.path, json.dumps(self.positions, indent=1, sort_keys=True).encode())
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -265,9 +188,9 @@ def list_entries(images: Sequence[Mapping[str, object]]) -> list[CacheEntry]:
     return sorted(entries, key=lambda entry: entry.created)
 
 
-def cached(buildah: Buildah, cache_dir: Path) -> list[CacheEntry]:
+def cached(cache_dir: Path, buildah: Buildah | None = None) -> list[CacheEntry]:
     """Every cached tree in buildah's store, and every bootstrap tarball, oldest first."""
-    entries = list_entries(buildah.list_images(CACHE_REPOSITORY))
+    entries = list_entries((buildah or Buildah()).list_images(CACHE_REPOSITORY))
     for tarball in sorted((cache_dir / "bootstrap").glob("*.tar")):
         info = tarball.stat()
         entries.append(
@@ -282,12 +205,17 @@ def cached(buildah: Buildah, cache_dir: Path) -> list[CacheEntry]:
 
 
 def prune(
-    buildah: Buildah, cache_dir: Path, *, older_than: int | None = None, now: float | None = None
+    cache_dir: Path,
+    *,
+    older_than: int | None = None,
+    now: float | None = None,
+    buildah: Buildah | None = None,
 ) -> list[CacheEntry]:
     """Remove cached trees and bootstrap tarballs (those older than ``older_than`` seconds, or all)."""
+    buildah = buildah or Buildah()
     moment = time.time() if now is None else now
     removed = []
-    for entry in cached(buildah, cache_dir):
+    for entry in cached(cache_dir, buildah):
         if older_than is not None and moment - entry.created < older_than:
             continue
         if entry.image_id == "bootstrap":

@@ -14,38 +14,17 @@ import stat
 from pathlib import Path
 
 from dualbuild.errors import BuildError
-
-_MAX_LINKS = 40
+from dualbuild.layer import tree
 
 
 def resolve_in_root(root: Path, path: str, *, follow_last: bool = True) -> Path:
-    """The host path of ``path`` inside ``root``; never outside it.
+    """The host path of ``path`` inside ``root``; never outside it (see layer.tree.resolve_in_root).
 
     Raises:
         BuildError: too many levels of symbolic links.
     """
-    parts = [p for p in path.split("/") if p not in ("", ".")]
-    resolved: list[str] = []
-    links = 0
-    while parts:
-        part = parts.pop(0)
-        if part == "..":
-            if resolved:
-                resolved.pop()
-            continue
-        candidate = root.joinpath(*resolved, part)
-        is_last = not parts
-        if candidate.is_symlink() and (follow_last or not is_last):
-            links += 1
-            if links > _MAX_LINKS:
-                raise BuildError(f"{path}: too many levels of symbolic links in the image")
-            target = os.readlink(candidate)
-            if target.startswith("/"):
-                resolved = []
-            parts = [p for p in target.split("/") if p not in ("", ".")] + parts
-            continue
-        resolved.append(part)
-    return root.joinpath(*resolved)
+    resolved = tree.resolve_in_root(os.fsencode(root), os.fsencode(path), follow_last=follow_last)
+    return Path(os.fsdecode(resolved))
 
 
 def container_path(path: str, workdir: str | None) -> str:

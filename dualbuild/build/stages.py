@@ -1,12 +1,14 @@
-"""Running a BuildPlan's stages with buildah and handing over the final tree.
+"""Running a plan's stages with buildah and handing over the final tree.
 
-``build_stages`` is a context manager: inside it the final stage's root filesystem is mounted
-and its config known; on leaving it (success, failure or interrupt) every container is gone.
+A :func:`build_session` owns one buildah session: on entering it every stage is keyed
+(build/keys.py: bases pulled, found or bootstrapped once), which is all an up-to-date check
+needs; :meth:`BuildSession.build` then builds every stage and returns the final stage's mounted
+tree and its config. On leaving the session (success, failure or interrupt) every container is
+gone.
 """
 
 from __future__ import annotations
 
-import glob
 import json
 import os
 import shlex
@@ -18,18 +20,10 @@ from pathlib import Path
 from dualbuild import run
 from dualbuild.build import bases, filesteps
 from dualbuild.build.buildah import Buildah, StorageOptions
-from dualbuild.build.cache import (
-    CopyInput,
-    Position,
-    StepIndex,
-    base_key,
-    cache_image,
-    copy_inputs,
-    definition,
-    file_sha256,
-    step_key,
-)
+from dualbuild.build.cache import Position, StepIndex, cache_image
+from dualbuild.build.keys import KeyedPlan, KeyedStage, key_plan
 from dualbuild.errors import BuildError, CommandError
+from dualbuild.files import write_atomically
 from dualbuild.imageconfig import ImageConfig, apply_app, from_docker_config
 from dualbuild.log import log, output_line, status
 from dualbuild.plan import BuildPlan, PlannedStage, PlannedStep
@@ -54,22 +48,14 @@ from dualbuild.recipe.model import (
 _RUN_LEFTOVERS = ("etc/hostname", "etc/hosts", "etc/resolv.conf", "dev", "proc", "sys", "run")
 
 
-def default_cache_dir() -> Path:
-    """Where dualbuild keeps bootstrap bases and probe results (XDG_CACHE_HOME honoured)."""
-    base = os.environ.get("XDG_CACHE_HOME") or os.path.expanduser("~/.cache")
-    return Path(base) / "dualbuild"
-
-
 @dataclass(frozen=True, kw_only=True)
 class BuildOptions:
-    """How to run the build (not what to build: that is the plan)."""
+    """How to run the build (what to build is the plan; where and how it is isolated, its settings)."""
 
-    isolation: str | None = None
     tls_verify: bool = True
     authfile: Path | None = None
     keyring: Path | None = None
     storage: StorageOptions = field(default_factory=StorageOptions)
-    cache_dir: Path = field(default_factory=default_cache_dir)
     cache: bool = True
     on_output: Callable[[str], None] | None = None
 
@@ -93,59 +79,67 @@ class _Stage:
     cached: bool = False
 
 
-@contextmanager
-def build_stages(plan: BuildPlan, options: BuildOptions) -> Iterator[BuiltImage]:
-    """Build every stage; yield the final tree while it is mounted; then remove everything.
+@dataclass
+class BuildSession:
+    """One build's buildah session: the keyed plan, and the build of it."""
 
-    With the cache on, the tree after every step is kept as a buildah image named by the
-    step's key, and a build starts each stage from the last position whose key it already has.
+    plan: BuildPlan
+    options: BuildOptions
+    buildah: Buildah
+    index: StepIndex
+    keyed: KeyedPlan
 
-    Raises:
-        BuildError: a base is missing or a step failed (naming stage, step and command).
-        ToolNotFoundError: buildah (or a tool a base needs) is missing.
-    """
-    buildah = Buildah(
-        storage=options.storage, isolation=options.isolation, cache_dir=options.cache_dir,
-        authfile=options.authfile,
-    )  # fmt: skip
-    index = StepIndex(options.cache_dir, plan.recipe.path)
-    on_output = options.on_output or output_line
-    try:
+    def build(self) -> BuiltImage:
+        """Build every stage; the final tree stays mounted until the session ends.
+
+        With the cache on, the tree after every step is kept as a buildah image named by the
+        step's key, and each stage starts from the last position whose key it already has.
+
+        Raises:
+            BuildError: a base is missing or a step failed (naming stage, step and command).
+            ToolNotFoundError: a tool a base needs is missing.
+        """
+        on_output = self.options.on_output or output_line
         built: dict[str, _Stage] = {}
-        for stage in plan.stages:
-            builder = _StageBuilder(buildah, plan, stage, built, options, index, on_output)
-            built[stage.name] = builder.build()
-        final = built[plan.final_stage.name]
-        recipe = plan.recipe
-        yield BuiltImage(
+        for keyed in self.keyed.stages:
+            builder = _StageBuilder(
+                self.buildah, self.plan, keyed, built, self.options, self.index, on_output
+            )
+            built[keyed.stage.name] = builder.build()
+        if self.options.cache:
+            self.index.save()
+        final = built[self.plan.final_stage.name]
+        recipe = self.plan.recipe
+        return BuiltImage(
             rootfs=final.root,
             config=apply_app(final.inherited, recipe.app, recipe.image.labels),
             key=final.key,
         )
-    finally:
-        with run.deferred_interrupts():
-            buildah.cleanup()
-            if options.cache:
-                index.save()
 
 
-def final_key(plan: BuildPlan, options: BuildOptions) -> str:
-    """The cache key of the final tree, computed without building (registry bases are pulled).
+@contextmanager
+def build_session(plan: BuildPlan, options: BuildOptions) -> Iterator[BuildSession]:
+    """Key the plan's stages; yield the session that builds them; then remove every container.
 
     Raises:
         BuildError: a base or copy source is missing.
+        ToolNotFoundError: buildah (or a tool a base needs) is missing.
     """
+    settings = plan.settings
     buildah = Buildah(
-        storage=options.storage, isolation=options.isolation, cache_dir=options.cache_dir,
+        storage=options.storage, isolation=settings.isolation, cache_dir=settings.cache_dir,
         authfile=options.authfile,
     )  # fmt: skip
-    index = StepIndex(options.cache_dir, plan.recipe.path)
-    keyed: dict[str, _Stage] = {}
-    for stage in plan.stages:
-        builder = _StageBuilder(buildah, plan, stage, keyed, options, index, options.on_output or output_line)
-        key = builder.positions()[-1].key
-        keyed[stage.name] = _Stage(container="", root=Path(), inherited=ImageConfig(), key=key)
-    return keyed[plan.final_stage.name].key
+    try:
+        keyed = key_plan(
+            plan, buildah, tls_verify=options.tls_verify, keyring=options.keyring,
+            on_output=options.on_output or output_line,
+        )  # fmt: skip
+        index = StepIndex(settings.cache_dir, plan.recipe.path)
+        yield BuildSession(plan=plan, options=options, buildah=buildah, index=index, keyed=keyed)
+    finally:
+        with run.deferred_interrupts():
+            buildah.cleanup()
 
 
 def _stage_label(plan: BuildPlan, stage: PlannedStage) -> str:
@@ -154,22 +148,24 @@ def _stage_label(plan: BuildPlan, stage: PlannedStage) -> str:
 
 @dataclass
 class _StageBuilder:
-    """Builds one stage: keys every position, starts from the last cached one, runs the rest."""
+    """Builds one keyed stage: starts from its last cached position, runs the rest."""
 
     buildah: Buildah
     plan: BuildPlan
-    stage: PlannedStage
+    keyed: KeyedStage
     built: dict[str, _Stage]
     options: BuildOptions
     index: StepIndex
     on_output: Callable[[str], None]
-    image_id: str | None = None
-    base_file: Path | None = None
+
+    @property
+    def stage(self) -> PlannedStage:
+        return self.keyed.stage
 
     def build(self) -> _Stage:
         label = _stage_label(self.plan, self.stage)
         log.info("%s from %s", label, self.stage.base.describe())
-        positions = self.positions()
+        positions = self.keyed.positions
         hit = self._last_cached(positions)
         if hit is not None:
             container = self.buildah.new_container(cache_image(positions[hit].key), label=self.stage.name)
@@ -183,7 +179,7 @@ class _StageBuilder:
             container=container,
             root=self.buildah.mount(container),
             inherited=inherited,
-            key=positions[-1].key,
+            key=self.keyed.key,
             cached=self.options.cache and (hit == last or self._kept(last)),
         )
         steps = self.stage.steps
@@ -196,7 +192,15 @@ class _StageBuilder:
             log.info("%s  [run: %s]", header, reason)
             try:
                 with status.show(header):
-                    _run_step(self.buildah, self.plan, state, step, self.built, self.on_output)
+                    _run_step(
+                        self.buildah,
+                        self.keyed,
+                        self.plan.settings.context,
+                        state,
+                        step,
+                        self.built,
+                        self.on_output,
+                    )
             except CommandError as error:
                 raise BuildError(
                     f"{label} step {step.number}/{len(steps)} ({step.summary}) failed with exit code "
@@ -212,58 +216,7 @@ class _StageBuilder:
             self.index.record(self.stage.name, number, position)
         return state
 
-    def positions(self) -> list[Position]:
-        """The key of the base (position 0) and of the tree after every step."""
-        key = self._base_key()
-        positions = [Position(key=key, parent="", definition="", inputs={})]
-        for step in self.stage.steps:
-            inputs: list[CopyInput] = []
-            source = None
-            if isinstance(step.step, CopyStep):
-                if step.step.from_stage is not None:
-                    source = self.built[step.step.from_stage].key
-                else:
-                    inputs = copy_inputs(
-                        self.plan.context, _context_sources(self.plan.context, step.step.sources)
-                    )
-            step_definition = definition(step)
-            key = step_key(positions[-1].key, step_definition, inputs, source)
-            positions.append(
-                Position(
-                    key=key,
-                    parent=positions[-1].key,
-                    definition=step_definition,
-                    inputs={i.path: f"{i.kind}:{i.mode:o}:{i.content}" for i in inputs},
-                )
-            )
-        return positions
-
-    def _base_key(self) -> str:
-        base, context = self.stage.base, self.plan.context
-        match base:
-            case ScratchBase():
-                return base_key("scratch", "")
-            case RegistryBase():
-                tls_verify = self.stage.tls_verify and self.options.tls_verify
-                self.image_id = self.buildah.pull(base.reference, tls_verify=tls_verify)
-                return base_key("image", self.image_id)
-            case ArchiveBase():
-                self.base_file = bases.context_file(context, base.path, str(base.kind))
-                return base_key(str(base.kind), file_sha256(self.base_file))
-            case RootfsBase():
-                self.base_file = bases.rootfs_tarball(base, context)
-                return base_key("rootfs", file_sha256(self.base_file))
-            case BootstrapBase():
-                arch = self.plan.recipe.image.arch
-                self.base_file = bases.bootstrap_tarball(base, arch, self.options.cache_dir, self.on_output)
-                return base_key("bootstrap", self.base_file.name)
-            case AciBase():
-                self.base_file = bases.aci_file(base, context, self.options.keyring)
-                return base_key("aci", file_sha256(self.base_file))
-            case StageBase():
-                return base_key("stage", self.built[base.stage].key)
-
-    def _last_cached(self, positions: list[Position]) -> int | None:
+    def _last_cached(self, positions: tuple[Position, ...]) -> int | None:
         if not self.options.cache:
             return None
         if not self._inherited_known(positions[0].key):
@@ -274,7 +227,7 @@ class _StageBuilder:
                 return number
         return None
 
-    def _miss_reason(self, positions: list[Position], number: int) -> str:
+    def _miss_reason(self, positions: tuple[Position, ...], number: int) -> str:
         if not self.options.cache:
             return "--no-cache"
         return self.index.reason(self.stage.name, number, positions[number])
@@ -285,7 +238,7 @@ class _StageBuilder:
         # (BENCHMARKS.md, finding 6): its position 0 is not kept.
         return number > 0 or not isinstance(self.stage.base, (RootfsBase, BootstrapBase))
 
-    def _keep(self, container: str, positions: list[Position], number: int) -> None:
+    def _keep(self, container: str, positions: tuple[Position, ...], number: int) -> None:
         if self.options.cache and self._kept(number):
             self.buildah.commit_as(container, cache_image(positions[number].key))
 
@@ -295,20 +248,20 @@ class _StageBuilder:
             case ScratchBase():
                 return self.buildah.new_container("scratch", label=label), ImageConfig()
             case RegistryBase():
-                assert self.image_id is not None
-                container = self.buildah.new_container(self.image_id, label=label)
+                assert self.keyed.image_id is not None
+                container = self.buildah.new_container(self.keyed.image_id, label=label)
                 return container, bases.image_config_of(self.buildah, container)
             case ArchiveBase():
-                assert self.base_file is not None
-                image_id = self.buildah.pull(f"{base.kind}:{self.base_file}")
+                assert self.keyed.base_file is not None
+                image_id = self.buildah.pull(f"{base.kind}:{self.keyed.base_file}")
                 container = self.buildah.new_container(image_id, label=label)
                 return container, bases.image_config_of(self.buildah, container)
             case RootfsBase() | BootstrapBase():
-                assert self.base_file is not None
-                return bases.prepare_rootfs(self.buildah, self.base_file, label), ImageConfig()
+                assert self.keyed.base_file is not None
+                return bases.prepare_rootfs(self.buildah, self.keyed.base_file, label), ImageConfig()
             case AciBase():
-                assert self.base_file is not None
-                return bases.prepare_aci(self.buildah, self.base_file, label)
+                assert self.keyed.base_file is not None
+                return bases.prepare_aci(self.buildah, self.keyed.base_file, label)
             case StageBase():
                 earlier = self.built[base.stage]
                 if earlier.cached:
@@ -320,13 +273,14 @@ class _StageBuilder:
     # The config a base brings is not in the cached trees (buildah commit adds its own label),
     # so for image bases it is kept beside them, keyed by the base key.
     def _config_file(self, key: str) -> Path:
-        return self.options.cache_dir / "configs" / f"{key}.json"
+        return self.plan.settings.cache_dir / "configs" / f"{key}.json"
 
     def _remember_inherited(self, key: str, container: str) -> None:
         if self.options.cache and isinstance(self.stage.base, (RegistryBase, ArchiveBase)):
             path = self._config_file(key)
             path.parent.mkdir(parents=True, exist_ok=True)
-            path.write_text(json.dumps(bases.raw_image_config(self.buildah, container), sort_keys=True))
+            config = bases.raw_image_config(self.buildah, container)
+            write_atomically(path, json.dumps(config, sort_keys=True).encode())
 
     def _inherited_known(self, key: str) -> bool:
         return not isinstance(self.stage.base, (RegistryBase, ArchiveBase)) or self._config_file(key).exists()
@@ -336,8 +290,8 @@ class _StageBuilder:
             case RegistryBase() | ArchiveBase():
                 return from_docker_config(json.loads(self._config_file(key).read_text()))
             case AciBase():
-                assert self.base_file is not None
-                return bases.aci_manifest_config(self.base_file)
+                assert self.keyed.base_file is not None
+                return bases.aci_base_config(self.keyed.base_file)
             case StageBase(stage=name):
                 return self.built[name].inherited
             case _:
@@ -346,7 +300,8 @@ class _StageBuilder:
 
 def _run_step(
     buildah: Buildah,
-    plan: BuildPlan,
+    keyed: KeyedStage,
+    context: Path,
     state: _Stage,
     planned: PlannedStep,
     built: dict[str, _Stage],
@@ -370,10 +325,11 @@ def _run_step(
                     from_container=built[step.from_stage].container,
                 )  # fmt: skip
             else:
-                sources = [os.fspath(p) for p in _context_sources(plan.context, step.sources)]
+                sources = [os.fspath(path) for path in keyed.sources[planned.number]]
                 buildah.copy(
-                    state.container, sources, dest, owner=step.owner, mode=step.mode, contextdir=plan.context
-                )
+                    state.container, sources, dest, owner=step.owner, mode=step.mode,
+                    contextdir=context,
+                )  # fmt: skip
         case WriteStep():
             filesteps.write_file(
                 root, filesteps.container_path(step.path, workdir), step.content.encode(), mode=step.mode,
@@ -403,42 +359,3 @@ def _remove_run_leftovers(root: Path, present_before: set[str]) -> None:
                 path.unlink()
         except OSError as error:
             log.debug("could not remove %s left by buildah run: %s", item, error)
-
-
-def _context_sources(context: Path, sources: tuple[str, ...]) -> list[Path]:
-    """Context files a copy reads: they must exist, and no symlink among them may leave the context.
-
-    Raises:
-        BuildError: a source is missing, or a symlink points outside the context.
-    """
-    real_context = Path(os.path.realpath(context))
-    paths: list[Path] = []
-    for source in sources:
-        pattern = os.fspath(context / source)
-        matches = sorted(glob.glob(pattern)) if glob.has_magic(source) else [pattern]
-        if not matches or not os.path.lexists(matches[0]):
-            raise BuildError(f"copy: {source!r} not found in the build context {context}")
-        for match in matches:
-            _check_inside(Path(match), real_context, source)
-            paths.append(Path(match))
-    return paths
-
-
-def _check_inside(path: Path, real_context: Path, source: str) -> None:
-    def check(candidate: Path) -> None:
-        real = Path(os.path.realpath(candidate))
-        if not real.is_relative_to(real_context):
-            shown = os.readlink(candidate) if candidate.is_symlink() else str(real)
-            raise BuildError(
-                f"copy {source!r}: {candidate} is a symlink pointing outside the build context "
-                f"(-> {shown}); refusing to follow it",
-                hint="copy the file it points to into the context instead",
-            )
-
-    check(path)
-    if path.is_dir() and not path.is_symlink():
-        for directory, dirnames, filenames in os.walk(path):
-            for name in dirnames + filenames:
-                candidate = Path(directory) / name
-                if candidate.is_symlink():
-                    check(candidate)

@@ -10,60 +10,20 @@ skips ``..`` members and makes symlinks that could leave the tree only after eve
 
 from __future__ import annotations
 
-import bz2
-import gzip
-import lzma
 import os
 import posixpath
 import tarfile
-from collections.abc import Iterator
-from contextlib import contextmanager
 from pathlib import Path
-from typing import IO, cast
+from typing import IO
 
 from dualbuild import run
+from dualbuild.archive import decompressed
 from dualbuild.errors import BuildError, CommandError
 
 _CHUNK = 1 << 16
-_ZSTD_MAGIC = b"\x28\xb5\x2f\xfd"
 # What the emitters carry (and all that `buildah add` restored); GNU tar restores user.* alone
 # unless told.
 _XATTRS = ("security.capability", "user.*")
-
-
-@contextmanager
-def decompressed(path: Path) -> Iterator[IO[bytes]]:
-    """The uncompressed bytes of a tarball (plain, gzip, bzip2, xz or zstd), as a stream.
-
-    Raises:
-        CommandError: zstd failed (when leaving the block).
-        ToolNotFoundError: the tarball is zstd-compressed and zstd is missing.
-    """
-    with path.open("rb") as raw:
-        magic = raw.read(10)
-        raw.seek(0)
-        # The signatures tarfile's "r|*" recognises (bzip2 at any block size).
-        if magic.startswith(b"\x1f\x8b\x08"):
-            with gzip.GzipFile(fileobj=raw, mode="rb") as stream:
-                yield cast(IO[bytes], stream)
-        elif magic.startswith(b"BZh") and magic[4:10] == b"1AY&SY":
-            with bz2.BZ2File(raw, mode="rb") as stream:
-                yield stream
-        elif magic.startswith((b"\xfd7zXZ\x00", b"\x5d\x00\x00\x80")):
-            with lzma.LZMAFile(raw, mode="rb") as stream:
-                yield stream
-        elif magic.startswith(_ZSTD_MAGIC) or path.name.endswith((".zst", ".zstd")):
-            with run.stream_stdout([run.find_tool("zstd", "read .zst"), "-dc", path]) as stream:
-                yield stream
-        else:
-            yield raw
-
-
-@contextmanager
-def open_tar_stream(path: Path) -> Iterator[tarfile.TarFile]:
-    """Read a tarball (plain, gzip, bzip2, xz or zstd) as a stream, never all at once."""
-    with decompressed(path) as stream, tarfile.open(fileobj=stream, mode="r|") as archive:
-        yield archive
 
 
 def unsafe_member_reason(name: str, member: tarfile.TarInfo) -> str | None:

@@ -6,7 +6,8 @@ from pathlib import Path
 
 import click
 
-from dualbuild.publish.flow import PublishRequest, publish
+from dualbuild.publish.flow import publish
+from dualbuild.publish.types import PublishRequest
 
 
 @click.command("publish")

@@ -1,16 +1,7 @@
-"""Emitters: from one Tree and one ImageConfig, write every requested output format in parallel.
+"""Emitters: from one tree and one ImageSpec, write every requested output format in parallel.
 
-Each emitter has the same signature::
-
-    emit(layer, image, config, source_date_epoch, dest, *, tap=None) -> Artifact
-
-and writes ``dest`` atomically (a temporary name in the same directory, renamed on success).
-``layer`` is the tree itself (the emitter then reads it alone) or its subscription to a
-:class:`~dualbuild.layer.feed.LayerFeed`, which :func:`run_emitters` uses so the tree is read
-once for every format. ``tap`` gets the file's bytes in order (the ACI's signer).
-The registry is an explicit dict (STYLE.md B2.9). The emitter modules import
-:class:`Artifact` from here, so they are imported lazily inside :func:`emitters` to keep the
-import graph acyclic.
+The registry is an explicit dict (STYLE.md B2.9) of the three emitters (docker, oci, aci);
+what they share (their input, their result) is in :mod:`dualbuild.emit.artifact`.
 """
 
 from __future__ import annotations
@@ -21,82 +12,20 @@ import threading
 import time
 from collections.abc import Mapping, MutableMapping
 from concurrent.futures import Future, ThreadPoolExecutor, as_completed
-from dataclasses import dataclass
 from pathlib import Path
-from typing import Protocol
 
 from dualbuild import log as logmod
+from dualbuild.emit.aci import emit_aci
+from dualbuild.emit.artifact import LAYER_PREFIX, Artifact, Emitter, ImageSpec
+from dualbuild.emit.docker import emit_docker
+from dualbuild.emit.oci import emit_oci
 from dualbuild.errors import BuildError, DualbuildError
-from dualbuild.imageconfig import ImageConfig
-from dualbuild.layer.feed import LayerFeed, LayerSource, Subscription
+from dualbuild.layer.feed import LayerFeed, Subscription
 from dualbuild.layer.tarwriter import Writable, set_cancel_event
 from dualbuild.layer.tree import Tree
-from dualbuild.recipe.model import Format, Image
+from dualbuild.recipe.model import Format
 
-
-@dataclass(frozen=True, kw_only=True)
-class Artifact:
-    """One written output file and the identities a release pipeline needs.
-
-    Attributes:
-        format: Which format this is.
-        path: The file written.
-        sha256: Hex sha256 of the file's bytes (what ``sha256sum`` prints).
-        size: Size of the file in bytes.
-        image_id: Docker/OCI: the config digest ``sha256:<hex>`` (Docker's image ID);
-            ACI: ``sha512-<hex>`` of the uncompressed tar (the appc image ID).
-        config_digest: Docker/OCI: digest of the image config blob; None for the ACI.
-        manifest_digest: Docker/OCI: digest of the OCI image manifest; None for the ACI.
-        diff_ids: Docker/OCI: sha256 of each uncompressed layer tar, bottom to top.
-        layer_digests: Docker/OCI: digest of each layer blob as stored (compressed or not).
-        warnings: What this format could not carry, one line each, naming field and format.
-    """
-
-    format: Format
-    path: Path
-    sha256: str
-    size: int
-    image_id: str
-    config_digest: str | None = None
-    manifest_digest: str | None = None
-    diff_ids: tuple[str, ...] = ()
-    layer_digests: tuple[str, ...] = ()
-    warnings: tuple[str, ...] = ()
-
-    def to_dict(self) -> dict[str, object]:
-        """A JSON-ready mapping for the build report."""
-        return {
-            "format": str(self.format),
-            "file": str(self.path),
-            "sha256": self.sha256,
-            "size": self.size,
-            "image_id": self.image_id,
-            "config_digest": self.config_digest,
-            "manifest_digest": self.manifest_digest,
-            "diff_ids": list(self.diff_ids),
-            "layer_digests": list(self.layer_digests),
-            "warnings": list(self.warnings),
-        }
-
-
-class Emitter(Protocol):
-    """Writes one format's file from the layer and the config."""
-
-    def __call__(
-        self,
-        layer: Tree | LayerSource,
-        image: Image,
-        config: ImageConfig,
-        source_date_epoch: int,
-        dest: Path,
-        *,
-        tap: Writable | None = None,
-    ) -> Artifact:
-        """Write ``dest``; return what was written."""
-
-
-# The name prefix of the tree's entries inside each format's archive (appc.md §1.3).
-LAYER_PREFIX = {Format.DOCKER: "", Format.OCI: "", Format.ACI: "rootfs/"}
+EMITTERS: dict[Format, Emitter] = {Format.DOCKER: emit_docker, Format.ACI: emit_aci, Format.OCI: emit_oci}
 
 
 class EmitError(BuildError):
@@ -109,20 +38,9 @@ class EmitError(BuildError):
         super().__init__(f"could not write {len(lines)} {noun}:\n" + "\n".join(lines))
 
 
-def emitters() -> dict[Format, Emitter]:
-    """The emitter of every format."""
-    from dualbuild.emit.aci import emit_aci
-    from dualbuild.emit.docker import emit_docker
-    from dualbuild.emit.oci import emit_oci
-
-    return {Format.DOCKER: emit_docker, Format.ACI: emit_aci, Format.OCI: emit_oci}
-
-
 def run_emitters(
     tree: Tree,
-    image: Image,
-    config: ImageConfig,
-    source_date_epoch: int,
+    spec: ImageSpec,
     targets: Mapping[Format, Path],
     *,
     taps: Mapping[Format, Writable] | None = None,
@@ -139,9 +57,7 @@ def run_emitters(
 
     Args:
         tree: The image tree.
-        image: Name, version, tags, platform, labels, annotations.
-        config: The runtime config of the image.
-        source_date_epoch: Timestamp for ``created`` fields and the mtime clamp.
+        spec: The image's identity, its runtime config and source_date_epoch.
         targets: Output file per format.
         taps: Per format, a writer that also gets the file's bytes in order (e.g. a signer).
         timings: Gets each emitter's wall time as ``emit_<format>``, in seconds.
@@ -152,9 +68,8 @@ def run_emitters(
     Raises:
         EmitError: At least one emitter failed (the others' outputs are complete).
     """
-    registry = emitters()
     cancel = threading.Event()
-    feed = LayerFeed(tree, mtime_clamp=source_date_epoch)
+    feed = LayerFeed(tree, mtime_clamp=spec.source_date_epoch)
     subscriptions = {fmt: feed.subscribe(LAYER_PREFIX[fmt]) for fmt in targets}
     results: dict[Format, Artifact] = {}
     failures: dict[Format, BaseException] = {}
@@ -166,9 +81,15 @@ def run_emitters(
         try:
             for fmt, dest in targets.items():
                 job = functools.partial(
-                    _run_one, registry[fmt], fmt, cancel, subscriptions[fmt], image, config,
-                    source_date_epoch, dest, (taps or {}).get(fmt),
-                )  # fmt: skip
+                    _run_one,
+                    EMITTERS[fmt],
+                    fmt,
+                    cancel,
+                    subscriptions[fmt],
+                    spec,
+                    dest,
+                    (taps or {}).get(fmt),
+                )
                 futures[pool.submit(contextvars.copy_context().run, job)] = fmt
             for future in as_completed(futures):
                 fmt = futures[future]
@@ -194,9 +115,7 @@ def _run_one(
     fmt: Format,
     cancel: threading.Event,
     layer: Subscription,
-    image: Image,
-    config: ImageConfig,
-    source_date_epoch: int,
+    spec: ImageSpec,
     dest: Path,
     tap: Writable | None,
 ) -> tuple[Artifact, float]:
@@ -204,7 +123,7 @@ def _run_one(
     start = time.monotonic()
     with logmod.prefixed(str(fmt)), logmod.timed(f"writing {dest.name}"):
         try:
-            artifact = emit(layer, image, config, source_date_epoch, dest, tap=tap)
+            artifact = emit(layer, spec, dest, tap=tap)
         except OSError as error:
             # Writes fail without a file name (ENOSPC, EIO): say which output it was.
             if error.filename:

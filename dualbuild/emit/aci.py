@@ -14,14 +14,13 @@ SHA instructions), a :class:`BackgroundStage` compresses, checksums and writes i
 from __future__ import annotations
 
 import json
-import re
 import tarfile
 from pathlib import Path
 
-from dualbuild.emit import LAYER_PREFIX, Artifact
+from dualbuild.emit.artifact import LAYER_PREFIX, Artifact, ImageSpec
 from dualbuild.emit.oci import canonical_json, rfc3339
 from dualbuild.files import atomic_output
-from dualbuild.imageconfig import ImageConfig
+from dualbuild.imageconfig import lost_fields
 from dualbuild.layer.feed import LayerSource, as_layer
 from dualbuild.layer.tarwriter import (
     BackgroundStage,
@@ -33,31 +32,23 @@ from dualbuild.layer.tarwriter import (
     tar_header,
 )
 from dualbuild.layer.tree import Tree, resolve_ids
-from dualbuild.recipe.model import Format, Image
+from dualbuild.recipe.model import Format
+from dualbuild.recipe.rules import ENV_NAME
 
 AC_VERSION = "0.8.11"
-# appc 0.8.11 environment names (schema/types/environment.go); actool rejects others.
-_ENV_NAME = re.compile(r"[A-Za-z_][A-Za-z_0-9.-]*")
 
 
-def aci_manifest(
-    tree: Tree, image: Image, config: ImageConfig, source_date_epoch: int
-) -> tuple[dict[str, object], list[str]]:
-    """The ACI image manifest and the warnings for what it cannot carry.
+def aci_manifest(tree: Tree, spec: ImageSpec) -> dict[str, object]:
+    """The ACI image manifest (what it cannot carry: imageconfig.lost_fields).
 
     Args:
         tree: The image tree; user and group names are resolved through its /etc files.
-        image: Name, version, platform, labels, annotations.
-        config: The runtime config.
-        source_date_epoch: The ``created`` annotation.
-
-    Returns:
-        The manifest object and the warnings.
+        spec: Name, version, platform, labels, annotations, runtime config, ``created``.
 
     Raises:
         BuildError: The user or group is a name the tree's /etc/passwd or /etc/group lacks.
     """
-    warnings: list[str] = []
+    image, config = spec.image, spec.config
     uid, gid = resolve_ids(tree, config.user, config.group)
     # appc requires user and group, as strings; numbers need no /etc lookup at run time.
     app: dict[str, object] = {
@@ -68,14 +59,8 @@ def aci_manifest(
     exec_ = [*(config.entrypoint or ()), *(config.cmd or ())]
     if exec_:
         app["exec"] = exec_
-    environment = []
-    for name, value in config.env:
-        if _ENV_NAME.fullmatch(name):
-            environment.append({"name": name, "value": value})
-        else:
-            warnings.append(
-                f"app.env: {name!r} is not a valid appc environment variable name; the ACI does not carry it"
-            )
+    # appc 0.8.11 environment names (schema/types/environment.go); actool rejects others.
+    environment = [{"name": name, "value": value} for name, value in config.env if ENV_NAME.fullmatch(name)]
     if environment:
         app["environment"] = environment
     if config.ports:
@@ -90,13 +75,7 @@ def aci_manifest(
         ]
     if config.labels:
         app["userLabels"] = dict(config.labels)
-    if config.healthcheck is not None:
-        warnings.append("app.healthcheck: the ACI format has no healthcheck; the ACI does not carry it")
-    if config.stop_signal:
-        warnings.append(
-            f"app.stop_signal: the ACI format has no stop signal; the ACI does not carry {config.stop_signal}"
-        )
-    annotations = {"created": rfc3339(source_date_epoch), **image.annotations}
+    annotations = {"created": rfc3339(spec.source_date_epoch), **image.annotations}
     # Keep Docker's entrypoint/cmd split, which exec flattens, as docker2aci does.
     for key, argv in (("appc.io/docker/entrypoint", config.entrypoint), ("appc.io/docker/cmd", config.cmd)):
         if argv is not None:
@@ -114,17 +93,11 @@ def aci_manifest(
         "app": app,
         "annotations": [{"name": name, "value": annotations[name]} for name in sorted(annotations)],
     }
-    return manifest, warnings
+    return manifest
 
 
 def emit_aci(
-    layer: Tree | LayerSource,
-    image: Image,
-    config: ImageConfig,
-    source_date_epoch: int,
-    dest: Path,
-    *,
-    tap: Writable | None = None,
+    layer: Tree | LayerSource, spec: ImageSpec, dest: Path, *, tap: Writable | None = None
 ) -> Artifact:
     """Write ``dest`` as a gzip-compressed ACI.
 
@@ -133,9 +106,8 @@ def emit_aci(
 
     Args:
         layer: The image tree, or its layer under ``rootfs/`` from a shared feed.
-        image: Name, version, platform, labels, annotations.
-        config: The runtime config.
-        source_date_epoch: The ``created`` annotation and the mtime clamp.
+        spec: Name, version, platform, labels, annotations, runtime config, ``created`` and
+            the mtime clamp.
         dest: The ``.aci`` file to write (atomically).
         tap: Also gets every byte of the file, in order, as it is written.
 
@@ -145,15 +117,14 @@ def emit_aci(
     Raises:
         BuildError: The user or group cannot be resolved (nothing is written then).
     """
-    source = as_layer(layer, prefix=LAYER_PREFIX[Format.ACI], mtime_clamp=source_date_epoch)
-    manifest, warnings = aci_manifest(source.tree, image, config, source_date_epoch)
-    document = canonical_json(manifest)
+    sde = spec.source_date_epoch
+    source = as_layer(layer, prefix=LAYER_PREFIX[Format.ACI], mtime_clamp=sde)
+    document = canonical_json(aci_manifest(source.tree, spec))
     with atomic_output(dest) as file:
         compressed = HashingWriter(Tee(file, tap), "sha256")
         gzip = GzipWriter(compressed)
         with BackgroundStage(gzip) as stage:
             raw = HashingWriter(stage, "sha512")
-            sde = source_date_epoch
             raw.write(
                 tar_header("manifest", tarfile.REGTYPE, mode=0o644, mtime=sde, size=len(document))
                 + document
@@ -168,5 +139,5 @@ def emit_aci(
         sha256=compressed.hexdigest("sha256"),
         size=compressed.size,
         image_id=f"sha512-{raw.hexdigest('sha512')}",
-        warnings=tuple(warnings),
+        warnings=tuple(lost_fields(spec.config, Format.ACI)),
     )

@@ -14,10 +14,9 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from dualbuild.emit import Artifact
+from dualbuild.emit.artifact import Artifact, ImageSpec, written_sha256
 from dualbuild.emit.oci import LayoutWriter, canonical_json, write_image
-from dualbuild.files import atomic_output, file_sha256
-from dualbuild.imageconfig import ImageConfig
+from dualbuild.files import atomic_output
 from dualbuild.layer.feed import LayerSource, as_layer
 from dualbuild.layer.tarwriter import Writable
 from dualbuild.layer.tree import Tree
@@ -31,40 +30,23 @@ def repo_tags(image: Image) -> list[str]:
 
 
 def emit_docker(
-    layer: Tree | LayerSource,
-    image: Image,
-    config: ImageConfig,
-    source_date_epoch: int,
-    dest: Path,
-    *,
-    tap: Writable | None = None,
+    layer: Tree | LayerSource, spec: ImageSpec, dest: Path, *, tap: Writable | None = None
 ) -> Artifact:
     """Write ``dest`` as a docker-archive that is also an OCI image layout.
 
     Args:
         layer: The image tree, or its layer from a shared feed.
-        image: Name, version and tags (the RepoTags), platform, annotations.
-        config: The runtime config.
-        source_date_epoch: ``created`` and the mtime clamp.
+        spec: Name, version and tags (the RepoTags), platform, annotations, runtime config.
         dest: The ``.docker.tar`` file to write (atomically).
         tap: Gets every byte of the finished file, in order.
 
     Returns:
         The artifact; ``image_id`` is what ``docker images`` shows as the image ID.
     """
+    image, sde = spec.image, spec.source_date_epoch
     with atomic_output(dest) as file:
-        layout = LayoutWriter(file, mtime=source_date_epoch)
-        result = write_image(
-            layout,
-            as_layer(layer, prefix="", mtime_clamp=source_date_epoch),
-            image,
-            config,
-            source_date_epoch,
-            compress=False,
-            healthcheck=True,
-            target="the Docker archive",
-            containerd_name=True,
-        )
+        layout = LayoutWriter(file, mtime=sde)
+        result = write_image(layout, as_layer(layer, prefix="", mtime_clamp=sde), spec, Format.DOCKER)
         tags = repo_tags(image)
         manifest = [{"Config": result.config_path, "RepoTags": tags, "Layers": [result.layer_path]}]
         layout.add_file("manifest.json", canonical_json(manifest))
@@ -74,6 +56,6 @@ def emit_docker(
         repositories = {image.name: {tag.rpartition(":")[2]: layer_id for tag in tags}}
         layout.add_file("repositories", canonical_json(repositories))
         layout.finish()
-        sha256 = file_sha256(file, tap)
+        sha256 = written_sha256(file, tap)
         size = file.tell()
     return result.artifact(Format.DOCKER, dest, sha256, size)

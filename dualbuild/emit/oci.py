@@ -23,9 +23,9 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import BinaryIO
 
-from dualbuild.emit import Artifact
-from dualbuild.files import atomic_output, file_sha256
-from dualbuild.imageconfig import ImageConfig
+from dualbuild.emit.artifact import Artifact, ImageSpec, written_sha256
+from dualbuild.files import atomic_output
+from dualbuild.imageconfig import lost_fields
 from dualbuild.layer.feed import LayerSource, as_layer
 from dualbuild.layer.tarwriter import (
     BLOCK,
@@ -37,7 +37,7 @@ from dualbuild.layer.tarwriter import (
     tar_header,
 )
 from dualbuild.layer.tree import Tree
-from dualbuild.recipe.model import Format, Image
+from dualbuild.recipe.model import Format
 
 MEDIA_INDEX = "application/vnd.oci.image.index.v1+json"
 MEDIA_MANIFEST = "application/vnd.oci.image.manifest.v1+json"
@@ -61,29 +61,15 @@ def rfc3339(epoch: int) -> str:
     return datetime.datetime.fromtimestamp(epoch, datetime.UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
 
 
-def image_config(
-    image: Image,
-    config: ImageConfig,
-    source_date_epoch: int,
-    diff_ids: list[str],
-    *,
-    target: str,
-    healthcheck: bool,
-) -> tuple[dict[str, object], list[str]]:
-    """The image config JSON (Docker image spec v1.2 / OCI config) and what it could not carry.
+def image_config(spec: ImageSpec, diff_ids: list[str], *, fmt: Format) -> dict[str, object]:
+    """The image config JSON (Docker image spec v1.2 / OCI config) of ``fmt``.
 
     Args:
-        image: Name and platform.
-        config: The runtime config.
-        source_date_epoch: ``created`` of the image and its history entry.
+        spec: Name, platform, runtime config and ``created``.
         diff_ids: sha256 of each uncompressed layer.
-        target: How warnings name this format, e.g. "the Docker archive".
-        healthcheck: Whether the format has Docker's ``Healthcheck`` (OCI has none).
-
-    Returns:
-        The config object and the warnings.
+        fmt: Docker carries Docker's ``Healthcheck``; the OCI config has no such field.
     """
-    warnings: list[str] = []
+    image, config = spec.image, spec.config
     runtime: dict[str, object] = {}
     if config.docker_user:
         runtime["User"] = config.docker_user
@@ -103,19 +89,14 @@ def image_config(
             for offset in range(port.count)
         }
     if config.volumes:
+        # An image config cannot mark a volume read-only (imageconfig.lost_fields says so).
         runtime["Volumes"] = {volume.path: {} for volume in config.volumes}
-        for volume in config.volumes:
-            if volume.read_only:
-                warnings.append(
-                    f"app.volumes: volume {volume.name!r} ({volume.path}) is read-only, but an image "
-                    f"config cannot mark a volume read-only; {target} declares it read-write"
-                )
     if config.labels:
         runtime["Labels"] = dict(config.labels)
     if config.stop_signal:
         runtime["StopSignal"] = config.stop_signal
     check = config.healthcheck
-    if check is not None and healthcheck:
+    if check is not None and fmt is Format.DOCKER:
         test = ["CMD-SHELL", " ".join(check.cmd)] if check.shell else ["CMD", *check.cmd]
         fields: dict[str, object] = {"Test": test}
         for key, value in (
@@ -127,11 +108,7 @@ def image_config(
             if value is not None:
                 fields[key] = value
         runtime["Healthcheck"] = fields
-    elif check is not None:
-        warnings.append(
-            f"app.healthcheck: the OCI image config has no healthcheck field; {target} does not carry it"
-        )
-    created = rfc3339(source_date_epoch)
+    created = rfc3339(spec.source_date_epoch)
     document: dict[str, object] = {
         "architecture": image.arch.docker_architecture,
         "os": image.os,
@@ -142,7 +119,7 @@ def image_config(
     }
     if image.arch.docker_variant:
         document["variant"] = image.arch.docker_variant
-    return document, warnings
+    return document
 
 
 def normalized_reference(name: str, tag: str) -> str:
@@ -246,38 +223,24 @@ class LayoutWriter:
         return header
 
 
-def write_image(
-    layout: LayoutWriter,
-    layer: LayerSource,
-    image: Image,
-    config: ImageConfig,
-    source_date_epoch: int,
-    *,
-    compress: bool,
-    healthcheck: bool,
-    target: str,
-    containerd_name: bool,
-) -> LayoutResult:
+def write_image(layout: LayoutWriter, layer: LayerSource, spec: ImageSpec, fmt: Format) -> LayoutResult:
     """Write layer, config, manifest, ``index.json`` and ``oci-layout`` into a layout.
+
+    The OCI archive's layer is gzip; the Docker archive's a plain tar (see emit/docker.py),
+    and its index names the image for containerd.
 
     Args:
         layout: The archive being written.
         layer: The image tree's layer (the image has one).
-        image: Identity and platform.
-        config: The runtime config.
-        source_date_epoch: ``created`` and the mtime clamp.
-        compress: gzip the layer (OCI archive) or store it as a plain tar (Docker archive).
-        healthcheck: Whether the config carries Docker's ``Healthcheck``.
-        target: How warnings name this format.
-        containerd_name: Add the ``io.containerd.image.name`` annotation to the index.
+        spec: Identity, platform, runtime config and ``created``.
+        fmt: Docker or OCI.
 
     Returns:
         Digests and paths of what was written.
     """
-    diff_id, descriptor = layout.add_layer(layer, compress=compress)
-    document, warnings = image_config(
-        image, config, source_date_epoch, [diff_id], target=target, healthcheck=healthcheck
-    )
+    image = spec.image
+    diff_id, descriptor = layout.add_layer(layer, compress=fmt is Format.OCI)
+    document = image_config(spec, [diff_id], fmt=fmt)
     config_descriptor = layout.add_blob(canonical_json(document), MEDIA_CONFIG)
     manifest: dict[str, object] = {
         "schemaVersion": 2,
@@ -292,7 +255,7 @@ def write_image(
     if image.arch.docker_variant:
         platform["variant"] = image.arch.docker_variant
     annotations = {REF_NAME: image.version}
-    if containerd_name:
+    if fmt is Format.DOCKER:
         annotations[CONTAINERD_NAME] = normalized_reference(image.name, image.version)
     index = {
         "schemaVersion": 2,
@@ -308,46 +271,29 @@ def write_image(
         layer_path=f"blobs/sha256/{str(descriptor['digest']).removeprefix('sha256:')}",
         layer_digest=str(descriptor["digest"]),
         config_path=f"blobs/sha256/{str(config_descriptor['digest']).removeprefix('sha256:')}",
-        warnings=tuple(warnings),
+        warnings=tuple(lost_fields(spec.config, fmt)),
     )
 
 
 def emit_oci(
-    layer: Tree | LayerSource,
-    image: Image,
-    config: ImageConfig,
-    source_date_epoch: int,
-    dest: Path,
-    *,
-    tap: Writable | None = None,
+    layer: Tree | LayerSource, spec: ImageSpec, dest: Path, *, tap: Writable | None = None
 ) -> Artifact:
     """Write ``dest`` as an OCI image layout archive with one gzip layer.
 
     Args:
         layer: The image tree, or its layer from a shared feed.
-        image: Identity and platform.
-        config: The runtime config (its healthcheck is dropped with a warning).
-        source_date_epoch: ``created`` and the mtime clamp.
+        spec: Identity, platform, runtime config (its healthcheck is dropped with a warning).
         dest: The ``.oci.tar`` file to write (atomically).
         tap: Gets every byte of the finished file, in order.
 
     Returns:
         The artifact with its config, manifest and layer digests.
     """
+    sde = spec.source_date_epoch
     with atomic_output(dest) as file:
-        layout = LayoutWriter(file, mtime=source_date_epoch)
-        result = write_image(
-            layout,
-            as_layer(layer, prefix="", mtime_clamp=source_date_epoch),
-            image,
-            config,
-            source_date_epoch,
-            compress=True,
-            healthcheck=False,
-            target="the OCI archive",
-            containerd_name=False,
-        )
+        layout = LayoutWriter(file, mtime=sde)
+        result = write_image(layout, as_layer(layer, prefix="", mtime_clamp=sde), spec, Format.OCI)
         layout.finish()
-        sha256 = file_sha256(file, tap)
+        sha256 = written_sha256(file, tap)
         size = file.tell()
     return result.artifact(Format.OCI, dest, sha256, size)

@@ -379,8 +379,9 @@ def _lookup(tree: Tree, rel: str, name: str, what: str) -> list[str]:
 
 def _id_file(tree: Tree, rel: str) -> list[list[str]]:
     """The records of /etc/passwd or /etc/group in the tree, first match first (like getpwnam)."""
-    path = _resolve_in_root(os.fsencode(tree.root), rel.encode())
-    if path is None:
+    try:
+        path = resolve_in_root(os.fsencode(tree.root), rel.encode())
+    except BuildError:
         return []
     try:
         fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC | os.O_NOCTTY)
@@ -401,13 +402,17 @@ def _id_file(tree: Tree, rel: str) -> list[list[str]]:
     return records
 
 
-def _resolve_in_root(root: bytes, rel: bytes) -> bytes | None:
-    """Resolve ``rel`` inside ``root`` as if ``root`` were ``/`` (symlinks stay inside).
+def resolve_in_root(root: bytes, path: bytes, *, follow_last: bool = True) -> bytes:
+    """The host path of ``path`` inside ``root``, as if ``root`` were ``/``; never outside it.
 
-    Returns the host path of the final component (not itself a symlink), or None if it does
-    not exist or the symlink chain is too long.
+    Symlinks are interpreted relative to ``root`` (as securejoin does), so a link such as
+    ``/etc -> /`` or ``../../..`` cannot lead out. Components that do not exist are kept as
+    they are written; with ``follow_last`` false a final symlink is not followed.
+
+    Raises:
+        BuildError: too many levels of symbolic links.
     """
-    parts = [part for part in rel.split(b"/") if part and part != b"."]
+    parts = [part for part in path.split(b"/") if part and part != b"."]
     resolved: list[bytes] = []
     followed = 0
     while parts:
@@ -418,13 +423,13 @@ def _resolve_in_root(root: bytes, rel: bytes) -> bytes | None:
             continue
         candidate = os.path.join(root, *resolved, part)
         try:
-            st = os.lstat(candidate)
+            is_link = stat.S_ISLNK(os.lstat(candidate).st_mode)
         except OSError:
-            return None
-        if stat.S_ISLNK(st.st_mode):
+            is_link = False
+        if is_link and (follow_last or parts):
             followed += 1
             if followed > _MAX_SYMLINKS:
-                return None
+                raise BuildError(f"{os.fsdecode(path)}: too many levels of symbolic links in the image")
             target = os.readlink(candidate)
             if target.startswith(b"/"):
                 resolved = []

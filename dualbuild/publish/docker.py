@@ -24,15 +24,11 @@ from pathlib import Path
 from dualbuild import run
 from dualbuild.errors import CommandError, UsageError
 from dualbuild.log import log
-from dualbuild.publish.flow import (
-    BuiltArtifacts,
-    DockerPublished,
-    PublishRequest,
-    SidePublishError,
-    short_reason,
-    with_retries,
-)
+from dualbuild.publish.retry import short_reason, with_retries
+from dualbuild.publish.types import Build, DockerPushed, PublishRequest, SidePublishError
+from dualbuild.recipe.model import Format
 from dualbuild.recipe.rules import REGISTRY_REFERENCE
+from dualbuild.report import PublishedImage
 
 # containers/image messages for a tag or repository the registry does not have.
 _ABSENT = re.compile(r"manifest unknown|name unknown|MANIFEST_UNKNOWN|NAME_UNKNOWN", re.IGNORECASE)
@@ -74,7 +70,7 @@ class DockerPlan:
         return [first, *(f"tag {self.repository}:{tag}" for tag in self.tags)]
 
 
-def prepare(built: BuiltArtifacts, repository: str, request: PublishRequest) -> DockerPlan:
+def prepare(build: Build, repository: str, request: PublishRequest) -> DockerPlan:
     """Check the registry before anything is pushed.
 
     Raises:
@@ -87,15 +83,16 @@ def prepare(built: BuiltArtifacts, repository: str, request: PublishRequest) -> 
             f"{repository!r} is not a repository reference",
             hint="e.g. registry.example.com/team/hello (no tag: version and tags come from [image])",
         )
-    if built.docker is None or built.docker_image_id is None:
+    artifact = build.report.artifact(Format.DOCKER)
+    if build.files.docker is None or artifact is None:
         raise UsageError(
             f"the last build wrote no Docker image to push to {repository}",
             hint='add "docker" to output.formats and rebuild',
         )
     run.find_tool("skopeo", "push the image to a registry")
-    image = built.recipe.image
+    image = build.recipe.image
     plan = DockerPlan(
-        repository=repository, archive=built.docker, image_id=built.docker_image_id,
+        repository=repository, archive=build.files.docker, image_id=artifact.image_id,
         version=image.version, tags=tuple(t for t in image.tags if t != image.version), request=request,
         existing=None, replaces=None,
     )  # fmt: skip
@@ -125,7 +122,7 @@ def prepare(built: BuiltArtifacts, repository: str, request: PublishRequest) -> 
     return dataclasses.replace(plan, replaces=held)
 
 
-def push(plan: DockerPlan) -> DockerPublished:
+def push(plan: DockerPlan) -> DockerPushed:
     """Push the version, then every tag; read each back and check its digests.
 
     Raises:
@@ -170,10 +167,10 @@ def push(plan: DockerPlan) -> DockerPublished:
         log.info("pushed %s as %s", f"{repository}@{digest}", ", ".join(written))
     else:
         log.info("%s: every tag already names %s; nothing pushed", repository, digest)
-    return DockerPublished(
-        repository=repository, digest=digest, config_digest=plan.image_id,
-        tags=(plan.version, *plan.tags), written=tuple(written),
-    )  # fmt: skip
+    record = PublishedImage(
+        repository=repository, digest=digest, config_digest=plan.image_id, tags=(plan.version, *plan.tags)
+    )
+    return DockerPushed(record=record, written=tuple(written))
 
 
 class _Mismatch(Exception):

@@ -24,12 +24,9 @@ from typing import Protocol
 
 from dualbuild import __version__
 from dualbuild.errors import UsageError
+from dualbuild.files import atomic_output
 from dualbuild.log import log
-from dualbuild.publish.flow import (
-    PublishRequest,
-    RetryPolicy,
-    with_retries,
-)
+from dualbuild.publish.retry import RetryPolicy, with_retries
 
 USER_ENV = "DUALBUILD_ACI_USER"
 PASSWORD_ENV = "DUALBUILD_ACI_PASSWORD"
@@ -84,14 +81,9 @@ class DirSite:
         for directory in reversed(missing):
             directory.mkdir()
             self._created.append(directory)
-        partial = target.with_name(f".{target.name}.{os.getpid()}.tmp")
-        try:
-            shutil.copyfile(source, partial)
-            # Web servers run as another user: the files must be world-readable.
-            partial.chmod(0o644)
-            partial.replace(target)
-        finally:
-            partial.unlink(missing_ok=True)
+        # Web servers run as another user: the files must be world-readable.
+        with source.open("rb") as data, atomic_output(target, mode=0o644) as out:
+            shutil.copyfileobj(data, out)
 
     def delete(self, path: str) -> None:
         """Remove ``path``."""
@@ -227,8 +219,11 @@ def _transient(error: Exception) -> bool:
     )
 
 
-def open_site(dest: str, request: PublishRequest) -> Site:
+def open_site(dest: str, *, environ: Mapping[str, str], tls_verify: bool, retry: RetryPolicy) -> Site:
     """The site at ``dest``: an http(s) URL (PUT) or a directory.
+
+    Credentials for a URL come from $DUALBUILD_ACI_USER and $DUALBUILD_ACI_PASSWORD in
+    ``environ``, else the netrc file ($NETRC or ~/.netrc).
 
     Raises:
         UsageError: the URL carries credentials or an unknown scheme; incomplete credentials.
@@ -245,10 +240,10 @@ def open_site(dest: str, request: PublishRequest) -> Site:
         )
     if parts.query or parts.fragment or not parts.hostname:
         raise UsageError(f"{dest!r} is not a usable site URL (no query or fragment)")
-    credentials = _credentials(parts.hostname, request.environ)
+    credentials = _credentials(parts.hostname, environ)
     if credentials is not None and parts.scheme == "http" and not _is_loopback(parts.hostname):
         log.warning("sending the ACI site password over plain http to %s", parts.hostname)
-    return HttpSite(dest, credentials=credentials, tls_verify=request.tls_verify, retry=request.retry)
+    return HttpSite(dest, credentials=credentials, tls_verify=tls_verify, retry=retry)
 
 
 def _credentials(host: str, environ: Mapping[str, str]) -> tuple[str, str] | None:
@@ -277,6 +272,3 @@ def _is_loopback(host: str) -> bool:
         return ipaddress.ip_address(host).is_loopback
     except ValueError:
         return False
-
-
-# --- the discovery page ------------------------------------------------------------------------

@@ -14,11 +14,9 @@ written.
 
 from __future__ import annotations
 
-import contextlib
 import difflib
 import enum
 import posixpath
-import shutil
 import tomllib
 import traceback
 from collections.abc import Callable, Iterator, Mapping, Sequence
@@ -30,7 +28,8 @@ from pathlib import Path, PurePosixPath
 import jinja2
 
 from dualbuild.errors import DualbuildError, Problem, RecipeError, UsageError
-from dualbuild.recipe.load import parse_recipe_bytes
+from dualbuild.files import write_atomically
+from dualbuild.recipe import parse_recipe_bytes
 from dualbuild.scaffold.variables import (
     BUILTIN_VARIABLES,
     Value,
@@ -362,15 +361,10 @@ def _write_files(planned: Sequence[PlannedFile]) -> None:
     for item in planned:
         if item.action is Action.IDENTICAL:
             continue
-        # Written beside the target and renamed over it, so that no target is ever half-written.
-        temporary = item.path.with_name(f".{item.path.name}.dualbuild-new")
         try:
             item.path.parent.mkdir(parents=True, exist_ok=True)
-            temporary.write_bytes(item.data)
-            if item.action is Action.OVERWRITE:
-                shutil.copymode(item.path, temporary)
-            temporary.replace(item.path)
+            # An overwritten file keeps its mode (an executable stays executable).
+            mode = item.path.stat().st_mode & 0o7777 if item.action is Action.OVERWRITE else None
+            write_atomically(item.path, item.data, mode=mode)
         except OSError as error:
-            with contextlib.suppress(OSError):
-                temporary.unlink(missing_ok=True)
             raise DualbuildError(f"cannot write {item.path}: {error.strerror or error}") from None

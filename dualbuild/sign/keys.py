@@ -1,35 +1,26 @@
-"""Signing the ACI: an armored detached OpenPGP signature over the exact .aci bytes → ``.aci.asc``.
+"""Signing keys: checked before a build starts, created, and their public half exported.
 
-The key is checked before the build starts (it exists, can sign, is not expired), so a release
-never fails after minutes of building because of a key problem. rkt verifies only RSA and DSA
-signatures (appc.md §3), so another algorithm gets a warning.
-
-For RSA and EdDSA keys dualbuild hashes the ACI itself while writing it and asks gpg-agent to
-sign the digest (dualbuild.openpgp frames the packet): gpg's own hashing ran at a quarter of
-the speed and took CPU the export needed. That path is used only after a trial signature made
-through it verifies with gpg; other keys, or an agent that cannot be used so (no socket, a
-pinentry that needs a terminal), sign with ``gpg --detach-sign`` reading the bytes as they are
-written, as before.
+The key is checked before the build starts (it exists, can sign, is not expired, its
+passphrase works), so a release never fails after minutes of building because of a key
+problem. rkt verifies only RSA and DSA signatures (appc.md §3), so another algorithm gets a
+warning.
 """
 
 from __future__ import annotations
 
 import dataclasses
 import itertools
-import os
 import tempfile
-import time
-from collections.abc import Iterator, Mapping, Sequence
-from contextlib import contextmanager
-from dataclasses import dataclass
+from collections.abc import Sequence
 from pathlib import Path
-from typing import IO
 
 from dualbuild import gpg, run
 from dualbuild.errors import CommandError, SigningError, ToolNotFoundError
-from dualbuild.files import atomic_output
+from dualbuild.files import write_atomically
 from dualbuild.log import log
+from dualbuild.settings import PASSPHRASE_ENV
 from dualbuild.sign import openpgp
+from dualbuild.sign.signer import AgentKey, SigningKey, sign_argv, sign_file
 
 # OpenPGP public-key algorithm ids (RFC 4880 §9.1, RFC 9580) as gpg's --with-colons prints them.
 ALGORITHMS = {
@@ -43,40 +34,6 @@ ALGORITHMS = {
     "22": "EdDSA",
 }
 RKT_ALGORITHMS = ("RSA", "DSA")
-KEY_ENV = "DUALBUILD_SIGN_KEY"
-PASSPHRASE_ENV = "DUALBUILD_SIGN_PASSPHRASE"
-
-
-@dataclass(frozen=True, kw_only=True)
-class AgentKey:
-    """The (sub)key gpg-agent signs with (keygrip, fingerprint, OpenPGP algorithm id), and where."""
-
-    socket: Path
-    keygrip: str
-    fingerprint: str
-    algorithm: int
-
-
-@dataclass(frozen=True, kw_only=True)
-class SigningKey:
-    """A secret key checked to be able to sign; ``agent`` when its agent signs our digests."""
-
-    selector: str
-    fingerprint: str
-    algorithm: str
-    user_id: str
-    gnupghome: Path | None
-    passphrase: str | None = None
-    agent: AgentKey | None = None
-
-    def __repr__(self) -> str:
-        # Never show the passphrase, not even in a debug dump.
-        return f"SigningKey(fingerprint={self.fingerprint!r}, algorithm={self.algorithm!r})"
-
-
-def choose_key(option: str | None, environ: Mapping[str, str], recipe_key: str | None) -> str | None:
-    """The key to sign with: --sign-key, then $DUALBUILD_SIGN_KEY, then [sign].key."""
-    return option or environ.get(KEY_ENV) or recipe_key
 
 
 def check_signing_key(
@@ -169,35 +126,13 @@ def _agent_key(key: SigningKey, records: Sequence[Sequence[str]]) -> AgentKey | 
 
 
 def _where(gnupghome: Path | None) -> str:
-    home = gnupghome or os.environ.get("GNUPGHOME")
-    return f" ({home})" if home else ""
-
-
-def _sign_argv(
-    key: SigningKey, output: Path, data: Path | None, passphrase_fd: int = 0
-) -> tuple[list[str], bytes | None]:
-    """The gpg argv, and the passphrase bytes for stdin when it is read from fd 0."""
-    gpg_binary = run.find_tool("gpg", "sign the ACI")
-    argv = [gpg_binary, "--batch", "--yes", "--armor", "--detach-sign", "--local-user", key.fingerprint]
-    # gpg's SHA-256 hashes 1.5x as fast as the SHA-512 it picks for RSA keys (measured: 4.6 vs
-    # 6.8 s per GiB); rkt's Go openpgp and every gpg verify it.
-    argv += ["--digest-algo", "SHA256"]
-    stdin = None
-    if key.passphrase is not None:
-        # The passphrase goes through a pipe, never the command line (which is logged).
-        argv += ["--pinentry-mode", "loopback", "--passphrase-fd", str(passphrase_fd)]
-        if passphrase_fd == 0:
-            stdin = key.passphrase.encode() + b"\n"
-    argv += ["--output", os.fspath(output)]
-    if data is not None:
-        argv.append(os.fspath(data))
-    return argv, stdin
+    return f" ({gnupghome})" if gnupghome else ""
 
 
 def _trial_signature(key: SigningKey) -> None:
     with gpg.temporary_home() as scratch:
         probe = _probe(scratch)
-        argv, stdin = _sign_argv(key, scratch / "probe.asc", probe)
+        argv, stdin = sign_argv(key, scratch / "probe.asc", probe)
         try:
             run.run(argv, env=gpg.gpg_env(key.gnupghome), input=stdin)
         except CommandError as error:
@@ -212,103 +147,6 @@ def _probe(directory: Path) -> Path:
     probe = directory / "probe"
     probe.write_bytes(b"dualbuild signing check\n")
     return probe
-
-
-def sign_file(data: Path, key: SigningKey) -> Path:
-    """Write ``data``.asc, an armored detached signature, atomically.
-
-    Raises:
-        SigningError: gpg failed; no signature file is left.
-    """
-    signature = data.with_name(data.name + ".asc")
-    with signing_stream(data.name, signature, key) as signer, data.open("rb") as source:
-        while chunk := source.read(1 << 20):
-            signer.write(chunk)
-    return signature
-
-
-class _PipeSink:
-    """The signer's stdin as a writer; a gpg that stopped reading becomes a SigningError."""
-
-    def __init__(self, pipe: IO[bytes], name: str) -> None:
-        self._pipe = pipe
-        self._name = name
-
-    def write(self, data: bytes | bytearray | memoryview, /) -> None:
-        try:
-            self._pipe.write(data)
-        except BrokenPipeError:
-            raise SigningError(f"signing {self._name} failed: gpg stopped reading its input") from None
-
-
-@contextmanager
-def signing_stream(
-    data_name: str, signature: Path, key: SigningKey
-) -> Iterator[openpgp.SignatureDraft | _PipeSink]:
-    """Sign bytes while they are being written, so signing costs no pass over the file.
-
-    The block's writes are hashed here (a key with ``agent``) or go to gpg's stdin (it runs on
-    another core); leaving the block without an error has the digest signed by gpg-agent, or
-    waits for gpg, and writes the armored detached signature to ``signature``. On an error
-    gpg is stopped and no signature is left. The caller must write exactly the bytes of the
-    file it signs, in order.
-
-    Args:
-        data_name: The signed file's name, for messages.
-        signature: Where the ``.asc`` goes.
-        key: A key checked by :func:`check_signing_key`.
-
-    Raises:
-        SigningError: gpg or gpg-agent failed.
-    """
-    if key.agent is None:
-        with _gpg_signing_stream(data_name, signature, key) as pipe:
-            yield pipe
-        return
-    draft = openpgp.SignatureDraft(
-        algorithm=key.agent.algorithm, fingerprint=key.agent.fingerprint, created=int(time.time())
-    )
-    yield draft
-    digest = draft.digest()
-    try:
-        answer = gpg.agent_sign(key.agent.socket, key.gnupghome, key.agent.keygrip, digest, key.passphrase)
-        values = openpgp.signature_values(answer, key.agent.algorithm)
-    except SigningError as error:
-        raise SigningError(f"signing {data_name} failed: {error.message}", hint=error.hint) from None
-    except ValueError as error:
-        raise SigningError(f"signing {data_name} failed: gpg-agent answered no signature ({error})") from None
-    with atomic_output(signature) as file:
-        file.write(openpgp.armor(draft.packet(digest, values)).encode("ascii"))
-    log.debug("signed %s with %s through gpg-agent", data_name, key.agent.fingerprint)
-
-
-@contextmanager
-def _gpg_signing_stream(data_name: str, signature: Path, key: SigningKey) -> Iterator[_PipeSink]:
-    """Sign through gpg: it reads the data from its stdin while the block writes it there."""
-    partial = signature.with_name(f".{signature.name}.{os.getpid()}.tmp")
-    passphrase_read = None
-    pass_fds: tuple[int, ...] = ()
-    if key.passphrase is not None:
-        # A pipe of its own (stdin carries the data); a passphrase fits its buffer.
-        passphrase_read, passphrase_write = os.pipe()
-        os.write(passphrase_write, key.passphrase.encode() + b"\n")
-        os.close(passphrase_write)
-        pass_fds = (passphrase_read,)
-    argv, _ = _sign_argv(key, partial, None, passphrase_fd=passphrase_read or 0)
-    try:
-        with run.stream_stdin(argv, env=gpg.gpg_env(key.gnupghome), pass_fds=pass_fds) as pipe:
-            if passphrase_read is not None:
-                os.close(passphrase_read)
-                passphrase_read = None
-            yield _PipeSink(pipe, data_name)
-        partial.replace(signature)
-    except CommandError as error:
-        raise SigningError(f"signing {data_name} failed: {error.output_tail.strip()}") from None
-    finally:
-        if passphrase_read is not None:
-            os.close(passphrase_read)
-        partial.unlink(missing_ok=True)
-    log.debug("signed %s with %s", data_name, key.fingerprint)
 
 
 def create_key(name: str, email: str, *, gnupghome: Path | None = None, comment: str = "") -> str:
@@ -347,15 +185,44 @@ def create_key(name: str, email: str, *, gnupghome: Path | None = None, comment:
     return fingerprints[-1]
 
 
-def export_public_key(fingerprint: str, destination: Path, *, gnupghome: Path | None = None) -> None:
-    """Write the armored public key (one key per file, as appc discovery expects).
+def export_public_key(
+    fingerprint: str, destination: Path, *, gnupghome: Path | None = None, key_file: Path | None = None
+) -> str:
+    """Write the armored public key of ``fingerprint``, that one key alone; return its algorithm.
+
+    From ``key_file`` when given (publishing on a machine without the secret key), else from
+    the keyring. It is re-exported from a keyring holding nothing else: one armored key per
+    file, as rkt reads only the first key of a file (appc.md §3).
 
     Raises:
-        SigningError: the keyring does not hold that key.
+        SigningError: the keyring (or the file) does not hold that key.
     """
     gpg_binary = run.find_tool("gpg", "export a public key")
-    result = run.run([gpg_binary, "--batch", "--armor", "--export", fingerprint], env=gpg.gpg_env(gnupghome))
-    # gpg exits 0 and prints nothing for a key it does not have.
-    if "BEGIN PGP PUBLIC KEY BLOCK" not in result.stdout:
-        raise SigningError(f"no public key {fingerprint} in the keyring{_where(gnupghome)}")
-    destination.write_text(result.stdout)
+    with gpg.temporary_home() as home:
+        source = key_file
+        if source is None:
+            exported = run.run(
+                [gpg_binary, "--batch", "--armor", "--export", fingerprint], env=gpg.gpg_env(gnupghome)
+            ).stdout
+            # gpg exits 0 and prints nothing for a key it does not have.
+            if "BEGIN PGP PUBLIC KEY BLOCK" not in exported:
+                raise SigningError(
+                    f"the signing key {fingerprint} is not in the keyring{_where(gnupghome)}",
+                    hint=f"pass --public-key FILE (made with `gpg --armor --export {fingerprint}`)",
+                )
+            source = home / "exported.asc"
+            source.write_text(exported)
+        env = gpg.gpg_env(home)
+        imported = run.run([gpg_binary, "--batch", "--quiet", "--import", source], env=env, check=False)
+        listing = run.run(
+            [gpg_binary, "--batch", "--with-colons", "--list-keys", "--", fingerprint], env=env, check=False
+        )
+        if imported.returncode != 0 or listing.returncode != 0:
+            raise SigningError(
+                f"{source} does not hold the signing key {fingerprint}",
+                hint=f"export it with `gpg --armor --export {fingerprint}`",
+            )
+        primary = next(line.split(":") for line in listing.stdout.splitlines() if line.startswith("pub:"))
+        armored = run.run([gpg_binary, "--batch", "--armor", "--export", fingerprint], env=env).stdout
+    write_atomically(destination, armored.encode())
+    return ALGORITHMS.get(primary[3], f"algorithm {primary[3]}")

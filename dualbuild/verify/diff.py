@@ -6,13 +6,14 @@ a member that is itself a tar (a layer, an ACI's content) is compared entry by e
 
 from __future__ import annotations
 
-import gzip
 import hashlib
 import io
 import tarfile
 from collections.abc import Iterator
 from pathlib import Path
 from typing import IO
+
+from dualbuild.archive import decompressed_stream
 
 _CHUNK = 1 << 20
 _FIELDS = (
@@ -28,12 +29,6 @@ _FIELDS = (
     "devmajor",
     "devminor",
 )
-
-
-def _open(stream: IO[bytes]) -> IO[bytes]:
-    head = stream.read(2)
-    stream.seek(0)
-    return gzip.GzipFile(fileobj=stream, mode="rb") if head == b"\x1f\x8b" else stream  # type: ignore[return-value]
 
 
 def _members(stream: IO[bytes]) -> Iterator[tuple[tarfile.TarInfo, bytes | None, str]]:
@@ -55,14 +50,14 @@ def _members(stream: IO[bytes]) -> Iterator[tuple[tarfile.TarInfo, bytes | None,
 
 
 def _is_tar(data: bytes) -> bool:
-    raw = gzip.decompress(data) if data[:2] == b"\x1f\x8b" else data
-    return len(raw) > 262 and raw[257:262] == b"ustar"
+    head = decompressed_stream(io.BytesIO(data)).read(262)
+    return len(head) == 262 and head[257:262] == b"ustar"
 
 
 def diff_archives(left: Path, right: Path, *, limit: int = 10) -> list[str]:
     """Up to ``limit`` lines naming the first differing entries of two archives, and how."""
     with left.open("rb") as a, right.open("rb") as b:
-        return _diff_streams(_open(a), _open(b), left.name, limit)
+        return _diff_streams(decompressed_stream(a), decompressed_stream(b), left.name, limit)
 
 
 def _diff_streams(left: IO[bytes], right: IO[bytes], where: str, limit: int) -> list[str]:
@@ -80,8 +75,8 @@ def _diff_streams(left: IO[bytes], right: IO[bytes], where: str, limit: int) -> 
         if one_hash != two_hash:
             if one_data is not None and two_data is not None and _is_tar(one_data) and _is_tar(two_data):
                 inner = _diff_streams(
-                    _open(io.BytesIO(one_data)),
-                    _open(io.BytesIO(two_data)),
+                    decompressed_stream(io.BytesIO(one_data)),
+                    decompressed_stream(io.BytesIO(two_data)),
                     f"{where}:{one.name}",
                     limit - len(found),
                 )

@@ -10,7 +10,6 @@ matched yet are held, and for two archives in the same order that is at most one
 
 from __future__ import annotations
 
-import gzip
 import hashlib
 import io
 import json
@@ -20,6 +19,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import IO
 
+from dualbuild.archive import decompressed_stream
 from dualbuild.layer.tree import EntryType
 
 _CHUNK = 1 << 20
@@ -231,15 +231,6 @@ def _check_oci_layout(outer: tarfile.TarFile, differences: list[str]) -> None:
             differences.append(f"docker archive: blob {member.name} hashes to sha256:{hasher.hexdigest()}")
 
 
-def _decompressed(stream: IO[bytes]) -> IO[bytes]:
-    """The stream, gunzipped if it starts with the gzip magic (layers and ACIs may be either)."""
-    peek = stream.read(2)
-    stream.seek(0)
-    if peek == b"\x1f\x8b":
-        return gzip.GzipFile(fileobj=stream, mode="rb")  # type: ignore[return-value]
-    return stream
-
-
 def verify(docker_tar: Path, aci: Path) -> list[str]:
     """Compare a Docker tarball and an ACI entry by entry and recheck the Docker digests.
 
@@ -262,11 +253,11 @@ def verify(docker_tar: Path, aci: Path) -> list[str]:
             blob = outer.extractfile(image.layer_paths[0])
             if blob is None:
                 return [*differences, f"docker archive: layer {image.layer_paths[0]} is missing"]
-            layer = _HashingReader(_decompressed(blob), "sha256")
+            layer = _HashingReader(decompressed_stream(blob), "sha256")
             differences.extend(
                 compare_entries(
                     read_entries(io.BufferedReader(layer, _CHUNK)),
-                    read_entries(_decompressed(aci_file), prefix="rootfs/"),
+                    read_entries(decompressed_stream(aci_file), prefix="rootfs/"),
                     ("Docker layer", "ACI"),
                 )
             )
@@ -278,126 +269,3 @@ def verify(docker_tar: Path, aci: Path) -> list[str]:
     except (OSError, EOFError, tarfile.TarError, ValueError, KeyError) as exc:
         differences.append(f"cannot read the artifacts: {exc}")
     return differences
-
-
-# --- the ACI's own rules (appc.md §1, §2), and `dualbuild verify` over files and folders -----
-
-_APPC_ARCHES = {
-    "amd64",
-    "i386",
-    "aarch64",
-    "aarch64_be",
-    "armv6l",
-    "armv7l",
-    "armv7b",
-    "ppc64",
-    "ppc64le",
-    "s390x",
-}
-
-
-def aci_structure(aci: Path) -> list[str]:
-    """Problems with an ACI's layout and manifest: what actool and rkt would reject."""
-    problems: list[str] = []
-    seen: set[str] = set()
-    manifest: object = None
-    try:
-        with aci.open("rb") as raw, tarfile.open(fileobj=_decompressed(raw), mode="r|") as archive:
-            for index, member in enumerate(archive):
-                name = member.name.rstrip("/")
-                if name in seen:
-                    problems.append(f"ACI: duplicate entry {name}")
-                seen.add(name)
-                if index == 0 and name != "manifest":
-                    problems.append(f"ACI: the first entry is {name!r}, not 'manifest'")
-                if name == "manifest":
-                    content = archive.extractfile(member)
-                    manifest = json.loads(content.read()) if content else None
-                elif name != "rootfs" and not name.startswith("rootfs/"):
-                    problems.append(f"ACI: entry {name!r} is outside rootfs/")
-    except (OSError, EOFError, tarfile.TarError, ValueError) as exc:
-        return [f"ACI: cannot read {aci.name}: {exc}"]
-    if "rootfs" not in seen:
-        problems.append("ACI: no rootfs entry")
-    if not isinstance(manifest, dict):
-        return [*problems, "ACI: no manifest"]
-    return problems + _manifest_problems(manifest)
-
-
-def _manifest_problems(manifest: dict[str, object]) -> list[str]:
-    from dualbuild.recipe.rules import AC_IDENTIFIER, AC_NAME, ENV_NAME
-
-    problems = []
-    if manifest.get("acKind") != "ImageManifest":
-        problems.append("ACI manifest: acKind is not ImageManifest")
-    if not AC_IDENTIFIER.fullmatch(str(manifest.get("name", ""))):
-        problems.append(f"ACI manifest: name {manifest.get('name')!r} is not an AC Identifier")
-    labels = {str(x.get("name")): str(x.get("value")) for x in _dicts(manifest.get("labels"))}
-    if labels.get("os") == "linux" and labels.get("arch") not in _APPC_ARCHES:
-        problems.append(f"ACI manifest: arch {labels.get('arch')!r} is not an appc linux arch")
-    app = manifest.get("app")
-    if isinstance(app, dict):
-        for field in ("user", "group"):
-            if not isinstance(app.get(field), str) or not app.get(field):
-                problems.append(f"ACI manifest: app.{field} is required (a string)")
-        for variable in _dicts(app.get("environment")):
-            if not ENV_NAME.fullmatch(str(variable.get("name", ""))):
-                problems.append(f"ACI manifest: environment name {variable.get('name')!r} is invalid")
-        for port in _dicts(app.get("ports")):
-            if not AC_NAME.fullmatch(str(port.get("name", ""))):
-                problems.append(f"ACI manifest: port name {port.get('name')!r} is not an AC Name")
-    return problems
-
-
-def _dicts(value: object) -> list[dict[str, object]]:
-    return [item for item in value if isinstance(item, dict)] if isinstance(value, list) else []
-
-
-@dataclass(frozen=True, kw_only=True)
-class ImageSet:
-    """The artifacts of one build, found by their shared name stem."""
-
-    stem: str
-    docker: Path | None = None
-    aci: Path | None = None
-
-
-def find_sets(paths: list[Path]) -> list[ImageSet]:
-    """Group the .docker.tar and .aci files named (or found in the folders named) by stem."""
-    files: list[Path] = []
-    for path in paths:
-        files.extend(sorted(path.iterdir()) if path.is_dir() else [path])
-    sets: dict[str, dict[str, Path]] = {}
-    for file in files:
-        for suffix, kind in ((".docker.tar", "docker"), (".aci", "aci")):
-            if file.name.endswith(suffix):
-                sets.setdefault(file.name.removesuffix(suffix), {})[kind] = file
-    return [
-        ImageSet(stem=stem, docker=kinds.get("docker"), aci=kinds.get("aci"))
-        for stem, kinds in sorted(sets.items())
-    ]
-
-
-def verify_set(image_set: ImageSet, keyring: Path | None) -> list[str]:
-    """Every check of one build's artifacts; empty when all hold."""
-    from dualbuild import gpg
-    from dualbuild.errors import SigningError
-
-    problems: list[str] = []
-    if image_set.aci is not None:
-        problems += aci_structure(image_set.aci)
-        signature = image_set.aci.with_name(image_set.aci.name + ".asc")
-        try:
-            if keyring is not None:
-                gpg.verify_detached(image_set.aci, signature, keyring)
-            else:
-                gpg.verify_in_keyring(image_set.aci, signature)
-        except SigningError as error:
-            problems.append(f"signature: {error.message}")
-    if image_set.docker is not None and image_set.aci is not None:
-        problems += verify(image_set.docker, image_set.aci)
-    elif image_set.docker is None:
-        problems.append(f"no {image_set.stem}.docker.tar to compare the ACI with")
-    else:
-        problems.append(f"no {image_set.stem}.aci to compare the Docker tarball with")
-    return problems

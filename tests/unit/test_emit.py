@@ -7,22 +7,17 @@ import hashlib
 import io
 import json
 import os
-import shutil
 import signal
-import stat
-import subprocess
-import sys
 import tarfile
 import threading
 import time
 from pathlib import Path
 
 import pytest
-from conftest import ROOT, Docker, require_root, require_tools
-from test_tree import CAPABILITY, LONG_PATH, NON_UTF8, SDE, build_rich_tree
 
 from dualbuild.emit import Artifact, EmitError, run_emitters
 from dualbuild.emit.aci import emit_aci
+from dualbuild.emit.artifact import ImageSpec
 from dualbuild.emit.docker import emit_docker, repo_tags
 from dualbuild.emit.oci import LayoutWriter, emit_oci, normalized_reference
 from dualbuild.errors import BuildError
@@ -31,6 +26,13 @@ from dualbuild.layer.tarwriter import Cancelled, set_cancel_event
 from dualbuild.layer.tree import EntryType, Tree, decode_name, snapshot
 from dualbuild.recipe.model import Arch, Format, Healthcheck, Image, Port, Protocol, Volume
 from dualbuild.verify.trees import ArchivedEntry, read_entries
+from tests.support import (
+    CAPABILITY,
+    LONG_PATH,
+    NON_UTF8,
+    SDE,
+    build_rich_tree,
+)
 
 IMAGE = Image(
     name="example.com/team/hello",
@@ -63,7 +65,12 @@ def emit_all(
     out.mkdir(parents=True, exist_ok=True)
     suffix = {Format.DOCKER: ".docker.tar", Format.ACI: ".aci", Format.OCI: ".oci.tar"}
     targets = {fmt: out / f"hello{suffix[fmt]}" for fmt in ALL}
-    return {artifact.format: artifact for artifact in run_emitters(tree, image, config, SDE, targets)}
+    return {
+        artifact.format: artifact
+        for artifact in run_emitters(
+            tree, ImageSpec(image=image, config=config, source_date_epoch=SDE), targets
+        )
+    }
 
 
 def outer_member(archive: Path, name: str) -> bytes:
@@ -152,7 +159,9 @@ def test_every_format_holds_exactly_the_tree(rich_tree: Tree, tmp_path: Path) ->
 
 
 def test_hardlinks_in_the_aci_carry_the_rootfs_prefix(rich_tree: Tree, tmp_path: Path) -> None:
-    artifact = emit_aci(rich_tree, IMAGE, CONFIG, SDE, tmp_path / "x.aci")
+    artifact = emit_aci(
+        rich_tree, ImageSpec(image=IMAGE, config=CONFIG, source_date_epoch=SDE), tmp_path / "x.aci"
+    )
     with tarfile.open(artifact.path, "r:gz") as tar:
         names = tar.getnames()
         hard = tar.getmember("rootfs/hard")
@@ -216,7 +225,6 @@ def test_artifact_ids_match_the_bytes(rich_tree: Tree, tmp_path: Path) -> None:
         data = artifact.path.read_bytes()
         assert artifact.sha256 == hashlib.sha256(data).hexdigest()
         assert artifact.size == len(data)
-        json.dumps(artifact.to_dict())
     aci = artifacts[Format.ACI]
     assert aci.image_id == "sha512-" + hashlib.sha512(gzip.decompress(aci.path.read_bytes())).hexdigest()
     docker, oci = artifacts[Format.DOCKER], artifacts[Format.OCI]
@@ -239,7 +247,9 @@ def test_artifact_ids_match_the_bytes(rich_tree: Tree, tmp_path: Path) -> None:
 
 
 def test_docker_archive_files(rich_tree: Tree, tmp_path: Path) -> None:
-    artifact = emit_docker(rich_tree, IMAGE, CONFIG, SDE, tmp_path / "hello.docker.tar")
+    artifact = emit_docker(
+        rich_tree, ImageSpec(image=IMAGE, config=CONFIG, source_date_epoch=SDE), tmp_path / "hello.docker.tar"
+    )
     with tarfile.open(artifact.path) as tar:
         members = tar.getmembers()
     names = [member.name for member in members]
@@ -337,7 +347,9 @@ def test_docker_archive_files(rich_tree: Tree, tmp_path: Path) -> None:
 
 
 def test_oci_archive_drops_the_healthcheck_with_a_warning(rich_tree: Tree, tmp_path: Path) -> None:
-    artifact = emit_oci(rich_tree, IMAGE, CONFIG, SDE, tmp_path / "hello.oci.tar")
+    artifact = emit_oci(
+        rich_tree, ImageSpec(image=IMAGE, config=CONFIG, source_date_epoch=SDE), tmp_path / "hello.oci.tar"
+    )
     config = json.loads(blob(artifact.path, artifact.image_id))
     assert "Healthcheck" not in config["config"]
     assert config["config"]["StopSignal"] == "SIGINT"
@@ -353,7 +365,11 @@ def test_oci_archive_drops_the_healthcheck_with_a_warning(rich_tree: Tree, tmp_p
 
 def test_minimal_config_omits_unset_fields(rich_tree: Tree, tmp_path: Path) -> None:
     image = Image(name="hello", version="1")
-    artifact = emit_docker(rich_tree, image, ImageConfig(), SDE, tmp_path / "h.docker.tar")
+    artifact = emit_docker(
+        rich_tree,
+        ImageSpec(image=image, config=ImageConfig(), source_date_epoch=SDE),
+        tmp_path / "h.docker.tar",
+    )
     config = json.loads(blob(artifact.path, artifact.image_id))
     assert config["config"] == {}
     assert "variant" not in config
@@ -400,7 +416,9 @@ def aci_manifest_of(path: Path) -> dict[str, object]:
 
 
 def test_aci_manifest(rich_tree: Tree, tmp_path: Path) -> None:
-    artifact = emit_aci(rich_tree, IMAGE, CONFIG, SDE, tmp_path / "hello.aci")
+    artifact = emit_aci(
+        rich_tree, ImageSpec(image=IMAGE, config=CONFIG, source_date_epoch=SDE), tmp_path / "hello.aci"
+    )
     assert aci_manifest_of(artifact.path) == {
         "acKind": "ImageManifest",
         "acVersion": "0.8.11",
@@ -438,14 +456,18 @@ def test_aci_manifest(rich_tree: Tree, tmp_path: Path) -> None:
         ],
     }
     assert artifact.warnings == (
-        "app.healthcheck: the ACI format has no healthcheck; the ACI does not carry it",
-        "app.stop_signal: the ACI format has no stop signal; the ACI does not carry SIGINT",
+        "app.healthcheck: the aci format has no healthcheck; the ACI does not carry it",
+        "app.stop_signal: the aci format has no stop signal; the ACI does not carry SIGINT",
     )
 
 
 def test_aci_defaults_to_root_and_slash(rich_tree: Tree, tmp_path: Path) -> None:
     config = ImageConfig(env=(("OK_NAME", "1"), ("1BAD", "2")))
-    artifact = emit_aci(rich_tree, Image(name="example.com/x", version="1"), config, SDE, tmp_path / "x.aci")
+    artifact = emit_aci(
+        rich_tree,
+        ImageSpec(image=Image(name="example.com/x", version="1"), config=config, source_date_epoch=SDE),
+        tmp_path / "x.aci",
+    )
     app = aci_manifest_of(artifact.path)["app"]
     assert app == {
         "user": "0",
@@ -508,7 +530,12 @@ def test_an_interrupt_cancels_every_emitter_and_leaves_nothing(rich_tree: Tree, 
     threading.Thread(target=interrupt, daemon=True).start()
     begin = time.monotonic()
     with pytest.raises(KeyboardInterrupt):
-        run_emitters(tree, IMAGE, CONFIG, SDE, targets, taps={Format.ACI: SlowTap()})
+        run_emitters(
+            tree,
+            ImageSpec(image=IMAGE, config=CONFIG, source_date_epoch=SDE),
+            targets,
+            taps={Format.ACI: SlowTap()},
+        )
     assert time.monotonic() - begin < 1.0
     assert list(out.iterdir()) == []
 
@@ -519,7 +546,9 @@ def test_cancellation_stops_an_emitter_and_removes_its_file(rich_tree: Tree, tmp
 
     def cancelled_emit() -> None:
         set_cancel_event(event)
-        emit_docker(rich_tree, IMAGE, CONFIG, SDE, tmp_path / "x.docker.tar")
+        emit_docker(
+            rich_tree, ImageSpec(image=IMAGE, config=CONFIG, source_date_epoch=SDE), tmp_path / "x.docker.tar"
+        )
 
     import contextvars
 
@@ -530,196 +559,11 @@ def test_cancellation_stops_an_emitter_and_removes_its_file(rich_tree: Tree, tmp
 
 def test_unwritable_destination_is_a_build_error(rich_tree: Tree, tmp_path: Path) -> None:
     with pytest.raises(BuildError, match="cannot write"):
-        emit_aci(rich_tree, IMAGE, ImageConfig(), SDE, tmp_path / "missing-dir" / "x.aci")
+        emit_aci(
+            rich_tree,
+            ImageSpec(image=IMAGE, config=ImageConfig(), source_date_epoch=SDE),
+            tmp_path / "missing-dir" / "x.aci",
+        )
 
 
 # --- real tools -----------------------------------------------------------------------------
-
-
-@pytest.fixture(scope="session")
-def busybox_root(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """The busybox root filesystem of scripts/busybox_rootfs.py, extracted to a directory."""
-    require_root()  # the rootfs holds files owned by 0:0 that must stay so
-    base = tmp_path_factory.mktemp("busybox")
-    archive = base / "rootfs.tar"
-    subprocess.run([sys.executable, str(ROOT / "scripts/busybox_rootfs.py"), str(archive)], check=True)
-    root = base / "root"
-    root.mkdir()
-    with tarfile.open(archive) as tar:
-        tar.extractall(root, filter="fully_trusted")  # our own archive: absolute symlinks are intended
-    return root
-
-
-@pytest.mark.integration
-def test_actool_validates_the_aci(rich_tree: Tree, tmp_path: Path) -> None:
-    require_tools("actool")
-    artifact = emit_aci(rich_tree, IMAGE, CONFIG, SDE, tmp_path / "hello-1.2.3-linux-armv7.aci")
-    result = subprocess.run(
-        ["actool", "--debug", "validate", str(artifact.path)], capture_output=True, text=True
-    )
-    assert result.returncode == 0, result.stderr
-    assert "valid app container image" in result.stderr
-    shown = subprocess.run(
-        ["actool", "cat-manifest", str(artifact.path)], capture_output=True, text=True, check=True
-    )
-    assert json.loads(shown.stdout)["app"]["user"] == "1000"
-
-
-@pytest.mark.integration
-def test_actool_rejects_a_broken_aci(tmp_path: Path) -> None:
-    """The validation above can fail: a manifest actool refuses (uppercase name) is caught."""
-    require_tools("actool")
-    root = tmp_path / "root"
-    root.mkdir()
-    artifact = emit_aci(
-        snapshot(root, SDE), Image(name="Example.com/X", version="1"), ImageConfig(), SDE, tmp_path / "x.aci"
-    )
-    result = subprocess.run(["actool", "validate", str(artifact.path)], capture_output=True, text=True)
-    assert result.returncode == 1
-    assert "ACIdentifier" in result.stderr
-
-
-@pytest.mark.integration
-def test_docker_loads_and_runs_the_busybox_image(busybox_root: Path, docker: Docker, tmp_path: Path) -> None:
-    tree = snapshot(busybox_root, SDE)
-    image = Image(name="dualbuild-test/busybox", version="1.0.0", tags=("latest",))
-    config = ImageConfig(
-        entrypoint=("/bin/sh", "-c", 'echo "$GREETING from $(id -u):$(id -g) in $(pwd) $0 $1"'),
-        cmd=("arg0", "arg1"),
-        user="nobody",
-        workdir="/tmp",
-        env=(("GREETING", "hello"),),
-    )
-    targets = {Format.DOCKER: tmp_path / "bb.docker.tar", Format.ACI: tmp_path / "bb.aci"}
-    docker_artifact, aci_artifact = run_emitters(tree, image, config, SDE, targets)
-    loaded = docker("load", "-i", str(docker_artifact.path))
-    assert "Loaded image: dualbuild-test/busybox:1.0.0" in loaded.stdout
-    assert "Loaded image: dualbuild-test/busybox:latest" in loaded.stdout
-    inspected = docker("image", "inspect", "--format", "{{.Id}}", "dualbuild-test/busybox:1.0.0")
-    assert inspected.stdout.strip() == docker_artifact.image_id
-    ran = docker("run", "--rm", "--network", "none", "dualbuild-test/busybox:1.0.0")
-    assert ran.stdout == "hello from 65534:65534 in /tmp arg0 arg1\n"
-    # The ACI says the same: same ids resolved from the same /etc/passwd.
-    app = aci_manifest_of(aci_artifact.path)["app"]
-    assert isinstance(app, dict)
-    assert (app["user"], app["group"]) == ("65534", "65534")
-    if shutil.which("actool"):
-        subprocess.run(["actool", "validate", str(aci_artifact.path)], check=True)
-
-
-@pytest.mark.integration
-def test_docker_keeps_every_entry_kind(docker: Docker, tmp_path: Path) -> None:
-    """Load the rich tree, then `docker export` a container of it: Docker extracted it faithfully."""
-    tree = snapshot(build_rich_tree(tmp_path / "root", privileged=True), SDE)
-    image = Image(name="dualbuild-test/rich", version="1")
-    artifact = emit_docker(
-        tree, image, ImageConfig(entrypoint=("/bin/tool",)), SDE, tmp_path / "rich.docker.tar"
-    )
-    docker("load", "-i", str(artifact.path))
-    container = docker("create", "dualbuild-test/rich:1").stdout.strip()
-    try:
-        docker("export", "-o", str(tmp_path / "export.tar"), container)
-    finally:
-        docker("rm", container)
-    with tarfile.open(tmp_path / "export.tar") as tar:
-        exported = {member.name.rstrip("/"): member for member in tar.getmembers()}
-    kinds = {
-        EntryType.FILE: tarfile.REGTYPE,
-        EntryType.DIR: tarfile.DIRTYPE,
-        EntryType.SYMLINK: tarfile.SYMTYPE,
-        EntryType.CHAR: tarfile.CHRTYPE,
-        EntryType.FIFO: tarfile.FIFOTYPE,
-    }
-    for entry in tree.entries:
-        member = exported[entry.path]
-        # docker export writes modes with their file type bits (0o100644): compare permissions.
-        owner = (stat.S_IMODE(member.mode), member.uid, member.gid)
-        assert owner == (entry.mode, entry.uid, entry.gid), entry.path
-        if entry.path in ("file", "hard"):
-            continue  # the hardlink pair, checked below
-        assert member.type == kinds[entry.type], entry.path
-        if entry.type is EntryType.SYMLINK:
-            assert member.linkname == entry.link_target, entry.path
-        assert member.size == entry.size, entry.path
-    # One name of the pair is the file, the other links to it (Docker's own walk picks which).
-    pair = sorted((exported[name] for name in ("file", "hard")), key=lambda member: member.islnk())
-    assert (pair[0].isfile(), pair[1].islnk(), pair[1].linkname) == (True, True, pair[0].name)
-    capability = exported["bin/ping"].pax_headers.get("SCHILY.xattr.security.capability", "")
-    assert capability.encode("utf-8", "surrogateescape") == CAPABILITY
-    assert (exported["devices/null"].devmajor, exported["devices/null"].devminor) == (1, 3)
-    assert stat.S_IMODE(exported["bin/suid"].mode) == 0o4755
-    assert decode_name(NON_UTF8) in exported
-    assert LONG_PATH in exported
-
-
-@pytest.mark.integration
-def test_skopeo_reads_both_image_archives(rich_tree: Tree, tmp_path: Path) -> None:
-    require_tools("skopeo")
-    artifacts = emit_all(rich_tree, tmp_path / "out")
-    docker_path, oci_path = artifacts[Format.DOCKER].path, artifacts[Format.OCI].path
-
-    def skopeo(*args: str) -> str:
-        return subprocess.run(["skopeo", *args], check=True, capture_output=True, text=True).stdout
-
-    config = json.loads(skopeo("inspect", "--config", f"oci-archive:{oci_path}"))
-    assert config["config"]["Entrypoint"] == ["/bin/tool"]
-    assert config["rootfs"]["diff_ids"] == list(artifacts[Format.OCI].diff_ids)
-    assert (config["architecture"], config["variant"]) == ("arm", "v7")
-    inspected = json.loads(skopeo("inspect", f"docker-archive:{docker_path}"))
-    assert inspected["Layers"] == list(artifacts[Format.DOCKER].diff_ids)
-    assert inspected["Env"] == ["PATH=/usr/bin:/bin", "GREETING=hello=there"]
-    # The Docker tarball is an OCI layout too: its raw manifest is the one we recorded.
-    raw = subprocess.run(
-        ["skopeo", "inspect", "--raw", f"oci-archive:{docker_path}"], check=True, capture_output=True
-    )
-    assert "sha256:" + hashlib.sha256(raw.stdout).hexdigest() == artifacts[Format.DOCKER].manifest_digest
-
-
-MEMORY_CHILD = """
-import json, sys
-from pathlib import Path
-from dualbuild.emit import run_emitters
-from dualbuild.imageconfig import ImageConfig
-from dualbuild.recipe.model import Format, Image
-from dualbuild.layer.tree import snapshot
-root, out = Path(sys.argv[1]), Path(sys.argv[2])
-tree = snapshot(root, 1700000000)
-targets = {
-    Format.DOCKER: out / "big.docker.tar", Format.ACI: out / "big.aci", Format.OCI: out / "big.oci.tar"
-}
-artifacts = run_emitters(tree, Image(name="example.com/big", version="1"), ImageConfig(), 1700000000, targets)
-print(json.dumps([a.to_dict() for a in artifacts]))
-"""
-# The wrapper has exactly one child, so RUSAGE_CHILDREN is the emitter's peak alone.
-MEMORY_WRAPPER = """
-import resource, subprocess, sys
-result = subprocess.run(sys.argv[1:], stdout=subprocess.PIPE, text=True)
-print(result.stdout, end="")
-print(resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss)
-sys.exit(result.returncode)
-"""
-
-
-@pytest.mark.integration
-def test_memory_stays_flat_for_a_2gb_file(tmp_path: Path) -> None:
-    root = tmp_path / "root"
-    root.mkdir()
-    with open(root / "sparse.img", "wb") as file:
-        os.truncate(file.fileno(), 2 << 30)
-    (root / "small").write_text("small")
-    out = tmp_path / "out"
-    out.mkdir()
-    try:
-        result = subprocess.run(
-            [sys.executable, "-c", MEMORY_WRAPPER, sys.executable, "-c", MEMORY_CHILD, str(root), str(out)],
-            capture_output=True, text=True, timeout=300,
-        )  # fmt: skip
-        assert result.returncode == 0, result.stderr
-        *report, peak_kib = result.stdout.strip().splitlines()
-        artifacts = json.loads("\n".join(report))
-        assert [a["format"] for a in artifacts] == ["docker", "aci", "oci"]
-        assert artifacts[0]["size"] > 2 << 30
-        assert int(peak_kib) < 150 * 1024, f"peak RSS {int(peak_kib) // 1024} MiB"
-    finally:
-        for path in out.iterdir():
-            path.unlink()

@@ -11,12 +11,11 @@ import sys
 from pathlib import Path
 
 import pytest
-from conftest import ROOT, require
-from test_tree import build_rich_tree
 
 import dualbuild.layer.feed
 import dualbuild.layer.tarwriter
 import dualbuild.layer.tree
+from tests.support import ROOT, build_rich_tree, require
 
 SUFFIX = importlib.machinery.EXTENSION_SUFFIXES[0]
 COMPILED = [dualbuild.layer.tree, dualbuild.layer.tarwriter, dualbuild.layer.feed]
@@ -28,12 +27,15 @@ import json, sys
 from pathlib import Path
 import dualbuild.layer.tree
 from dualbuild.emit import run_emitters
+from dualbuild.emit.artifact import ImageSpec
 from dualbuild.imageconfig import ImageConfig
 from dualbuild.recipe.model import Format, Image
 root, out = Path(sys.argv[1]), Path(sys.argv[2])
 tree = dualbuild.layer.tree.stream(root, 1700000000)
 targets = {Format.DOCKER: out / "x.docker.tar", Format.ACI: out / "x.aci", Format.OCI: out / "x.oci.tar"}
-artifacts = run_emitters(tree, Image(name="example.com/x", version="1"), ImageConfig(), 1700000000, targets)
+image = Image(name="example.com/x", version="1")
+spec = ImageSpec(image=image, config=ImageConfig(), source_date_epoch=1700000000)
+artifacts = run_emitters(tree, spec, targets)
 print(json.dumps({"tree": dualbuild.layer.tree.__file__, **{str(a.format): a.sha256 for a in artifacts}}))
 """
 

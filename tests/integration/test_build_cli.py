@@ -11,14 +11,12 @@ import time
 from pathlib import Path
 
 import pytest
-from conftest import DUALBUILD, ROOT, Docker, buildah, dualbuild, require_tools
 
 from dualbuild.build.buildah import StorageOptions
 from dualbuild.gpg import gpg_env, stop_agent
 from dualbuild.sign.keys import export_public_key
-
-pytestmark = pytest.mark.integration
-
+from tests.integration.helpers import DUALBUILD, Docker, buildah, dualbuild
+from tests.support import ROOT, require_tools
 
 RECIPE = """
 [image]
@@ -265,7 +263,7 @@ def test_check_reproducible(project: Path, cli_env: dict[str, str]) -> None:
     assert good.returncode == 0, good.stderr
     assert "reproducible: two builds in fresh storage gave identical artifacts" in good.stderr
     (project / "recipe.toml").write_text(
-        RECIPE.replace("echo ${WORD}build > /out/word", "date +%s%N > /out/word")
+        RECIPE.replace("echo ${WORD}build > /out/word", "cat /proc/sys/kernel/random/uuid > /out/word")
     )
     bad = dualbuild(["build", str(project / "recipe.toml"), "--check-reproducible"], cli_env)
     assert bad.returncode == 1, bad.stderr

@@ -2,89 +2,16 @@
 
 from __future__ import annotations
 
-import errno
 import os
-import socket
-import stat
 import tracemalloc
 from collections.abc import Callable
 from pathlib import Path
 
 import pytest
-from conftest import require_root
 
 from dualbuild.errors import BuildError
 from dualbuild.layer.tree import Entry, EntryType, Tree, decode_name, resolve_ids, snapshot, stream
-
-SDE = 1_700_000_000
-# cap_net_bind_service+ep, VFS_CAP_REVISION_2 (what `setcap cap_net_bind_service+ep` writes).
-CAPABILITY = bytes.fromhex("0100000200200000000000000000000000000000")
-LONG_PATH = "d" * 60 + "/" + "e" * 60 + "/" + "f" * 78  # 200 characters
-NON_UTF8 = b"caf\xe9"
-
-
-def supports_user_xattrs(directory: Path) -> bool:
-    probe = directory / ".xattr-probe"
-    probe.write_bytes(b"")
-    try:
-        os.setxattr(probe, "user.probe", b"1")
-    except OSError as exc:
-        if exc.errno in (errno.ENOTSUP, errno.EOPNOTSUPP):
-            return False
-        raise
-    finally:
-        probe.unlink()
-    return True
-
-
-def build_rich_tree(root: Path, *, privileged: bool) -> Path:
-    """A tree holding every entry kind the emitters must carry.
-
-    ``privileged`` adds what needs root: a char device and a security.capability xattr.
-    """
-    root.mkdir(parents=True)
-    (root / "etc").mkdir()
-    (root / "etc/passwd").write_text("root:x:0:0:root:/root:/bin/sh\napp:x:1000:1001::/home/app:/bin/sh\n")
-    (root / "etc/group").write_text("root:x:0:\napp:x:1001:\nstaff:x:50:\n")
-    (root / "empty").mkdir()
-    (root / "bin").mkdir()
-    (root / "bin/tool").write_bytes(b"#!/bin/sh\necho tool\n")
-    (root / "bin/tool").chmod(0o755)
-    (root / "bin/suid").write_bytes(b"setuid program")
-    (root / "bin/suid").chmod(0o4755)
-    (root / "bin/sgid-dir").mkdir()
-    (root / "bin/sgid-dir").chmod(0o2775)
-    (root / "tmp").mkdir()
-    (root / "tmp").chmod(0o1777)
-    (root / "data.bin").write_bytes(bytes(range(256)) * 4096)  # 1 MiB: the chunked path
-    (root / "file").write_text("hello\n")
-    os.link(root / "file", root / "hard")
-    os.symlink("file", root / "link")
-    os.symlink("/etc/passwd", root / "abs-link")
-    os.mkfifo(root / "fifo")
-    (root / "owned").write_text("owned")
-    if os.geteuid() == 0:
-        os.chown(root / "owned", 1000, 1001)
-    long_file = root / LONG_PATH
-    long_file.parent.mkdir(parents=True)
-    long_file.write_text("long path\n")
-    with open(os.path.join(os.fsencode(root), NON_UTF8), "wb") as file:
-        file.write(b"not utf-8\n")
-    if supports_user_xattrs(root):
-        os.setxattr(root / "file", "user.comment", b"\xff\x00binary")
-        os.setxattr(root / "empty", "user.dir", b"on a directory")
-    if privileged:
-        (root / "bin/ping").write_bytes(b"needs a capability")
-        (root / "bin/ping").chmod(0o755)
-        os.setxattr(root / "bin/ping", "security.capability", CAPABILITY)
-        (root / "devices").mkdir()
-        os.mknod(root / "devices/null", 0o666 | stat.S_IFCHR, os.makedev(1, 3))
-    sock = socket.socket(socket.AF_UNIX)
-    try:
-        sock.bind(os.fspath(root / "control.sock"))
-    finally:
-        sock.close()
-    return root
+from tests.support import LONG_PATH, NON_UTF8, SDE, build_rich_tree, supports_user_xattrs
 
 
 def by_path(tree: Tree) -> dict[str, Entry]:
@@ -178,17 +105,6 @@ def test_a_tree_that_cannot_be_read_is_a_build_error_when_streamed(tmp_path: Pat
         list(streamed.entries)
     with pytest.raises(BuildError, match=r"cannot read the image tree at .*: File name too long"):
         snapshot(root, SDE)
-
-
-@pytest.mark.integration
-def test_snapshot_devices_and_capabilities(tmp_path: Path) -> None:
-    require_root()
-    tree = snapshot(build_rich_tree(tmp_path / "root", privileged=True), SDE)
-    entries = by_path(tree)
-    device = entries["devices/null"]
-    assert (device.type, device.devmajor, device.devminor, device.size) == (EntryType.CHAR, 1, 3, 0)
-    assert entries["bin/ping"].xattrs == (("security.capability", CAPABILITY),)
-    assert (entries["owned"].uid, entries["owned"].gid) == (1000, 1001)
 
 
 def test_order_is_sorted_by_bytes_with_parents_first(tmp_path: Path) -> None:

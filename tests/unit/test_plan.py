@@ -8,9 +8,10 @@ from click.testing import CliRunner
 
 from dualbuild.cli.main import cli
 from dualbuild.errors import RecipeError
-from dualbuild.plan import make_plan
+from dualbuild.plan import BuildPlan, make_plan
 from dualbuild.recipe.load import load_recipe
 from dualbuild.recipe.model import CopyStep, RunStep, WriteStep
+from dualbuild.settings import Overrides, resolve
 
 RECIPE = """
 [image]
@@ -59,6 +60,11 @@ formats = ["docker", "aci", "oci"]
 """
 
 
+def planned(path: Path, *, out_dir: Path | None = None, **options: object) -> BuildPlan:
+    recipe = load_recipe(path)
+    return make_plan(recipe, resolve(recipe, Overrides(out_dir=out_dir), {}), **options)  # type: ignore[arg-type]
+
+
 @pytest.fixture
 def recipe_path(tmp_path: Path) -> Path:
     path = tmp_path / "recipe.toml"
@@ -67,7 +73,7 @@ def recipe_path(tmp_path: Path) -> Path:
 
 
 def test_args_are_substituted_and_escapes_kept(recipe_path: Path) -> None:
-    plan = make_plan(load_recipe(recipe_path), build_args={"GREETING": "hi"})
+    plan = planned(recipe_path, build_args={"GREETING": "hi"})
     build, final = plan.stages
     first = build.steps[0].step
     assert isinstance(first, RunStep)
@@ -84,7 +90,7 @@ def test_args_are_substituted_and_escapes_kept(recipe_path: Path) -> None:
 
 
 def test_run_env_is_args_then_stage_then_step(recipe_path: Path) -> None:
-    plan = make_plan(load_recipe(recipe_path))
+    plan = planned(recipe_path)
     step = plan.stages[0].steps[0]
     assert step.env == {
         "GREETING": "hello",
@@ -100,23 +106,12 @@ def test_run_env_is_args_then_stage_then_step(recipe_path: Path) -> None:
 
 def test_unknown_build_arg_is_refused(recipe_path: Path) -> None:
     with pytest.raises(RecipeError, match="not an arg of the recipe") as caught:
-        make_plan(load_recipe(recipe_path), build_args={"NOPE": "1"})
+        planned(recipe_path, build_args={"NOPE": "1"})
     assert caught.value.problems[0].key == "NOPE"
 
 
-def test_source_date_epoch_precedence(recipe_path: Path, tmp_path: Path) -> None:
-    recipe = load_recipe(recipe_path)
-    assert make_plan(recipe, environ={}).source_date_epoch == 0
-    assert make_plan(recipe, environ={"SOURCE_DATE_EPOCH": "1234"}).source_date_epoch == 1234
-    with pytest.raises(RecipeError, match="not a non-negative integer"):
-        make_plan(recipe, environ={"SOURCE_DATE_EPOCH": "yesterday"})
-    pinned = tmp_path / "pinned.toml"
-    pinned.write_text(RECIPE.replace('formats = ["docker", "aci", "oci"]', "source_date_epoch = 99"))
-    assert make_plan(load_recipe(pinned), environ={"SOURCE_DATE_EPOCH": "1234"}).source_date_epoch == 99
-
-
 def test_artifact_names_and_lost_field_warnings(recipe_path: Path, tmp_path: Path) -> None:
-    plan = make_plan(load_recipe(recipe_path), out_dir=tmp_path / "out")
+    plan = planned(recipe_path, out_dir=tmp_path / "out")
     names = [path.name for path in plan.artifacts.all()]
     assert names == [
         "web-2.1.0-linux-armv7.docker.tar",
@@ -128,7 +123,7 @@ def test_artifact_names_and_lost_field_warnings(recipe_path: Path, tmp_path: Pat
     assert any("healthcheck" in w and "aci" in w for w in plan.warnings)
     assert any("healthcheck" in w and "oci" in w for w in plan.warnings)
     assert any("stop_signal" in w and "aci" in w for w in plan.warnings)
-    assert not make_plan(load_recipe(recipe_path), sign=False).artifacts.aci_signature
+    assert not planned(recipe_path, sign=False).artifacts.aci_signature
 
 
 def test_plan_json_on_stdout(recipe_path: Path) -> None:

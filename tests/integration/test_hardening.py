@@ -13,13 +13,12 @@ import time
 from pathlib import Path
 
 import pytest
-from conftest import DUALBUILD, buildah, dualbuild, require_root
-from test_build_cli import RECIPE
 
 from dualbuild.build.buildah import StorageOptions
 from dualbuild.gpg import gpg_env
-
-pytestmark = pytest.mark.integration
+from tests.integration.helpers import DUALBUILD, buildah, dualbuild
+from tests.integration.test_build_cli import RECIPE
+from tests.support import require_root
 
 # A build with every phase long enough to be hit: a run step, an emit of 24 MB of incompressible
 # data (gzip for the ACI takes a while), then signing.

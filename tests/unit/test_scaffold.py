@@ -21,8 +21,8 @@ from dualbuild.recipe.model import CopyStep
 from dualbuild.recipe.schema import RECIPE_SCHEMA
 from dualbuild.scaffold import render as scaffold
 from dualbuild.scaffold.render import NewRequest, new_recipe, toml_value
+from tests.support import ROOT
 
-ROOT = Path(__file__).resolve().parent.parent
 SHIPPED = ("busybox-tools", "convert", "debian-service", "go-app", "python-app", "scratch-static")
 
 # The values each example in recipes/<template>/ was rendered with. Re-render one with

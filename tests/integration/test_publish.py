@@ -1,7 +1,6 @@
 """`dualbuild publish` against real components: docker-registry, skopeo, gpg, actool, HTTP servers.
 
-Every server runs on 127.0.0.1 and a free port and is stopped by its fixture. The unit tests at
-the top need no tools; the rest are integration tests.
+Every server runs on 127.0.0.1 and a free port and is stopped by its fixture.
 """
 
 from __future__ import annotations
@@ -27,15 +26,14 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import pytest
-from conftest import free_port, require, require_tools
 
 from dualbuild.build.buildah import StorageOptions
-from dualbuild.errors import PublishError, UsageError
+from dualbuild.errors import PublishError
 from dualbuild.gpg import gpg_env, stop_agent
-from dualbuild.publish.aci import SiteLayout, aci_url_for, discovery_page
-from dualbuild.publish.docker import _TRANSIENT
-from dualbuild.publish.flow import PublishRequest, RetryPolicy, publish, with_retries
-from dualbuild.publish.site import open_site
+from dualbuild.publish.flow import publish
+from dualbuild.publish.retry import RetryPolicy
+from dualbuild.publish.types import PublishRequest
+from tests.support import free_port, require, require_tools
 
 DUALBUILD = str(Path(sys.executable).parent / "dualbuild")
 # Runs the CLI with `publish` registered, whether or not cli.py does it already.
@@ -49,134 +47,6 @@ CLI = (
 )
 PASSWORD = "pw-Secret-7f3a9c"
 FAST = RetryPolicy(attempts=4, first_delay=0.05, max_delay=0.2)
-
-
-# --- unit tests: no tools ----------------------------------------------------------------------
-
-
-def layout(name: str = "localhost/hello", arch: str = "aarch64") -> SiteLayout:
-    return SiteLayout(
-        name=name, version="1.0.0", os="linux", arch=arch, aci_url="http://localhost:8080",
-        fingerprint="ABCDEF0123456789ABCDEF0123456789ABCDEF01",
-    )  # fmt: skip
-
-
-def test_site_layout_uses_discovery_names_and_the_names_path() -> None:
-    site = layout()
-    assert site.aci == "images/localhost/hello-1.0.0-linux-aarch64.aci"
-    assert site.signature == "images/localhost/hello-1.0.0-linux-aarch64.aci.asc"
-    assert site.page == "hello/index.html"
-    assert layout("example.com/team/app").page == "team/app/index.html"
-    assert layout("example").page == "index.html"
-    assert site.discovery_name == "localhost/hello:1.0.0,os=linux,arch=aarch64"
-    # The template, filled in as appc clients do, gives the path the ACI is written to.
-    template = dict(site.meta_tags())["ac-discovery"].split(" ", 1)[1]
-    filled = template.format(name=site.name, version="1.0.0", os="linux", arch="aarch64", ext="aci")
-    assert filled == site.url(site.aci)
-
-
-def test_new_discovery_page_has_both_meta_tags() -> None:
-    page = discovery_page(None, layout())
-    assert page is not None
-    assert (
-        '<meta name="ac-discovery" content="localhost/hello '
-        'http://localhost:8080/images/{name}-{version}-{os}-{arch}.{ext}">' in page
-    )
-    assert (
-        '<meta name="ac-discovery-pubkeys" content="localhost/hello '
-        'http://localhost:8080/pubkeys/ABCDEF0123456789ABCDEF0123456789ABCDEF01.asc">' in page
-    )
-
-
-def test_existing_page_keeps_its_content_and_tags_and_gets_only_missing_tags() -> None:
-    own_key = dict(layout().meta_tags())["ac-discovery-pubkeys"]
-    existing = (
-        "<!doctype html>\n<HTML><Head>\n<title>Home</title>\n"
-        '<meta name="description" content="keep me">\n'
-        '<meta name="ac-discovery-pubkeys" content="localhost/hello https://old.example/old.asc">\n'
-        f'<meta name="AC-Discovery-Pubkeys" content="{own_key}" />\n'
-        "</Head>\n<body><p>Our images</p></body></HTML>\n"
-    )
-    page = discovery_page(existing, layout())
-    assert page is not None
-    discovery = dict(layout().meta_tags())["ac-discovery"]
-    added = f'<meta name="ac-discovery" content="{discovery}">\n'
-    # Only the missing tag was added, at the end of the head; everything else is untouched.
-    assert page.replace(added, "") == existing
-    assert page.index(added) < page.index("</Head>")
-    assert discovery_page(page, layout()) is None
-
-
-@pytest.mark.parametrize(
-    ("existing", "before"),
-    [("<html><body>x</body></html>", "<body>"), ("just text", "just text")],
-)
-def test_tags_go_before_the_body_or_first_when_there_is_no_head(existing: str, before: str) -> None:
-    page = discovery_page(existing, layout())
-    assert page is not None
-    assert page.index('name="ac-discovery"') < page.index(before)
-    assert before in page
-
-
-def test_credentials_in_the_site_url_are_refused() -> None:
-    request = PublishRequest(recipe=Path("r.toml"), environ={})
-    with pytest.raises(UsageError, match="carries credentials"):
-        open_site(f"https://user:{PASSWORD}@example.com/site", request)
-    with pytest.raises(UsageError, match="only directories and http"):
-        open_site("ftp://example.com/site", request)
-    with pytest.raises(UsageError, match="both"):
-        open_site(
-            "https://example.com/", PublishRequest(recipe=Path("r"), environ={"DUALBUILD_ACI_USER": "u"})
-        )
-
-
-def test_aci_url_defaults_to_https_on_the_names_host() -> None:
-    assert aci_url_for("example.com/app", None, None) == "https://example.com"
-    assert aci_url_for("example.com/app", "http://localhost:8080/", "https://x") == "http://localhost:8080"
-    with pytest.raises(UsageError):
-        aci_url_for("example.com/app", "https://example.com/?q=1", None)
-
-
-def test_retries_transient_failures_only_and_a_bounded_number_of_times() -> None:
-    calls: list[int] = []
-
-    def flaky() -> str:
-        calls.append(1)
-        if len(calls) < 3:
-            raise ConnectionResetError("reset")
-        return "ok"
-
-    assert with_retries("x", flaky, policy=FAST, transient=lambda e: isinstance(e, ConnectionError)) == "ok"
-    assert len(calls) == 3
-    calls.clear()
-
-    def down() -> str:
-        calls.append(1)
-        raise ConnectionRefusedError("refused")
-
-    with pytest.raises(ConnectionRefusedError):
-        with_retries("x", down, policy=FAST, transient=lambda e: isinstance(e, ConnectionError))
-    assert len(calls) == FAST.attempts
-    calls.clear()
-    with pytest.raises(ValueError, match="bad"):
-        with_retries("x", lambda: calls.append(1) or int("bad"), policy=FAST, transient=lambda e: False)
-    assert len(calls) == 1
-
-
-@pytest.mark.parametrize(
-    ("message", "transient"),
-    [
-        ("pinging container registry h: invalid status code from registry 503 (Service Unavailable)", True),
-        ('Get "http://h/v2/": read tcp 1->2: read: connection reset by peer', True),
-        ('Get "http://127.0.0.1:1/v2/": dial tcp 127.0.0.1:1: connect: connection refused', True),
-        ("received unexpected HTTP status: 502 Bad Gateway", True),
-        ("reading manifest 1.0.0 in h/t/hello: manifest unknown: manifest unknown", False),
-        ("reading manifest 1.0.0 in h/t/hello: unauthorized: authentication required", False),
-        ("copying blob sha256:5030500503: digest mismatch", False),
-    ],
-)
-def test_skopeo_failures_are_classified(message: str, transient: bool) -> None:
-    assert bool(_TRANSIENT.search(message)) is transient
 
 
 # --- fixtures: a key, two builds, servers --------------------------------------------------------
@@ -547,7 +417,6 @@ def assert_discovered_and_verified(port: int, build: Build, fingerprint: str, tm
 # --- Docker registry -----------------------------------------------------------------------------
 
 
-@pytest.mark.integration
 def test_push_every_tag_check_digests_republish_and_refuse_changed_bytes(
     builds: dict[str, Build], registry: str, env: dict[str, str], tmp_path: Path
 ) -> None:
@@ -589,7 +458,6 @@ def test_push_every_tag_check_digests_republish_and_refuse_changed_bytes(
         assert remote(f"{repo}:{tag}") == (new_digest, builds["b"].artifact("docker", "image_id")), tag
 
 
-@pytest.mark.integration
 def test_registry_down_fails_clearly_and_claims_nothing(
     builds: dict[str, Build], env: dict[str, str], tmp_path: Path
 ) -> None:
@@ -612,7 +480,6 @@ def test_registry_down_fails_clearly_and_claims_nothing(
     assert not (tmp_path / "site").exists()
 
 
-@pytest.mark.integration
 def test_transient_registry_failures_are_retried(
     builds: dict[str, Build], registry: str, signing_key: tuple[Path, str], tmp_path: Path,
     dualbuild_log: list[str],
@@ -635,7 +502,7 @@ def test_transient_registry_failures_are_retried(
     assert any("retry 1 of 3" in message for message in dualbuild_log), dualbuild_log
     assert result.docker is not None
     assert remote(f"{registry}/pub/flaky:latest") == (
-        result.docker.digest,
+        result.docker.record.digest,
         builds["a"].artifact("docker", "image_id"),
     )
 
@@ -678,7 +545,6 @@ def auth_registry(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
             process.wait(timeout=10)
 
 
-@pytest.mark.integration
 def test_registry_credentials_come_from_the_authfile_and_are_never_shown(
     builds: dict[str, Build], auth_registry: str, env: dict[str, str], tmp_path: Path
 ) -> None:
@@ -707,7 +573,6 @@ def test_registry_credentials_come_from_the_authfile_and_are_never_shown(
 # --- ACI discovery site ----------------------------------------------------------------------------
 
 
-@pytest.mark.integration
 def test_aci_site_in_a_directory_is_discovered_and_verifies(
     builds: dict[str, Build], env: dict[str, str], tmp_path: Path, signing_key: tuple[Path, str],
     site_server: Callable[..., SiteServer],
@@ -764,7 +629,6 @@ def test_aci_site_in_a_directory_is_discovered_and_verifies(
     assert_discovered_and_verified(server.port, builds["b"], fingerprint, tmp_path / "b-fetched")
 
 
-@pytest.mark.integration
 def test_aci_site_over_http_put_with_credentials_retries_and_only_a_public_key(
     builds: dict[str, Build], signing_key: tuple[Path, str], tmp_path: Path,
     site_server: Callable[..., SiteServer],
@@ -837,7 +701,6 @@ def test_aci_site_over_http_put_with_credentials_retries_and_only_a_public_key(
         assert token not in text
 
 
-@pytest.mark.integration
 def test_failed_page_write_rolls_the_site_back_and_says_what_was_published(
     builds: dict[str, Build], registry: str, signing_key: tuple[Path, str], tmp_path: Path,
     site_server: Callable[..., SiteServer],
@@ -883,7 +746,6 @@ def test_failed_page_write_rolls_the_site_back_and_says_what_was_published(
     assert {path: path.read_bytes() for path in site.rglob("*") if path.is_file()} == before
 
 
-@pytest.mark.integration
 def test_dry_run_writes_nothing(
     builds: dict[str, Build], registry: str, env: dict[str, str], tmp_path: Path
 ) -> None:
@@ -901,7 +763,6 @@ def test_dry_run_writes_nothing(
     assert not site.exists()
 
 
-@pytest.mark.integration
 def test_a_changed_recipe_or_missing_build_is_refused(
     builds: dict[str, Build], env: dict[str, str], tmp_path: Path
 ) -> None:

@@ -9,21 +9,23 @@ import tarfile
 from pathlib import Path
 
 import pytest
-from test_tree import SDE, build_rich_tree, supports_user_xattrs
 
 from dualbuild.emit.aci import emit_aci
+from dualbuild.emit.artifact import ImageSpec
 from dualbuild.emit.docker import emit_docker
 from dualbuild.imageconfig import ImageConfig
 from dualbuild.layer.tree import EntryType, snapshot
 from dualbuild.recipe.model import Image
 from dualbuild.verify.trees import ArchivedEntry, compare_entries, verify
+from tests.support import SDE, build_rich_tree, supports_user_xattrs
 
 IMAGE = Image(name="example.com/verify", version="1")
 
 
 def emit_pair(tmp_path: Path, docker_root: Path, aci_root: Path) -> tuple[Path, Path]:
-    docker = emit_docker(snapshot(docker_root, SDE), IMAGE, ImageConfig(), SDE, tmp_path / "v.docker.tar")
-    aci = emit_aci(snapshot(aci_root, SDE), IMAGE, ImageConfig(), SDE, tmp_path / "v.aci")
+    spec = ImageSpec(image=IMAGE, config=ImageConfig(), source_date_epoch=SDE)
+    docker = emit_docker(snapshot(docker_root, SDE), spec, tmp_path / "v.docker.tar")
+    aci = emit_aci(snapshot(aci_root, SDE), spec, tmp_path / "v.aci")
     return docker.path, aci.path
 
 

@@ -13,7 +13,6 @@ from pathlib import Path
 import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
-from test_tree import SDE, build_rich_tree
 
 from dualbuild.errors import BuildError
 from dualbuild.layer.feed import DirectLayer, LayerFeed
@@ -25,6 +24,7 @@ from dualbuild.layer.tarwriter import (
     tarfile_entry_header,
 )
 from dualbuild.layer.tree import Entry, EntryType, Tree, snapshot
+from tests.support import SDE, build_rich_tree
 
 PROPERTY = settings(max_examples=1000, deadline=None, suppress_health_check=list(HealthCheck))
 PREFIXES = ["", "rootfs/"]

@@ -11,19 +11,21 @@ import stat
 import subprocess
 import tarfile
 from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 import pytest
-from conftest import buildah, push_to_registry, require_tools
 
 from dualbuild.build.buildah import StorageOptions
-from dualbuild.build.cache import base_key, cache_image, file_sha256
-from dualbuild.build.stages import BuildOptions, BuiltImage, build_stages, final_key
+from dualbuild.build.cache import base_key, cache_image
+from dualbuild.build.stages import BuildOptions, BuiltImage, build_session
 from dualbuild.errors import BuildError
-from dualbuild.plan import make_plan
-from dualbuild.recipe.load import load_recipe
-
-pytestmark = pytest.mark.integration
+from dualbuild.files import file_sha256
+from dualbuild.plan import BuildPlan, make_plan
+from dualbuild.recipe import load_recipe
+from dualbuild.settings import Overrides, resolve
+from tests.integration.helpers import buildah, push_to_registry
+from tests.support import require_tools
 
 
 def write_recipe(directory: Path, body: str, name: str = "example.com/test") -> Path:
@@ -38,15 +40,20 @@ class Builder:
         self.cache_dir = cache_dir
         self.output: list[str] = []
 
-    def build(self, recipe: Path, **options: object) -> Iterator[BuiltImage]:
-        plan = make_plan(load_recipe(recipe), environ={})
-        return build_stages(
-            plan,
-            BuildOptions(
-                storage=self.storage, cache_dir=self.cache_dir, on_output=self.output.append,
-                **options,  # type: ignore[arg-type]
-            ),
-        )  # fmt: skip
+    def plan(self, recipe: Path, isolation: str | None = None) -> BuildPlan:
+        loaded = load_recipe(recipe)
+        environ = {"XDG_CACHE_HOME": str(self.cache_dir.parent)}
+        return make_plan(loaded, resolve(loaded, Overrides(isolation=isolation), environ))
+
+    @contextmanager
+    def build(self, recipe: Path, isolation: str | None = None) -> Iterator[BuiltImage]:
+        options = BuildOptions(storage=self.storage, on_output=self.output.append)
+        with build_session(self.plan(recipe, isolation), options) as session:
+            yield session.build()
+
+    def final_key(self, recipe: Path) -> str:
+        with build_session(self.plan(recipe), BuildOptions(storage=self.storage)) as session:
+            return session.keyed.final_key
 
     def containers(self) -> list[str]:
         return buildah(self.storage, "containers", "-q").split()
@@ -58,7 +65,7 @@ class Builder:
 
 @pytest.fixture
 def builder(buildah_storage: StorageOptions, tmp_path_factory: pytest.TempPathFactory) -> Builder:
-    return Builder(buildah_storage, tmp_path_factory.getbasetemp() / "cache")
+    return Builder(buildah_storage, tmp_path_factory.getbasetemp() / "cache" / "dualbuild")
 
 
 @pytest.fixture
@@ -396,11 +403,9 @@ def test_rootfs_base_is_extracted_again_not_cached(builder: Builder, context: Pa
         with builder.build(recipe) as built:
             assert (built.rootfs / "marker").read_text() == "marked\n"
             assert (built.rootfs / "bin" / "busybox").is_file()
-    plan = make_plan(load_recipe(recipe), environ={})
-    options = BuildOptions(storage=builder.storage, cache_dir=builder.cache_dir)
     rootfs_key = base_key("rootfs", file_sha256(context / "busybox.tar"))
     assert not builder.cached(rootfs_key)
-    assert builder.cached(final_key(plan, options))
+    assert builder.cached(builder.final_key(recipe))
     assert not builder.containers()
 
 

@@ -16,10 +16,10 @@ from dualbuild.recipe import load as recipe_module
 from dualbuild.recipe import steps as steps_module
 from dualbuild.recipe.load import load_recipe
 from dualbuild.recipe.schema import RECIPE_SCHEMA
+from tests.support import ROOT
 
-ROOT = Path(__file__).resolve().parent.parent
 EXAMPLES = sorted((ROOT / "recipes").glob("*/recipe.toml"))
-BAD = sorted((ROOT / "tests" / "data" / "bad").glob("*.toml"))
+BAD = sorted((ROOT / "tests" / "unit" / "data" / "bad").glob("*.toml"))
 
 
 def test_there_are_examples() -> None:
@@ -82,6 +82,6 @@ def test_schema_rejects_most_bad_fixtures_too() -> None:
     """The schema is a second opinion: it must not accept what the loader rejects for shape."""
     shape_errors = ["unknown-top-key", "typo-image-key", "step-typo-key", "bad-arch", "unknown-format"]
     for name in shape_errors:
-        data = tomllib.loads((ROOT / "tests" / "data" / "bad" / f"{name}.toml").read_text())
+        data = tomllib.loads((ROOT / "tests" / "unit" / "data" / "bad" / f"{name}.toml").read_text())
         with pytest.raises(jsonschema.ValidationError):
             jsonschema.validate(data, RECIPE_SCHEMA)

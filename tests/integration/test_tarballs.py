@@ -13,10 +13,10 @@ import tarfile
 from pathlib import Path
 
 import pytest
-from conftest import require_root, require_tools
 
 from dualbuild.build.tarballs import _feed_checked, extract_checked
 from dualbuild.errors import BuildError, ToolNotFoundError
+from tests.support import require_root, require_tools
 
 # cap_net_bind_service+ep, VFS_CAP_REVISION_2.
 CAPABILITY = bytes.fromhex("0100000200200000000000000000000000000000")

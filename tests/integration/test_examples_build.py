@@ -8,9 +8,9 @@ import sys
 from pathlib import Path
 
 import pytest
-from conftest import ROOT, dualbuild, require_tools
 
-pytestmark = pytest.mark.integration
+from tests.integration.helpers import dualbuild
+from tests.support import ROOT, require_tools
 
 # Examples whose bases are local files or a Debian bootstrap (Debian's mirror is reachable);
 # the others start from Docker Hub images, which no test machine here can pull.

@@ -1,0 +1,186 @@
+"""One keying pass per build: every stage's base resolved once and every position keyed.
+
+Position 0 of a stage is its base; position k is the tree after step k (see cache.py for what
+a key hashes). Resolving a base is where the work is: a registry base is pulled (its image id
+is its identity), a file base is found in the context and hashed, a bootstrap base is made
+once by mmdebstrap. The result, a :class:`KeyedPlan`, decides whether the artifacts are up to
+date and then drives the build, which therefore pulls, hashes and checks nothing again.
+"""
+
+from __future__ import annotations
+
+import glob
+import os
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
+from pathlib import Path
+
+from dualbuild.build import bases
+from dualbuild.build.buildah import Buildah
+from dualbuild.build.cache import Position, base_key, copy_inputs, definition, step_key
+from dualbuild.errors import BuildError
+from dualbuild.files import file_sha256
+from dualbuild.plan import BuildPlan, PlannedStage
+from dualbuild.recipe.model import (
+    AciBase,
+    ArchiveBase,
+    BootstrapBase,
+    CopyStep,
+    RegistryBase,
+    RootfsBase,
+    ScratchBase,
+    StageBase,
+)
+
+
+@dataclass(frozen=True, kw_only=True)
+class KeyedStage:
+    """A stage with its base resolved and every position keyed.
+
+    Attributes:
+        stage: The planned stage.
+        positions: Position 0 (the base), then the tree after each step.
+        image_id: The pulled image of a registry base.
+        base_file: The file of an archive, rootfs, bootstrap or ACI base.
+        sources: For each copy step from the context (by step number), the files it reads.
+    """
+
+    stage: PlannedStage
+    positions: tuple[Position, ...]
+    image_id: str | None = None
+    base_file: Path | None = None
+    sources: Mapping[int, tuple[Path, ...]]
+
+    @property
+    def key(self) -> str:
+        """The key of the stage's final tree."""
+        return self.positions[-1].key
+
+
+@dataclass(frozen=True, kw_only=True)
+class KeyedPlan:
+    """Every stage of a plan, keyed."""
+
+    plan: BuildPlan
+    stages: tuple[KeyedStage, ...]
+
+    @property
+    def final_key(self) -> str:
+        """The key of the image's tree."""
+        return self.stages[-1].key
+
+
+def key_plan(
+    plan: BuildPlan,
+    buildah: Buildah,
+    *,
+    tls_verify: bool,
+    keyring: Path | None,
+    on_output: Callable[[str], None],
+) -> KeyedPlan:
+    """Resolve every base and key every position, stage by stage.
+
+    Raises:
+        BuildError: a base or copy source is missing, or a symlink leads out of the context.
+        SigningError: an ACI base's signature does not verify with ``keyring``.
+    """
+    keyed: dict[str, KeyedStage] = {}
+    for stage in plan.stages:
+        keyed[stage.name] = _key_stage(plan, stage, keyed, buildah, tls_verify, keyring, on_output)
+    return KeyedPlan(plan=plan, stages=tuple(keyed.values()))
+
+
+def _key_stage(
+    plan: BuildPlan,
+    stage: PlannedStage,
+    earlier: Mapping[str, KeyedStage],
+    buildah: Buildah,
+    tls_verify: bool,
+    keyring: Path | None,
+    on_output: Callable[[str], None],
+) -> KeyedStage:
+    base, context = stage.base, plan.settings.context
+    image_id = base_file = None
+    match base:
+        case ScratchBase():
+            key = base_key("scratch", "")
+        case RegistryBase():
+            image_id = buildah.pull(base.reference, tls_verify=stage.tls_verify and tls_verify)
+            key = base_key("image", image_id)
+        case ArchiveBase():
+            base_file = bases.context_file(context, base.path, str(base.kind))
+            key = base_key(str(base.kind), file_sha256(base_file))
+        case RootfsBase():
+            base_file = bases.rootfs_tarball(base, context)
+            key = base_key("rootfs", file_sha256(base_file))
+        case BootstrapBase():
+            arch = plan.recipe.image.arch
+            base_file = bases.bootstrap_tarball(base, arch, plan.settings.cache_dir, on_output)
+            key = base_key("bootstrap", base_file.name)
+        case AciBase():
+            base_file = bases.aci_file(base, context, keyring)
+            key = base_key("aci", file_sha256(base_file))
+        case StageBase():
+            key = base_key("stage", earlier[base.stage].key)
+    positions = [Position(key=key, parent="", definition="", inputs={})]
+    sources: dict[int, tuple[Path, ...]] = {}
+    for step in stage.steps:
+        inputs = []
+        source = None
+        if isinstance(step.step, CopyStep):
+            if step.step.from_stage is not None:
+                source = earlier[step.step.from_stage].key
+            else:
+                sources[step.number] = context_sources(context, step.step.sources)
+                inputs = copy_inputs(context, sources[step.number])
+        step_definition = definition(step)
+        positions.append(
+            Position(
+                key=step_key(positions[-1].key, step_definition, inputs, source),
+                parent=positions[-1].key,
+                definition=step_definition,
+                inputs={i.path: f"{i.kind}:{i.mode:o}:{i.content}" for i in inputs},
+            )
+        )
+    return KeyedStage(
+        stage=stage, positions=tuple(positions), image_id=image_id, base_file=base_file, sources=sources
+    )
+
+
+def context_sources(context: Path, sources: tuple[str, ...]) -> tuple[Path, ...]:
+    """Context files a copy reads: they must exist, and no symlink among them may leave the context.
+
+    Raises:
+        BuildError: a source is missing, or a symlink points outside the context.
+    """
+    real_context = Path(os.path.realpath(context))
+    paths: list[Path] = []
+    for source in sources:
+        pattern = os.fspath(context / source)
+        matches = sorted(glob.glob(pattern)) if glob.has_magic(source) else [pattern]
+        if not matches or not os.path.lexists(matches[0]):
+            raise BuildError(f"copy: {source!r} not found in the build context {context}")
+        for match in matches:
+            _check_inside(Path(match), real_context, source)
+            paths.append(Path(match))
+    return tuple(paths)
+
+
+def _check_inside(path: Path, real_context: Path, source: str) -> None:
+    def check(candidate: Path) -> None:
+        real = Path(os.path.realpath(candidate))
+        if not real.is_relative_to(real_context):
+            shown = os.readlink(candidate) if candidate.is_symlink() else str(real)
+            raise BuildError(
+                f"copy {source!r}: {candidate} is a symlink pointing outside the build context "
+                f"(-> {shown}); refusing to follow it",
+                hint="copy the file it points to into the context instead",
+            )
+
+    check(path)
+    if path.is_dir() and not path.is_symlink():
+        for directory, dirnames, filenames in os.walk(path):
+            for name in dirnames + filenames:
+                candidate = Path(directory) / name
+                if candidate.is_symlink():
+                    check(candidate)

@@ -1,0 +1,53 @@
+"""One build's artifacts checked together: found by their shared stem, every check run."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from dualbuild import gpg
+from dualbuild.errors import SigningError
+from dualbuild.plan import SIGNATURE_SUFFIX, SUFFIXES, ArtifactFiles
+from dualbuild.recipe.model import Format
+from dualbuild.verify.aci import aci_structure
+from dualbuild.verify.trees import verify
+
+
+def find_sets(paths: list[Path]) -> list[ArtifactFiles]:
+    """Group the .docker.tar and .aci files named (or found in the folders named) by stem."""
+    files: list[Path] = []
+    for path in paths:
+        files.extend(sorted(path.iterdir()) if path.is_dir() else [path])
+    sets: dict[str, dict[Format, Path]] = {}
+    for file in files:
+        for fmt in (Format.DOCKER, Format.ACI):
+            if file.name.endswith(SUFFIXES[fmt]):
+                sets.setdefault(file.name.removesuffix(SUFFIXES[fmt]), {})[fmt] = file
+    found = []
+    for stem, kinds in sorted(sets.items()):
+        aci = kinds.get(Format.ACI)
+        signature = aci.with_name(aci.name + SIGNATURE_SUFFIX) if aci is not None else None
+        found.append(
+            ArtifactFiles(stem=stem, docker=kinds.get(Format.DOCKER), aci=aci, aci_signature=signature)
+        )
+    return found
+
+
+def verify_set(files: ArtifactFiles, keyring: Path | None) -> list[str]:
+    """Every check of one build's artifacts; empty when all hold."""
+    problems: list[str] = []
+    if files.aci is not None and files.aci_signature is not None:
+        problems += aci_structure(files.aci)
+        try:
+            if keyring is not None:
+                gpg.verify_detached(files.aci, files.aci_signature, keyring)
+            else:
+                gpg.verify_in_keyring(files.aci, files.aci_signature)
+        except SigningError as error:
+            problems.append(f"signature: {error.message}")
+    if files.docker is not None and files.aci is not None:
+        problems += verify(files.docker, files.aci)
+    elif files.docker is None:
+        problems.append(f"no {files.stem}{SUFFIXES[Format.DOCKER]} to compare the ACI with")
+    else:
+        problems.append(f"no {files.stem}{SUFFIXES[Format.ACI]} to compare the Docker tarball with")
+    return problems

@@ -1,0 +1,99 @@
+"""Unit tests start no process: every attempt fails the test. The ``fake_run`` seam stands in
+for dualbuild.run, records each argv dualbuild would run, and answers as the tool would."""
+
+from __future__ import annotations
+
+import io
+import os
+import subprocess
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from typing import IO, Any
+
+import pytest
+
+from dualbuild import run
+from dualbuild.errors import CommandError
+
+
+class ProcessStarted(AssertionError):
+    """A unit test tried to start a process."""
+
+
+@pytest.fixture(autouse=True)
+def no_processes(monkeypatch: pytest.MonkeyPatch) -> None:
+    def refuse(*args: object, **_kwargs: object) -> None:
+        raise ProcessStarted(f"a unit test started {args[:1]!r}: use fake_run, or move it to integration/")
+
+    monkeypatch.setattr(subprocess, "Popen", refuse)
+    for name in ("system", "fork", "forkpty", "posix_spawn", "posix_spawnp", "execv", "execve"):
+        monkeypatch.setattr(os, name, refuse)
+
+
+@dataclass
+class Answer:
+    """What the fake tool does for a matching argv."""
+
+    tokens: tuple[str, ...]
+    stdout: str = ""
+    returncode: int = 0
+    tail: str = ""
+
+
+@dataclass
+class FakeRun:
+    """Records what dualbuild runs; answers by the first rule whose tokens appear in order."""
+
+    calls: list[list[str]] = field(default_factory=list)
+    stdin: list[bytes] = field(default_factory=list)
+    answers: list[Answer] = field(default_factory=list)
+
+    def answer(self, *tokens: str, stdout: str = "", returncode: int = 0, tail: str = "") -> None:
+        """When an argv holds ``tokens`` in this order (the tool by its name), answer so."""
+        self.answers.insert(0, Answer(tokens, stdout, returncode, tail))
+
+    def of(self, tool: str) -> list[list[str]]:
+        """The argv of every call of ``tool``, with the tool's path shortened to its name."""
+        return [[tool, *argv[1:]] for argv in self.calls if os.path.basename(argv[0]) == tool]
+
+    def _respond(self, argv: Sequence[Any], check: bool) -> run.Result:
+        args = [os.fspath(a) for a in argv]
+        self.calls.append(args)
+        named = [os.path.basename(args[0]), *args[1:]]
+        answer = next((a for a in self.answers if _in_order(a.tokens, named)), Answer(()))
+        if check and answer.returncode != 0:
+            raise CommandError(args, answer.returncode, answer.tail)
+        return run.Result(answer.returncode, answer.stdout, answer.tail)
+
+    def run(self, argv: Sequence[Any], *, check: bool = True, **_kwargs: object) -> run.Result:
+        return self._respond(argv, check)
+
+    @contextmanager
+    def stream_stdout(self, argv: Sequence[Any]) -> Iterator[IO[bytes]]:
+        yield io.BytesIO(self._respond(argv, True).stdout.encode())
+
+    @contextmanager
+    def stream_stdin(self, argv: Sequence[Any], **_kwargs: object) -> Iterator[IO[bytes]]:
+        result = self._respond(argv, False)
+        sink = io.BytesIO()
+        yield sink
+        self.stdin.append(sink.getvalue())
+        if result.returncode != 0:
+            raise CommandError([os.fspath(a) for a in argv], result.returncode, result.tail)
+
+
+def _in_order(tokens: Sequence[str], argv: Sequence[str]) -> bool:
+    rest = iter(argv)
+    return all(any(token == arg for arg in rest) for token in tokens)
+
+
+@pytest.fixture
+def fake_run(monkeypatch: pytest.MonkeyPatch) -> FakeRun:
+    """Replace every way dualbuild starts a process (dualbuild.run) by a recorder."""
+    fake = FakeRun()
+    monkeypatch.setattr(run, "run", fake.run)
+    monkeypatch.setattr(run, "stream_stdout", fake.stream_stdout)
+    monkeypatch.setattr(run, "stream_stdin", fake.stream_stdin)
+    monkeypatch.setattr(run, "find_tool", lambda name, _reason: f"/usr/bin/{name}")
+    return fake
