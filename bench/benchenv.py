@@ -2,7 +2,7 @@
 timed child processes with their peak RSS, and cleanup that leaves nothing behind.
 
 Nothing here touches the user's buildah store or keyring: buildah is pointed at a private
-store through ``CONTAINERS_STORAGE_CONF`` (as tests/test_build_cli.py does), gpg at a
+store through ``CONTAINERS_STORAGE_CONF`` (as tests/integration/test_build_cli.py does), gpg at a
 temporary ``GNUPGHOME`` holding one RSA 2048 key, dualbuild's own cache at a private
 ``XDG_CACHE_HOME``.
 """

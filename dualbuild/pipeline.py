@@ -19,8 +19,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from dualbuild import __version__, run, settings
-from dualbuild.build.buildah import temporary_storage
-from dualbuild.build.stages import BuildOptions, BuildSession, build_session
+from dualbuild.builder.buildah import temporary_storage
+from dualbuild.builder.stages import BuildOptions, BuildSession, build_session
 from dualbuild.emit import run_emitters
 from dualbuild.emit.artifact import Artifact, ImageSpec
 from dualbuild.errors import ReportError, SigningError

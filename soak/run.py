@@ -40,8 +40,8 @@ def main() -> int:
     }
     print(f"soak: {options.examples} examples per property, {options.rounds} interrupts, seed {options.seed}")
     tests = [
-        "tests/test_recipe_fuzz.py",
-        "tests/test_hardening.py::test_random_interrupts_leave_nothing_behind",
+        "tests/unit/test_recipe_fuzz.py",
+        "tests/integration/test_hardening.py::test_random_interrupts_leave_nothing_behind",
     ]
     return subprocess.run(
         [sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", *tests], cwd=ROOT, env=env

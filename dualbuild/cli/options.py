@@ -14,7 +14,7 @@ from typing import Any, TypeVar
 
 import click
 
-from dualbuild.build.stages import BuildOptions
+from dualbuild.builder.stages import BuildOptions
 from dualbuild.errors import UsageError
 from dualbuild.pipeline import BuildRequest
 from dualbuild.settings import Overrides

@@ -6,12 +6,13 @@ from pathlib import Path
 
 import click
 
+from dualbuild.cli.options import recipe_argument, registry_options
 from dualbuild.publish.flow import publish
 from dualbuild.publish.types import PublishRequest
 
 
 @click.command("publish")
-@click.argument("recipe", type=click.Path(path_type=Path))
+@recipe_argument
 @click.option(
     "--out",
     type=click.Path(path_type=Path, file_okay=False),
@@ -33,12 +34,7 @@ from dualbuild.publish.types import PublishRequest
     type=click.Path(path_type=Path, dir_okay=False, exists=True),
     help="The signing key's exported public key, for publishing where the keyring ($GNUPGHOME) lacks it.",
 )
-@click.option("--tls-verify/--no-tls-verify", default=True, help="Verify TLS of the registry and ACI site.")
-@click.option(
-    "--authfile",
-    type=click.Path(path_type=Path, dir_okay=False),
-    help="Registry credentials (default: REGISTRY_AUTH_FILE, containers auth.json, ~/.docker/config.json).",
-)
+@registry_options("the registry and ACI site")
 @click.option(
     "--dry-run", is_flag=True, help="Check everything and say what would be published; write nothing."
 )

@@ -9,7 +9,7 @@ from pathlib import Path
 import click
 
 from dualbuild import settings
-from dualbuild.build.cache import cached, prune
+from dualbuild.builder.cache import cached, prune
 from dualbuild.errors import UsageError
 from dualbuild.recipe.rules import parse_age_seconds
 from dualbuild.sign.keys import create_key, export_public_key

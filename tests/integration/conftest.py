@@ -16,7 +16,7 @@ from pathlib import Path
 
 import pytest
 
-from dualbuild.build.buildah import StorageOptions
+from dualbuild.builder.buildah import StorageOptions
 from dualbuild.gpg import gpg_env, stop_agent
 from tests.integration.helpers import Docker, buildah
 from tests.support import ROOT, free_port, require_root, require_tools

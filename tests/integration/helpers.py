@@ -8,7 +8,7 @@ import sys
 from collections.abc import Callable
 from pathlib import Path
 
-from dualbuild.build.buildah import StorageOptions
+from dualbuild.builder.buildah import StorageOptions
 from tests.support import require_tools
 
 

@@ -16,9 +16,9 @@ from pathlib import Path
 
 import pytest
 
-from dualbuild.build.buildah import StorageOptions
-from dualbuild.build.cache import base_key, cache_image
-from dualbuild.build.stages import BuildOptions, BuiltImage, build_session
+from dualbuild.builder.buildah import StorageOptions
+from dualbuild.builder.cache import base_key, cache_image
+from dualbuild.builder.stages import BuildOptions, BuiltImage, build_session
 from dualbuild.errors import BuildError
 from dualbuild.files import file_sha256
 from dualbuild.plan import BuildPlan, make_plan

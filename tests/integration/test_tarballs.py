@@ -14,7 +14,7 @@ from pathlib import Path
 
 import pytest
 
-from dualbuild.build.tarballs import _feed_checked, extract_checked
+from dualbuild.builder.tarballs import _feed_checked, extract_checked
 from dualbuild.errors import BuildError, ToolNotFoundError
 from tests.support import require_root, require_tools
 

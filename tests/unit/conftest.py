@@ -6,7 +6,7 @@ from __future__ import annotations
 import io
 import os
 import subprocess
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from typing import IO, Any
@@ -31,6 +31,10 @@ def no_processes(monkeypatch: pytest.MonkeyPatch) -> None:
         monkeypatch.setattr(os, name, refuse)
 
 
+# A tool's behaviour given its argv: (exit code, stdout, output tail); it may write files too.
+Behaviour = Callable[[list[str]], tuple[int, str, str]]
+
+
 @dataclass
 class Answer:
     """What the fake tool does for a matching argv."""
@@ -39,6 +43,7 @@ class Answer:
     stdout: str = ""
     returncode: int = 0
     tail: str = ""
+    behaviour: Behaviour | None = None
 
 
 @dataclass
@@ -49,9 +54,16 @@ class FakeRun:
     stdin: list[bytes] = field(default_factory=list)
     answers: list[Answer] = field(default_factory=list)
 
-    def answer(self, *tokens: str, stdout: str = "", returncode: int = 0, tail: str = "") -> None:
-        """When an argv holds ``tokens`` in this order (the tool by its name), answer so."""
-        self.answers.insert(0, Answer(tokens, stdout, returncode, tail))
+    def answer(
+        self, *tokens: str, stdout: str = "", returncode: int = 0, tail: str = "",
+        behaviour: Behaviour | None = None,
+    ) -> None:  # fmt: skip
+        """When an argv holds ``tokens`` in this order (the tool by its name), answer so.
+
+        ``behaviour``, when given, decides the answer from the argv (and may write files, as
+        the tool would); the latest rule that matches wins.
+        """
+        self.answers.insert(0, Answer(tokens, stdout, returncode, tail, behaviour))
 
     def of(self, tool: str) -> list[list[str]]:
         """The argv of every call of ``tool``, with the tool's path shortened to its name."""
@@ -62,9 +74,12 @@ class FakeRun:
         self.calls.append(args)
         named = [os.path.basename(args[0]), *args[1:]]
         answer = next((a for a in self.answers if _in_order(a.tokens, named)), Answer(()))
-        if check and answer.returncode != 0:
-            raise CommandError(args, answer.returncode, answer.tail)
-        return run.Result(answer.returncode, answer.stdout, answer.tail)
+        code, stdout, tail = (
+            answer.behaviour(args) if answer.behaviour else (answer.returncode, answer.stdout, answer.tail)
+        )
+        if check and code != 0:
+            raise CommandError(args, code, tail)
+        return run.Result(code, stdout, tail)
 
     def run(self, argv: Sequence[Any], *, check: bool = True, **_kwargs: object) -> run.Result:
         return self._respond(argv, check)

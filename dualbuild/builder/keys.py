@@ -15,9 +15,9 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 
-from dualbuild.build import bases
-from dualbuild.build.buildah import Buildah
-from dualbuild.build.cache import Position, base_key, copy_inputs, definition, step_key
+from dualbuild.builder import bases
+from dualbuild.builder.buildah import Buildah
+from dualbuild.builder.cache import Position, base_key, copy_inputs, definition, step_key
 from dualbuild.errors import BuildError
 from dualbuild.files import file_sha256
 from dualbuild.plan import BuildPlan, PlannedStage

@@ -18,6 +18,7 @@ from pathlib import Path
 
 from dualbuild import run
 from dualbuild.errors import BuildError, CommandError, UsageError
+from dualbuild.files import write_atomically
 from dualbuild.log import log
 from dualbuild.recipe.model import Network
 
@@ -282,5 +283,5 @@ class Buildah:
         path = self._probe_file()
         if path is not None:
             path.parent.mkdir(parents=True, exist_ok=True)
-            path.write_text(json.dumps({"key": self._probe_key(), "isolation": choice}))
+            write_atomically(path, json.dumps({"key": self._probe_key(), "isolation": choice}).encode())
         return choice

@@ -20,7 +20,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from dualbuild import __version__
-from dualbuild.build.buildah import Buildah
+from dualbuild.builder.buildah import Buildah
 from dualbuild.files import file_sha256, write_atomically
 from dualbuild.plan import PlannedStep, to_jsonable
 

@@ -1,7 +1,7 @@
 """Running a plan's stages with buildah and handing over the final tree.
 
 A :func:`build_session` owns one buildah session: on entering it every stage is keyed
-(build/keys.py: bases pulled, found or bootstrapped once), which is all an up-to-date check
+(builder/keys.py: bases pulled, found or bootstrapped once), which is all an up-to-date check
 needs; :meth:`BuildSession.build` then builds every stage and returns the final stage's mounted
 tree and its config. On leaving the session (success, failure or interrupt) every container is
 gone.
@@ -18,10 +18,10 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from dualbuild import run
-from dualbuild.build import bases, filesteps
-from dualbuild.build.buildah import Buildah, StorageOptions
-from dualbuild.build.cache import Position, StepIndex, cache_image
-from dualbuild.build.keys import KeyedPlan, KeyedStage, key_plan
+from dualbuild.builder import bases, filesteps
+from dualbuild.builder.buildah import Buildah, StorageOptions
+from dualbuild.builder.cache import Position, StepIndex, cache_image
+from dualbuild.builder.keys import KeyedPlan, KeyedStage, key_plan
 from dualbuild.errors import BuildError, CommandError
 from dualbuild.files import write_atomically
 from dualbuild.imageconfig import ImageConfig, apply_app, from_docker_config

@@ -16,8 +16,8 @@ from pathlib import Path
 
 from dualbuild import gpg, run
 from dualbuild.archive import ACI_MANIFEST, open_tar_stream, read_aci_manifest
-from dualbuild.build.buildah import Buildah
-from dualbuild.build.tarballs import extract_checked, unsafe_member_reason
+from dualbuild.builder.buildah import Buildah
+from dualbuild.builder.tarballs import extract_checked, unsafe_member_reason
 from dualbuild.errors import BuildError, CommandError
 from dualbuild.files import atomic_path
 from dualbuild.imageconfig import ImageConfig, from_aci_manifest, from_docker_config

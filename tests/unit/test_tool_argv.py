@@ -1,0 +1,451 @@
+"""What dualbuild asks of each tool: the argv sent to buildah, gpg, skopeo, tar and mmdebstrap.
+
+Run through the ``fake_run`` seam: nothing is started; the fake answers as the tool would.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import io
+import json
+import tarfile
+from pathlib import Path
+
+import pytest
+
+from dualbuild.builder import bases
+from dualbuild.builder.buildah import Buildah, StorageOptions
+from dualbuild.builder.tarballs import extract_checked
+from dualbuild.errors import BuildError, SigningError
+from dualbuild.publish import docker as publish_docker
+from dualbuild.publish.retry import RetryPolicy
+from dualbuild.publish.types import Build, PublishRequest
+from dualbuild.recipe.model import Arch, BootstrapBase, Network
+from dualbuild.sign.keys import check_signing_key, export_public_key
+from dualbuild.sign.signer import SigningKey, sign_argv
+from tests.unit.conftest import FakeRun
+from tests.unit.test_report import report_of
+
+FINGERPRINT = "ABCDEF0123456789ABCDEF0123456789ABCDEF01"
+# How every signature is asked of gpg: detached, armored, by that key, over SHA-256.
+SIGN = [
+    "--batch",
+    "--yes",
+    "--armor",
+    "--detach-sign",
+    "--local-user",
+    FINGERPRINT,
+    "--digest-algo",
+    "SHA256",
+]
+STORE = StorageOptions(root=Path("/store/root"), runroot=Path("/store/run"))
+
+
+# --- buildah -------------------------------------------------------------------------------------
+
+
+def test_buildah_pull_passes_tls_and_credentials_and_returns_the_image_id(fake_run: FakeRun) -> None:
+    fake_run.answer("buildah", "pull", stdout="Getting image\nsha256:feedface\n")
+    buildah = Buildah(storage=STORE, authfile=Path("/auth.json"))
+    assert buildah.pull("registry.example/app:1", tls_verify=False) == "sha256:feedface"
+    assert fake_run.of("buildah") == [
+        [
+            "buildah",
+            "--root",
+            "/store/root",
+            "--runroot",
+            "/store/run",
+            "pull",
+            "--quiet",
+            "--tls-verify=false",
+            "--authfile",
+            "/auth.json",
+            "registry.example/app:1",
+        ]
+    ]
+
+
+def test_buildah_pull_failure_is_a_build_error_naming_the_base(fake_run: FakeRun) -> None:
+    fake_run.answer("buildah", "pull", returncode=125, tail="manifest unknown")
+    with pytest.raises(BuildError, match=r"cannot use base 'x:1': buildah pull failed\nmanifest unknown"):
+        Buildah().pull("x:1")
+
+
+def test_run_steps_get_isolation_network_user_workdir_and_env(fake_run: FakeRun) -> None:
+    buildah = Buildah(isolation="runc")
+    container = buildah.new_container("scratch", label="final")
+    buildah.run_in(
+        container,
+        ["/bin/sh", "-c", "make"],
+        user="1000",
+        workdir="/src",
+        env={"A": "1", "B": "x y"},
+        network=Network.NONE,
+        on_line=lambda line: None,
+    )
+    create, step = fake_run.of("buildah")
+    assert create == ["buildah", "from", "--quiet", "--pull=never", "--name", container, "scratch"]
+    assert container.startswith(f"dualbuild-{buildah.session}-0-final")
+    assert step == [
+        "buildah",
+        "run",
+        "--isolation",
+        "oci",
+        "--runtime",
+        "runc",
+        "--network",
+        "none",
+        "--user",
+        "1000",
+        "--workingdir",
+        "/src",
+        "--env",
+        "A=1",
+        "--env",
+        "B=x y",
+        container,
+        "--",
+        "/bin/sh",
+        "-c",
+        "make",
+    ]
+
+
+def test_without_network_chroot_isolation_gets_an_empty_namespace_of_its_own(fake_run: FakeRun) -> None:
+    buildah = Buildah(isolation="chroot")
+    buildah.run_in("c", ["true"], user=None, workdir=None, env={}, network=Network.NONE, on_line=print)
+    assert fake_run.calls == [
+        [
+            "/usr/bin/unshare",
+            "--net",
+            "--",
+            "/usr/bin/buildah",
+            "run",
+            "--isolation",
+            "chroot",
+            "c",
+            "--",
+            "true",
+        ]
+    ]
+
+
+def test_copy_is_owned_by_root_unless_told_and_cleanup_removes_what_was_made(fake_run: FakeRun) -> None:
+    buildah = Buildah()
+    first = buildah.new_container("scratch", label="build")
+    second = buildah.new_container("scratch", label="final")
+    buildah.copy(second, ["/ctx/a", "/ctx/b/"], "/srv/", owner=None, mode=0o640, contextdir=Path("/ctx"))
+    buildah.copy(second, ["/out/bin"], "/usr/bin/", owner="1000:1000", mode=None, from_container=first)
+    image = buildah.commit(first, label="build")
+    buildah.cleanup()
+    calls = fake_run.of("buildah")[2:]
+    assert calls[0] == [
+        "buildah",
+        "copy",
+        "--quiet",
+        "--chown",
+        "0:0",
+        "--chmod",
+        "640",
+        "--contextdir",
+        "/ctx",
+        second,
+        "/ctx/a",
+        "/ctx/b/",
+        "/srv/",
+    ]
+    assert calls[1] == [
+        "buildah",
+        "copy",
+        "--quiet",
+        "--chown",
+        "1000:1000",
+        "--from",
+        first,
+        second,
+        "/out/bin",
+        "/usr/bin/",
+    ]
+    assert calls[2] == ["buildah", "commit", "--quiet", first, image]
+    # Newest first, each removed once; the temporary image too.
+    assert calls[3:] == [
+        ["buildah", "rm", second],
+        ["buildah", "rm", first],
+        ["buildah", "rmi", "--force", image],
+    ]
+    assert buildah.containers == []
+
+
+def test_an_unknown_isolation_is_a_usage_error(fake_run: FakeRun) -> None:
+    with pytest.raises(Exception, match="unknown isolation 'jail'") as caught:
+        Buildah(isolation="jail")
+    assert getattr(caught.value, "exit_code", None) == 2
+    assert fake_run.calls == []
+
+
+# --- tar -----------------------------------------------------------------------------------------
+
+
+def tarball(path: Path, names: list[str]) -> bytes:
+    buffer = io.BytesIO()
+    with tarfile.open(fileobj=buffer, mode="w", format=tarfile.PAX_FORMAT) as archive:
+        for name in names:
+            info = tarfile.TarInfo(name)
+            info.size = len(name)
+            archive.addfile(info, io.BytesIO(name.encode()))
+    path.write_bytes(buffer.getvalue())
+    return buffer.getvalue()
+
+
+def test_tar_extracts_with_owners_modes_and_the_carried_xattrs_and_gets_every_checked_byte(
+    fake_run: FakeRun, tmp_path: Path
+) -> None:
+    data = tarball(tmp_path / "rootfs.tar", ["etc/hostname", "bin/sh"])
+    extract_checked(tmp_path / "rootfs.tar", tmp_path / "root", "rootfs tarball")
+    assert fake_run.of("tar") == [
+        [
+            "tar",
+            "--extract",
+            "--file=-",
+            "--read-full-records",
+            f"--directory={tmp_path / 'root'}",
+            "--preserve-permissions",
+            "--same-owner",
+            "--numeric-owner",
+            "--warning=no-timestamp",
+            "--xattrs",
+            "--xattrs-include=security.capability",
+            "--xattrs-include=user.*",
+        ]
+    ]
+    assert fake_run.stdin == [data]
+
+
+def test_tar_failing_is_a_build_error_with_its_output(fake_run: FakeRun, tmp_path: Path) -> None:
+    tarball(tmp_path / "rootfs.tar", ["a"])
+    fake_run.answer("tar", returncode=2, tail="tar: a: Cannot open: Permission denied")
+    with pytest.raises(BuildError, match="extracting it failed\ntar: a: Cannot open"):
+        extract_checked(tmp_path / "rootfs.tar", tmp_path, "rootfs tarball")
+
+
+# --- mmdebstrap ----------------------------------------------------------------------------------
+
+
+def test_mmdebstrap_writes_under_a_temporary_tar_name_then_the_base_is_cached(
+    fake_run: FakeRun, tmp_path: Path
+) -> None:
+    def mmdebstrap(argv: list[str]) -> tuple[int, str, str]:
+        Path(argv[-2]).write_bytes(b"a debian tarball")
+        return 0, "", ""
+
+    fake_run.answer("mmdebstrap", behaviour=mmdebstrap)
+    base = BootstrapBase(packages=("passwd", "curl"), mirror="http://deb.example/debian")
+    first = bases.bootstrap_tarball(base, Arch.ARM64, tmp_path, print)
+    [argv] = fake_run.of("mmdebstrap")
+    assert argv[:5] == [
+        "mmdebstrap",
+        "--variant=minbase",
+        "--architectures=arm64",
+        "--include=passwd,curl",
+        "bookworm",
+    ]
+    assert argv[6] == "http://deb.example/debian"
+    partial = Path(argv[5])
+    assert partial.parent == first.parent
+    assert partial.name.endswith(".tar")  # mmdebstrap picks the format from the name
+    assert partial.name != first.name
+    assert first.read_bytes() == b"a debian tarball"
+    assert sorted(p.name for p in first.parent.iterdir()) == [first.name]
+    assert bases.bootstrap_tarball(base, Arch.ARM64, tmp_path, print) == first
+    assert len(fake_run.of("mmdebstrap")) == 1  # made once, then cached
+
+
+def test_mmdebstrap_failing_leaves_no_tarball(fake_run: FakeRun, tmp_path: Path) -> None:
+    def failing(argv: list[str]) -> tuple[int, str, str]:
+        Path(argv[-1]).write_bytes(b"half")
+        return 1, "", "E: cannot reach the mirror"
+
+    fake_run.answer("mmdebstrap", behaviour=failing)
+    with pytest.raises(BuildError, match=r"bootstrap debian bookworm .* failed"):
+        bases.bootstrap_tarball(BootstrapBase(), Arch.AMD64, tmp_path, print)
+    assert list((tmp_path / "bootstrap").iterdir()) == []
+
+
+# --- gpg -----------------------------------------------------------------------------------------
+
+DSA_KEY = "\n".join(
+    [
+        "sec:u:2048:17:ABCDEF0123456789:1700000000:::u:::scSC:::+:::23::0:",
+        f"fpr:::::::::{FINGERPRINT}:",
+        "grp:::::::::0123456789ABCDEF0123456789ABCDEF01234567:",
+        "uid:u::::1700000000::HASH::Releases <r@example.com>::::::::::0:",
+    ]
+)
+
+
+def test_a_key_is_checked_with_a_trial_signature_and_its_passphrase_never_reaches_argv(
+    fake_run: FakeRun,
+) -> None:
+    fake_run.answer("gpg", "--list-secret-keys", stdout=DSA_KEY)
+    key, warnings = check_signing_key("r@example.com", gnupghome=Path("/keys"), passphrase="horse battery")
+    assert (key.fingerprint, key.algorithm, key.user_id, key.agent) == (
+        FINGERPRINT,
+        "DSA",
+        "Releases <r@example.com>",
+        None,
+    )
+    assert warnings == []
+    listing, trial = fake_run.of("gpg")
+    assert listing == [
+        "gpg",
+        "--batch",
+        "--with-colons",
+        "--with-keygrip",
+        "--list-secret-keys",
+        "--",
+        "r@example.com",
+    ]
+    assert trial[:9] == ["gpg", *SIGN]
+    assert trial[9:13] == ["--pinentry-mode", "loopback", "--passphrase-fd", "0"]
+    assert not any("horse" in arg for call in fake_run.calls for arg in call)
+
+
+@pytest.mark.parametrize(
+    ("record", "message"),
+    [
+        ("sec:e:2048:1:AB:1:::u:::scSC:::+::", "is expired"),
+        ("sec:r:2048:1:AB:1:::u:::scSC:::+::", "is revoked"),
+        ("sec:u:2048:1:AB:1:::u:::eE:::+::", "cannot sign"),
+    ],
+)
+def test_an_unusable_key_is_refused_before_anything_is_signed(
+    fake_run: FakeRun, record: str, message: str
+) -> None:
+    fake_run.answer("gpg", "--list-secret-keys", stdout=f"{record}\nfpr:::::::::{FINGERPRINT}:")
+    with pytest.raises(SigningError, match=message):
+        check_signing_key("k")
+    assert len(fake_run.calls) == 1
+
+
+def test_an_unknown_key_says_where_it_looked(fake_run: FakeRun) -> None:
+    fake_run.answer("gpg", "--list-secret-keys", returncode=2)
+    with pytest.raises(SigningError, match=r"no secret key 'k' in the keyring \(/keys\)"):
+        check_signing_key("k", gnupghome=Path("/keys"))
+
+
+def test_the_sign_argv_without_a_passphrase_reads_the_data_from_a_file() -> None:
+    key = SigningKey(selector="k", fingerprint=FINGERPRINT, algorithm="RSA", user_id="", gnupghome=None)
+    argv, stdin = sign_argv(key, Path("/out/x.asc"), Path("/out/x.aci"))
+    assert argv[1:] == [*SIGN, "--output", "/out/x.asc", "/out/x.aci"]
+    assert stdin is None
+
+
+def test_a_public_key_is_exported_alone_through_a_keyring_of_its_own(
+    fake_run: FakeRun, tmp_path: Path
+) -> None:
+    armored = "-----BEGIN PGP PUBLIC KEY BLOCK-----\nabc\n-----END PGP PUBLIC KEY BLOCK-----\n"
+    fake_run.answer("gpg", "--export", stdout=armored)
+    fake_run.answer("gpg", "--list-keys", stdout=f"pub:u:4096:1:AB:1:::u:::scSC:\nfpr:::::::::{FINGERPRINT}:")
+    fake_run.answer("gpgconf")
+    assert export_public_key(FINGERPRINT, tmp_path / "key.asc", gnupghome=Path("/keys")) == "RSA"
+    assert (tmp_path / "key.asc").read_text() == armored
+    export, load, listing, again = fake_run.of("gpg")
+    assert export == ["gpg", "--batch", "--armor", "--export", FINGERPRINT]
+    assert load[:4] == ["gpg", "--batch", "--quiet", "--import"]
+    assert listing == ["gpg", "--batch", "--with-colons", "--list-keys", "--", FINGERPRINT]
+    assert again == export
+    assert fake_run.of("gpgconf") == [["gpgconf", "--kill", "all"]]  # the scratch keyring's agent
+
+
+def test_a_key_missing_from_the_keyring_is_named_with_a_hint(fake_run: FakeRun, tmp_path: Path) -> None:
+    with pytest.raises(SigningError, match=f"the signing key {FINGERPRINT} is not in the keyring") as caught:
+        export_public_key(FINGERPRINT, tmp_path / "key.asc")
+    assert caught.value.hint is not None
+    assert "--public-key" in caught.value.hint
+    assert not (tmp_path / "key.asc").exists()
+
+
+# --- skopeo --------------------------------------------------------------------------------------
+
+
+class FakeRegistry:
+    """Manifests by reference, as skopeo inspect and copy see them."""
+
+    def __init__(self, config_digest: str) -> None:
+        self.manifest = json.dumps({"schemaVersion": 2, "config": {"digest": config_digest}})
+        self.digest = "sha256:" + hashlib.sha256(self.manifest.encode()).hexdigest()
+        self.held: dict[str, str] = {}
+
+    def inspect(self, argv: list[str]) -> tuple[int, str, str]:
+        reference = argv[-1].removeprefix("docker://")
+        if reference in self.held:
+            return 0, self.held[reference], ""
+        return 1, "", 'time="x" level=fatal msg="reading manifest: manifest unknown"'
+
+    def copy(self, argv: list[str]) -> tuple[int, str, str]:
+        self.held[argv[-1].removeprefix("docker://")] = self.manifest
+        if "--digestfile" in argv:
+            Path(argv[argv.index("--digestfile") + 1]).write_text(self.digest)
+        return 0, "", ""
+
+
+def test_skopeo_pushes_the_version_then_copies_every_tag_by_digest_and_reads_each_back(
+    fake_run: FakeRun, tmp_path: Path
+) -> None:
+    registry = FakeRegistry("sha256:config")
+    fake_run.answer("skopeo", "inspect", behaviour=registry.inspect)
+    fake_run.answer("skopeo", "copy", behaviour=registry.copy)
+    build = _build(tmp_path, image_id="sha256:config")
+    request = PublishRequest(recipe=tmp_path / "recipe.toml", tls_verify=False, retry=RetryPolicy(attempts=1))
+    plan = publish_docker.prepare(build, "reg.example/team/hello", request)
+    pushed = publish_docker.push(plan)
+    assert pushed.record.digest == registry.digest
+    assert pushed.written == ("1.0.0", "latest")
+    calls = fake_run.of("skopeo")
+    archive = tmp_path / "hello-1.0.0-linux-amd64.docker.tar"
+    assert calls[0] == [
+        "skopeo",
+        "inspect",
+        "--raw",
+        "--tls-verify=false",
+        "docker://reg.example/team/hello:1.0.0",
+    ]
+    assert calls[1][:4] == ["skopeo", "copy", "--quiet", "--digestfile"]
+    assert calls[1][5:] == [
+        "--dest-tls-verify=false",
+        f"docker-archive:{archive}",
+        "docker://reg.example/team/hello:1.0.0",
+    ]
+    assert calls[4] == [
+        "skopeo",
+        "copy",
+        "--quiet",
+        "--preserve-digests",
+        "--src-tls-verify=false",
+        "--dest-tls-verify=false",
+        f"docker://reg.example/team/hello@{registry.digest}",
+        "docker://reg.example/team/hello:latest",
+    ]
+    # Every reference is read back after it is written.
+    assert calls[2][-1] == calls[0][-1]
+    assert calls[5][-1] == "docker://reg.example/team/hello:latest"
+
+
+def test_another_image_under_the_version_is_not_replaced(fake_run: FakeRun, tmp_path: Path) -> None:
+    registry = FakeRegistry("sha256:other")
+    registry.held["reg.example/hello:1.0.0"] = registry.manifest
+    fake_run.answer("skopeo", "inspect", behaviour=registry.inspect)
+    request = PublishRequest(recipe=tmp_path / "recipe.toml", retry=RetryPolicy(attempts=1))
+    with pytest.raises(Exception, match="already holds a different image") as caught:
+        publish_docker.prepare(_build(tmp_path, image_id="sha256:config"), "reg.example/hello", request)
+    assert getattr(caught.value, "exit_code", None) == 5
+    assert [call[1] for call in fake_run.of("skopeo")] == ["inspect"]
+
+
+def _build(directory: Path, *, image_id: str) -> Build:
+    recipe_file = directory / "recipe.toml"
+    recipe_file.write_text(
+        '[image]\nname = "example.com/hello"\nversion = "1.0.0"\ntags = ["latest"]\narch = "amd64"\n'
+        '[[stages]]\nfrom = "scratch"\n'
+    )
+    return report_of(recipe_file, directory, image_id=image_id)
