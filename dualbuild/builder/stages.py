@@ -101,13 +101,17 @@ class BuildSession:
         """
         on_output = self.options.on_output or output_line
         built: dict[str, _Stage] = {}
-        for keyed in self.keyed.stages:
-            builder = _StageBuilder(
-                self.buildah, self.plan, keyed, built, self.options, self.index, on_output
-            )
-            built[keyed.stage.name] = builder.build()
-        if self.options.cache:
-            self.index.save()
+        try:
+            for keyed in self.keyed.stages:
+                builder = _StageBuilder(
+                    self.buildah, self.plan, keyed, built, self.options, self.index, on_output
+                )
+                built[keyed.stage.name] = builder.build()
+        finally:
+            # What the stages built so far keyed explains the next build's misses, failed or not.
+            if self.options.cache:
+                with run.deferred_interrupts():
+                    self.index.save()
         final = built[self.plan.final_stage.name]
         recipe = self.plan.recipe
         return BuiltImage(
