@@ -190,7 +190,7 @@ def source_fingerprint() -> dict[str, object]:
                           text=True, check=False).stdout.strip()  # fmt: skip
     dirty = subprocess.run(["git", "-C", str(ROOT), "status", "--porcelain", "--", "dualbuild"],
                            capture_output=True, text=True, check=False).stdout.splitlines()  # fmt: skip
-    tarwriter = (ROOT / "dualbuild" / "tarwriter.py").read_text()
+    tarwriter = (ROOT / "dualbuild" / "layer" / "tarwriter.py").read_text()
     return {
         "git_head": head,
         "uncommitted_files": len(dirty),
