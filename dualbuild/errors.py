@@ -1,6 +1,6 @@
 """The error tree: every failure a user can cause or meet, each with its exit code.
 
-Library code raises these; only ``cli.py`` turns them into messages and exit codes.
+Library code raises these; only ``cli/main.py`` turns them into messages and exit codes.
 """
 
 from __future__ import annotations

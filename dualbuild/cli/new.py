@@ -1,4 +1,4 @@
-"""``dualbuild new``: the click command and its prompts; the work is done in ``scaffold.py``."""
+"""``dualbuild new``: the click command and its prompts; the work is done in ``scaffold/render.py``."""
 
 from __future__ import annotations
 

@@ -1,6 +1,6 @@
 """The layer tar of a tree, made once and handed to every output that needs it.
 
-Every format holds the same entries in the same order (dualbuild.tree); only the name prefix
+Every format holds the same entries in the same order (dualbuild.layer.tree); only the name prefix
 differs (``""`` in image layers, ``"rootfs/"`` in an ACI). So one producer walks the entries,
 opens and reads each file once, builds each entry's header once per prefix, and hands the
 same buffers to every subscriber. Each subscriber (one per emitter) consumes them in its own

@@ -10,7 +10,7 @@ ACI). What makes the bytes stable (image-formats.md §3, appc.md §1.3):
   archive ("unrecognized file path in layout: pax_global_header").
 * No atime/ctime records; mtime clamped to SOURCE_DATE_EPOCH; uname/gname empty.
 * Devices and FIFOs are headers only and never opened (opening /dev/console hangs).
-* File contents are read once (dualbuild.layerfeed) and streamed in 1 MiB chunks, hashed on the
+* File contents are read once (dualbuild.layer.feed) and streamed in 1 MiB chunks, hashed on the
   way, so memory does not grow with file size.
 
 Headers of ordinary entries are packed with :mod:`struct` (5x faster than
@@ -265,7 +265,7 @@ def tar_header(
 ) -> bytes:
     """The header block(s) of one entry: ustar, preceded by a PAX 'x' header only if needed.
 
-    Names are str decoded with surrogateescape (see dualbuild.tree) and are written back as
+    Names are str decoded with surrogateescape (see dualbuild.layer.tree) and are written back as
     the original bytes; a PAX record that is not UTF-8 makes tarfile add
     ``hdrcharset=BINARY``, which GNU tar, Go and Python all read.
     """

@@ -7,7 +7,7 @@ through SHA-256 while writing it, so it builds the v4 signature packet itself an
 gpg-agent (which holds the secret key, its passphrase cache and any smartcard) only to sign
 the final digest. What this module writes is byte for byte what gpg 2.2 writes for ``gpg
 --armor --detach-sign --digest-algo SHA256`` in the same second: the same subpackets in the
-same order, the same packet header and armor (test_sign.py compares the two).
+same order, the same packet header and armor (tests/integration/test_sign.py compares the two).
 """
 
 from __future__ import annotations

@@ -189,7 +189,7 @@ def test_a_background_stage_writes_everything_in_order() -> None:
 
 
 def test_entries_across_many_batches_keep_their_order_and_contents(tmp_path: Path) -> None:
-    # Entries are read, given headers and written in batches (layerfeed._BATCH): this tree
+    # Entries are read, given headers and written in batches (feed._BATCH): this tree
     # spans several, with big files (streamed, not batched) and symlinks among small ones.
     root = tmp_path / "root"
     expected: dict[str, bytes] = {}
