@@ -1,7 +1,8 @@
 # Everything a fresh machine needs: system packages (as root), a .venv with the project, then the job.
 SHELL := /bin/bash
 PYTHON ?= python3
-VENV := .venv
+# A second interpreter gets a venv of its own: PYTHON=/usr/bin/python3 VENV=.venv-debian make test
+VENV ?= .venv
 BIN := $(VENV)/bin
 DEMO := recipes/hello
 # The demo signing key lives in the project, apart from the user's own keyring.
@@ -25,9 +26,9 @@ $(BIN)/.installed: pyproject.toml
 # The per-entry hot path (setup.py lists it) compiled with mypyc, in place beside its
 # sources; compiled again after any change to the package, since Python imports a compiled
 # module before its source (dualbuild/__init__.py warns when one is stale).
-native: build/native.stamp
+native: $(VENV)/native.stamp
 
-build/native.stamp: setup.py $(shell find dualbuild -name '*.py') $(BIN)/.installed
+$(VENV)/native.stamp: setup.py $(shell find dualbuild -name '*.py') $(BIN)/.installed
 	$(BIN)/python setup.py -q build_ext --inplace --force
 	touch $@
 

@@ -6,10 +6,14 @@ which the build calls on success, failure and interruption alike.
 
 from __future__ import annotations
 
+import contextlib
+import glob
 import json
 import os
 import shutil
+import signal
 import tempfile
+import time
 import uuid
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
@@ -31,6 +35,12 @@ ISOLATIONS: dict[str, tuple[str, ...]] = {
 }
 PROBE_ORDER = ("oci", "runc", "chroot")
 NAME_PREFIX = "dualbuild-"
+# OCI runtimes buildah may run a step with; what one leaves is found in our state root by each.
+RUNTIMES = ("runc", "crun")
+# Where the runtime's state of a session's run steps goes: a tmpfs, as runc asks.
+RUNTIME_STATE_DIR = Path("/run")
+# Where cgroups of a container named ID live (v1 controllers, or the unified v2 tree).
+_CGROUPS = ("/sys/fs/cgroup/*/{id}", "/sys/fs/cgroup/{id}")
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -80,6 +90,8 @@ class Buildah:
     containers: list[str] = field(default_factory=list)
     images: list[str] = field(default_factory=list)
     session: str = field(default_factory=lambda: uuid.uuid4().hex[:12])
+    # The OCI runtime's state of this session's run steps (runc --root), made on first use.
+    runtime_root: Path | None = None
 
     def __post_init__(self) -> None:
         self.binary = run.find_tool("buildah", "build the image's root filesystem")
@@ -176,7 +188,22 @@ class Buildah:
             args += ["--workingdir", workdir]
         for name, value in env.items():
             args += ["--env", f"{name}={value}"]
+        args += self._runtime_flags(isolation)
         run.run([*wrapper, *self._argv(*args, container, "--", *argv)], on_line=on_line)
+
+    def _runtime_flags(self, isolation: str) -> list[str]:
+        """Keep the runtime's state of our run steps in a folder of this session's own.
+
+        A `buildah run` stopped between the runtime's create and start leaves a container
+        (a `runc init` waiting, its state, its cgroups) that buildah never deletes; in our own
+        state root, cleanup() finds exactly those, and nobody else's.
+        """
+        if isolation == "chroot":
+            return []
+        if self.runtime_root is None:
+            base = RUNTIME_STATE_DIR if os.access(RUNTIME_STATE_DIR, os.W_OK) else None
+            self.runtime_root = Path(tempfile.mkdtemp(prefix=f"dualbuild-runtime-{self.session}-", dir=base))
+        return ["--runtime-flag", f"root={self.runtime_root}"]
 
     def copy(
         self,
@@ -219,6 +246,7 @@ class Buildah:
 
     def cleanup(self) -> None:
         """Unmount and remove every container and image this session made. Never raises."""
+        self._remove_runtime_leftovers()
         for container in reversed(self.containers):
             result = run.run(self._argv("rm", container), check=False)
             if result.returncode != 0 and "no container" not in result.tail.lower():
@@ -227,6 +255,28 @@ class Buildah:
         for image in reversed(self.images):
             run.run(self._argv("rmi", "--force", image), check=False)
         self.images.clear()
+
+    def _remove_runtime_leftovers(self) -> None:
+        """Delete what an interrupted run step left in our runtime state root, then the root."""
+        root = self.runtime_root
+        if root is None:
+            return
+        for name in RUNTIMES:
+            binary = shutil.which(name)
+            if binary is None:
+                continue
+            listed = run.run([binary, "--root", root, "list", "-q"], check=False)
+            for container_id in listed.stdout.split() if listed.returncode == 0 else []:
+                log.debug("removing %s container %s left by an interrupted run step", name, container_id)
+                run.run([binary, "--root", root, "delete", "--force", container_id], check=False)
+        # A container killed before the runtime saved its state is unknown to it: its cgroups
+        # (and any process still in them) go by the state folder's name.
+        for state in root.iterdir() if root.is_dir() else []:
+            for pattern in _CGROUPS:
+                for cgroup in glob.glob(pattern.format(id=glob.escape(state.name))):
+                    _remove_cgroup(Path(cgroup))
+        shutil.rmtree(root, ignore_errors=True)
+        self.runtime_root = None
 
     # --- isolation ----------------------------------------------------------------------------
 
@@ -267,8 +317,9 @@ class Buildah:
             self._run("copy", "--quiet", container, busybox, "/busybox")
             for choice in PROBE_ORDER:
                 argv = self._argv(
-                    "run", *ISOLATIONS[choice], "--network", "host", container, "--", "/busybox", "true"
-                )
+                    "run", *ISOLATIONS[choice], "--network", "host", *self._runtime_flags(choice), container,
+                    "--", "/busybox", "true",
+                )  # fmt: skip
                 if run.run(argv, check=False).returncode == 0:
                     break
             else:
@@ -285,3 +336,24 @@ class Buildah:
             path.parent.mkdir(parents=True, exist_ok=True)
             write_atomically(path, json.dumps({"key": self._probe_key(), "isolation": choice}).encode())
         return choice
+
+
+def _remove_cgroup(cgroup: Path) -> None:
+    """Kill what is left in a cgroup of ours, then remove it (an empty cgroup is an rmdir)."""
+    try:
+        pids = [int(pid) for pid in (cgroup / "cgroup.procs").read_text().split()]
+    except (OSError, ValueError):
+        pids = []
+    for pid in pids:
+        with contextlib.suppress(ProcessLookupError, PermissionError):
+            os.kill(pid, signal.SIGKILL)
+    for attempt in range(50):
+        try:
+            cgroup.rmdir()
+            return
+        except FileNotFoundError:
+            return
+        except OSError:
+            # Busy until the killed processes are reaped by the kernel.
+            time.sleep(0.02 * (attempt + 1) if attempt < 10 else 0.2)
+    log.warning("could not remove the cgroup %s of an interrupted run step", cgroup)

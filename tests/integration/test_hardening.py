@@ -2,10 +2,13 @@
 
 from __future__ import annotations
 
+import contextlib
+import glob
 import io
 import json
 import os
 import random
+import shutil
 import signal
 import subprocess
 import tarfile
@@ -120,6 +123,57 @@ def test_interrupt_during_rootfs_extraction_leaves_nothing(
     assert "Traceback" not in rest
     assert not _leftovers(buildah_storage, project / "dist"), rest
     assert not Path(f"/proc/{(tmp_path / 'tar.pid').read_text().strip()}").exists()  # tar was stopped
+
+
+def runtime_leftovers() -> set[str]:
+    """OCI runtime state, `runc init` processes and buildah cgroups on this machine."""
+    found = {path for pattern in ("/run/runc/*", "/run/dualbuild-runtime-*") for path in glob.glob(pattern)}
+    found |= {
+        path
+        for pattern in ("/sys/fs/cgroup/*/buildah-*", "/sys/fs/cgroup/buildah-*")
+        for path in glob.glob(pattern)
+    }
+    for cmdline in glob.glob("/proc/[0-9]*/cmdline"):
+        with contextlib.suppress(OSError):
+            argv = Path(cmdline).read_bytes().split(b"\0")
+            if os.path.basename(argv[0]) == b"runc" and argv[1:2] == [b"init"]:
+                found.add(f"process {cmdline.split('/')[2]} runc init")
+    return found
+
+
+@pytest.mark.parametrize("signum", [signal.SIGINT, signal.SIGTERM])
+def test_an_interrupt_between_the_runtimes_create_and_start_leaves_no_container(
+    project: Path, cli_env: dict[str, str], buildah_storage: StorageOptions, tmp_path: Path, signum: int
+) -> None:
+    # buildah creates the step's container (a `runc init` waits), then starts it: a runc whose
+    # start never returns holds the build in between, where buildah alone would leave it all.
+    real = shutil.which("runc")
+    assert real is not None
+    started = tmp_path / "start-called"
+    (tmp_path / "runc").write_text(
+        f'#!/bin/sh\nfor arg; do [ "$arg" = start ] && {{ touch {started}; exec sleep 120; }}; done\n'
+        f'exec {real} "$@"\n'
+    )
+    (tmp_path / "runc").chmod(0o755)
+    (tmp_path / "containers.conf").write_text(f'[engine.runtimes]\nrunc = ["{tmp_path / "runc"}"]\n')
+    env = {**cli_env, "CONTAINERS_CONF": str(tmp_path / "containers.conf")}
+    (project / "recipe.toml").write_text(RECIPE)
+    before = runtime_leftovers()
+    process = subprocess.Popen(
+        [DUALBUILD, "build", str(project / "recipe.toml"), "--no-cache", "--isolation", "runc"],
+        env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True,
+    )  # fmt: skip
+    deadline = time.monotonic() + 120
+    while not started.exists() and process.poll() is None and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert started.exists(), process.stderr.read() if process.stderr else ""
+    assert runtime_leftovers() - before  # the created container is there, waiting
+    process.send_signal(signum)
+    _, stderr = process.communicate(timeout=120)
+    assert process.returncode == 128 + signum, stderr
+    assert "Traceback" not in stderr
+    assert runtime_leftovers() - before == set()
+    assert not _leftovers(buildah_storage, project / "dist"), stderr
 
 
 def test_full_disk_is_a_clear_error_and_leaves_nothing(

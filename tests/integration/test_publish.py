@@ -20,11 +20,11 @@ import sys
 import tempfile
 import threading
 import urllib.request
-import warnings
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 
+import bcrypt
 import pytest
 
 from dualbuild.builder.buildah import StorageOptions
@@ -33,7 +33,7 @@ from dualbuild.gpg import gpg_env, stop_agent
 from dualbuild.publish.flow import publish
 from dualbuild.publish.retry import RetryPolicy
 from dualbuild.publish.types import PublishRequest
-from tests.support import free_port, require, require_tools
+from tests.support import free_port, require_tools
 
 DUALBUILD = str(Path(sys.executable).parent / "dualbuild")
 # Runs the CLI with `publish` registered, whether or not cli.py does it already.
@@ -511,16 +511,9 @@ def test_transient_registry_failures_are_retried(
 def auth_registry(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
     """A docker-registry that wants a password (htpasswd, bcrypt with few rounds: fast)."""
     require_tools("docker-registry")
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore", DeprecationWarning)
-        try:
-            import crypt
-        except ImportError:
-            crypt = None  # type: ignore[assignment]
-    require(crypt is not None and hasattr(crypt, "METHOD_BLOWFISH"), "needs the crypt module with bcrypt")
     base = tmp_path_factory.mktemp("auth-registry")
     (base / "htpasswd").write_text(
-        f"tester:{crypt.crypt(PASSWORD, crypt.mksalt(crypt.METHOD_BLOWFISH, rounds=16))}\n"
+        f"tester:{bcrypt.hashpw(PASSWORD.encode(), bcrypt.gensalt(rounds=4)).decode()}\n"
     )
     port = free_port()
     config = base / "config.yml"

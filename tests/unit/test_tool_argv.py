@@ -14,6 +14,7 @@ from pathlib import Path
 import pytest
 
 from dualbuild.builder import bases
+from dualbuild.builder import buildah as buildah_module
 from dualbuild.builder.buildah import Buildah, StorageOptions
 from dualbuild.builder.tarballs import extract_checked
 from dualbuild.errors import BuildError, SigningError
@@ -38,6 +39,15 @@ SIGN = [
     "--digest-algo",
     "SHA256",
 ]
+
+
+@pytest.fixture(autouse=True)
+def runtime_state(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
+    """The runtime's state of run steps goes to the test's folder, not /run."""
+    monkeypatch.setattr(buildah_module, "RUNTIME_STATE_DIR", tmp_path)
+    return tmp_path
+
+
 STORE = StorageOptions(root=Path("/store/root"), runroot=Path("/store/run"))
 
 
@@ -71,44 +81,48 @@ def test_buildah_pull_failure_is_a_build_error_naming_the_base(fake_run: FakeRun
         Buildah().pull("x:1")
 
 
-def test_run_steps_get_isolation_network_user_workdir_and_env(fake_run: FakeRun) -> None:
+def test_run_steps_get_isolation_network_user_workdir_and_env(fake_run: FakeRun, tmp_path: Path) -> None:
     buildah = Buildah(isolation="runc")
     container = buildah.new_container("scratch", label="final")
     buildah.run_in(
-        container,
-        ["/bin/sh", "-c", "make"],
-        user="1000",
-        workdir="/src",
-        env={"A": "1", "B": "x y"},
-        network=Network.NONE,
-        on_line=lambda line: None,
-    )
+        container, ["/bin/sh", "-c", "make"], user="1000", workdir="/src", env={"A": "1", "B": "x y"},
+        network=Network.NONE, on_line=lambda line: None,
+    )  # fmt: skip
     create, step = fake_run.of("buildah")
     assert create == ["buildah", "from", "--quiet", "--pull=never", "--name", container, "scratch"]
     assert container.startswith(f"dualbuild-{buildah.session}-0-final")
-    assert step == [
-        "buildah",
-        "run",
-        "--isolation",
-        "oci",
-        "--runtime",
-        "runc",
-        "--network",
-        "none",
-        "--user",
-        "1000",
-        "--workingdir",
-        "/src",
-        "--env",
-        "A=1",
-        "--env",
-        "B=x y",
-        container,
-        "--",
-        "/bin/sh",
-        "-c",
-        "make",
+    options = [
+        "--isolation", "oci", "--runtime", "runc", "--network", "none", "--user", "1000", "--workingdir",
+        "/src", "--env", "A=1", "--env", "B=x y", "--runtime-flag", f"root={buildah.runtime_root}",
+    ]  # fmt: skip
+    assert step == ["buildah", "run", *options, container, "--", "/bin/sh", "-c", "make"]
+    # The runtime keeps this session's state in a folder of its own, which cleanup removes.
+    assert buildah.runtime_root is not None
+    assert buildah.runtime_root.parent == tmp_path
+    assert buildah.runtime_root.name.startswith(f"dualbuild-runtime-{buildah.session}-")
+    assert buildah.runtime_root.is_dir()
+    buildah.cleanup()
+    assert not buildah.runtime_root
+
+
+def test_what_an_interrupted_step_left_in_the_runtime_state_is_deleted(
+    fake_run: FakeRun, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(
+        buildah_module.shutil, "which", lambda name: f"/usr/sbin/{name}" if name == "runc" else None
+    )
+    buildah = Buildah(isolation="runc")
+    buildah.run_in("c", ["true"], user=None, workdir=None, env={}, network=Network.HOST, on_line=print)
+    root = buildah.runtime_root
+    assert root is not None
+    (root / "buildah-buildah42").mkdir()  # a container runc knows
+    fake_run.answer("runc", "list", stdout="buildah-buildah42\n")
+    buildah.cleanup()
+    assert fake_run.of("runc") == [
+        ["runc", "--root", str(root), "list", "-q"],
+        ["runc", "--root", str(root), "delete", "--force", "buildah-buildah42"],
     ]
+    assert not root.exists()
 
 
 def test_without_network_chroot_isolation_gets_an_empty_namespace_of_its_own(fake_run: FakeRun) -> None:
