@@ -22,7 +22,7 @@ from dualbuild.errors import BuildError, CommandError
 from dualbuild.files import atomic_path
 from dualbuild.imageconfig import ImageConfig, from_aci_manifest, from_docker_config
 from dualbuild.log import log
-from dualbuild.recipe.model import AciBase, Arch, ArchiveBase, BootstrapBase, RootfsBase
+from dualbuild.recipe.model import AciBase, Arch, BootstrapBase, RootfsBase
 
 # Docker architecture → Debian architecture, for mmdebstrap.
 DEBIAN_ARCH = {
@@ -61,11 +61,6 @@ def prepare_rootfs(buildah: Buildah, tarball: Path, label: str) -> str:
     container = buildah.new_container("scratch", label=label)
     extract_checked(tarball, buildah.mount(container), "rootfs tarball")
     return container
-
-
-def archive_reference(base: ArchiveBase, context: Path) -> str:
-    """The buildah transport reference of a docker-archive/oci-archive base."""
-    return f"{base.kind}:{context_file(context, base.path, str(base.kind))}"
 
 
 def raw_image_config(buildah: Buildah, container: str) -> dict[str, object]:

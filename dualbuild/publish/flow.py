@@ -17,7 +17,7 @@ from dualbuild import run, settings
 from dualbuild.emit.artifact import Artifact
 from dualbuild.errors import PublishError, ReportError, UsageError
 from dualbuild.files import file_sha256, remember_digests
-from dualbuild.plan import REPORT_SUFFIX, ArtifactFiles, artifact_stem
+from dualbuild.plan import ArtifactFiles, artifact_stem
 from dualbuild.publish import aci as publish_aci
 from dualbuild.publish import docker as publish_docker
 from dualbuild.publish.types import (
@@ -120,7 +120,9 @@ def load_build(recipe: Recipe, request: PublishRequest) -> Build:
             or differs from what the report recorded.
     """
     out_dir = settings.resolve(recipe, settings.Overrides(out_dir=request.out_dir), request.environ).out_dir
-    report_path = out_dir / f"{artifact_stem(recipe.image)}{REPORT_SUFFIX}"
+    named = ArtifactFiles.named(out_dir, artifact_stem(recipe.image), (), signed=False)
+    assert named.report is not None
+    report_path = named.report
     try:
         report = read_report(report_path)
     except FileNotFoundError:
@@ -138,7 +140,7 @@ def load_build(recipe: Recipe, request: PublishRequest) -> Build:
         )
     signature = report.signature
     files = ArtifactFiles(
-        stem=artifact_stem(recipe.image),
+        stem=named.stem,
         docker=_artifact(report_path, report.artifact(Format.DOCKER)),
         aci=_artifact(report_path, report.artifact(Format.ACI)),
         aci_signature=report_path.parent / signature.file.name if signature is not None else None,

@@ -7,7 +7,6 @@ environment names; ../shared/reference/appc.md §2) and Docker (repository names
 from __future__ import annotations
 
 import platform
-import posixpath
 import re
 import tomllib
 from pathlib import Path
@@ -451,8 +450,3 @@ def _read_publish(reader: Reader, value: object) -> Publish | None:
 def _has_tag(reference: str) -> bool:
     last = reference.rsplit("/", 1)[-1]
     return ":" in last or "@" in reference
-
-
-def context_relative(path: str) -> str:
-    """Normalise a context-relative path (``./a/../b`` → ``b``)."""
-    return posixpath.normpath(path)
