@@ -124,6 +124,7 @@ def _build_and_write(
     try:
         start = time.monotonic()
         built = session.build()
+        run.check_interrupted()
         timings["stages"] = keying + time.monotonic() - start
         spec = ImageSpec(
             image=plan.recipe.image, config=built.config, source_date_epoch=plan.settings.source_date_epoch
@@ -150,6 +151,7 @@ def _build_and_write(
             # Only the wait for the signer to finish once the ACI is written: it signed meanwhile.
             timings["sign"] = time.monotonic() - start
         timings["total"] = time.monotonic() - began
+        run.check_interrupted()
         # Every output is complete: make them visible together, not interrupted half-way.
         with run.deferred_interrupts():
             for fmt, path in pending.items():

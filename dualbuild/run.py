@@ -13,6 +13,7 @@ import shlex
 import shutil
 import signal
 import subprocess
+import sys
 import threading
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
@@ -108,6 +109,7 @@ def run(
     if shield:
         with deferred_interrupts():
             return run(argv, env=env, cwd=cwd, input=input, on_line=on_line, check=check, hint=hint)
+    check_interrupted()
     args = [os.fspath(a) for a in argv]
     log.log(TRACE, "+ %s", shlex.join(args))
     tail: collections.deque[str] = collections.deque(maxlen=TAIL_LINES)
@@ -153,6 +155,7 @@ def stream_stdout(argv: Argv) -> Iterator[IO[bytes]]:
     Raises:
         CommandError: the command failed.
     """
+    check_interrupted()
     args = [os.fspath(a) for a in argv]
     log.log(TRACE, "+ %s", shlex.join(args))
     process = subprocess.Popen(
@@ -196,6 +199,7 @@ def stream_stdin(
     Raises:
         CommandError: the command failed, also when it stopped reading early.
     """
+    check_interrupted()
     args = [os.fspath(a) for a in argv]
     log.log(TRACE, "+ %s", shlex.join(args))
     process = subprocess.Popen(
@@ -232,14 +236,42 @@ def stream_stdin(
 
 
 _HANDLED = (signal.SIGINT, signal.SIGTERM)
+# Signals whose Interrupted was raised where Python ignores exceptions (a finalizer such as
+# Popen.__del__, a weakref callback): check_interrupted raises them again.
+_swallowed: list[int] = []
 
 
 def _raise_interrupted(signum: int, _frame: FrameType | None) -> None:
     raise Interrupted(signum)
 
 
+def _keep_swallowed(unraisable: sys.UnraisableHookArgs) -> None:
+    if isinstance(unraisable.exc_value, Interrupted):
+        _swallowed.append(unraisable.exc_value.signum)
+        return
+    sys.__unraisablehook__(unraisable)
+
+
+def _watch_finalizers() -> None:
+    sys.unraisablehook = _keep_swallowed
+
+
+def check_interrupted() -> None:
+    """Raise an interrupt that a finalizer swallowed, unless interrupts are being held.
+
+    A signal handler runs between any two bytecodes, also inside ``__del__``, where Python
+    prints the exception and carries on: the build would go on as if no signal had come.
+    Every command start and every phase boundary calls this.
+    """
+    if _swallowed and signal.getsignal(signal.SIGINT) is _raise_interrupted:
+        signum = _swallowed[0]
+        _swallowed.clear()
+        raise Interrupted(signum)
+
+
 def install_interrupt_handlers() -> None:
     """Make SIGINT/SIGTERM raise ``Interrupted`` for the rest of the process (main thread only)."""
+    _watch_finalizers()
     for signum in _HANDLED:
         signal.signal(signum, _raise_interrupted)
 
@@ -253,6 +285,7 @@ def interrupts_as_errors() -> Iterator[None]:
     if threading.current_thread() is not threading.main_thread():
         yield
         return
+    _watch_finalizers()
     previous = {s: signal.signal(s, _raise_interrupted) for s in _HANDLED}
     try:
         yield
@@ -276,3 +309,4 @@ def deferred_interrupts() -> Iterator[None]:
             signal.signal(signum, handler)
     if pending and previous[signal.Signals(pending[0])] is _raise_interrupted:
         raise Interrupted(pending[0])
+    check_interrupted()

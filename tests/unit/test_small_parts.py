@@ -4,13 +4,16 @@ from __future__ import annotations
 
 import io
 import json
+import gc
 import logging
+import signal
 import tarfile
 from pathlib import Path
 
 import pytest
 
-from dualbuild import log
+from dualbuild import log, run
+from dualbuild.errors import Interrupted
 from dualbuild.publish.site import DirSite
 from dualbuild.publish.types import AciWritten, DockerPushed, PublishResult
 from dualbuild.report import PublishedAci, PublishedImage
@@ -120,3 +123,31 @@ def test_a_publish_result_says_what_was_pushed_and_written() -> None:
         "  discovery x:1,os=linux,arch=amd64",
     ]
     assert PublishResult(report=Path("r"), dry_run=True).lines() == ["nothing to publish"]
+
+
+class _Finalized:
+    """Stands for Popen.__del__: the signal handler ran inside a finalizer, which Python ignores."""
+
+    def __del__(self) -> None:
+        run._raise_interrupted(signal.SIGTERM, None)
+
+
+def test_an_interrupt_a_finalizer_swallowed_is_raised_before_the_next_command() -> None:
+    with run.interrupts_as_errors():
+        _Finalized()
+        gc.collect()
+        # Before, the build went on: the next command started (here the guard would refuse it).
+        with pytest.raises(Interrupted) as interrupted:
+            run.run(["true"])
+        assert interrupted.value.exit_code == 128 + signal.SIGTERM
+        run.check_interrupted()  # raised once, not again
+
+
+def test_a_swallowed_interrupt_waits_while_interrupts_are_held() -> None:
+    with run.interrupts_as_errors():
+        with pytest.raises(Interrupted):
+            with run.deferred_interrupts():
+                _Finalized()
+                gc.collect()
+                run.check_interrupted()  # held: cleanup goes on
+            raise AssertionError("the end of the held section raises it")
