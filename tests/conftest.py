@@ -20,6 +20,8 @@ from pathlib import Path
 
 import pytest
 
+from tests.support import IN_CI
+
 HERE = Path(__file__).parent
 
 
@@ -82,10 +84,14 @@ def pytest_sessionfinish(session: pytest.Session) -> None:
             return
         time.sleep(0.1)
     reporter = session.config.pluginmanager.get_plugin("terminalreporter")
+    # While developing, several suites may share one machine: what is new may be another's.
+    shared = os.environ.get("DUALBUILD_TESTS_SHARE_MACHINE") == "1" and not IN_CI
     for kind, found in new.items():
         for item in sorted(found):
             if reporter is not None:
                 reporter.write_line(f"LEFT BEHIND by the tests ({kind}): {item}", red=True)
+    if shared:
+        return
     _reclaim(new)
     session.exitstatus = pytest.ExitCode.TESTS_FAILED
 

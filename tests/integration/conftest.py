@@ -18,7 +18,7 @@ import pytest
 
 from dualbuild.builder.buildah import StorageOptions
 from dualbuild.gpg import gpg_env, stop_agent
-from tests.integration.helpers import Docker, buildah
+from tests.integration.helpers import Builder, Docker, buildah
 from tests.support import ROOT, free_port, require_root, require_tools
 
 
@@ -199,3 +199,19 @@ def docker() -> Iterator[Docker]:
             daemon.wait()
         log.close()
         subprocess.run(["rm", "-rf", "--one-file-system", str(base)], check=False)
+
+
+# --- in-process builds ---------------------------------------------------------------------
+
+
+@pytest.fixture
+def builder(buildah_storage: StorageOptions, tmp_path_factory: pytest.TempPathFactory) -> Builder:
+    """Builds recipes in this process, against the test store, with a cache of the session's."""
+    return Builder(buildah_storage, tmp_path_factory.getbasetemp() / "cache" / "dualbuild")
+
+
+@pytest.fixture
+def context(tmp_path: Path, busybox_rootfs: Path) -> Path:
+    """A build context holding busybox.tar (a busybox rootfs)."""
+    shutil.copy(busybox_rootfs, tmp_path / "busybox.tar")
+    return tmp_path

@@ -10,69 +10,15 @@ import shutil
 import stat
 import subprocess
 import tarfile
-from collections.abc import Iterator
-from contextlib import contextmanager
 from pathlib import Path
 
 import pytest
 
-from dualbuild.builder.buildah import StorageOptions
-from dualbuild.builder.cache import base_key, cache_image
-from dualbuild.builder.stages import BuildOptions, BuiltImage, build_session
+from dualbuild.builder.cache import base_key
 from dualbuild.errors import BuildError
 from dualbuild.files import file_sha256
-from dualbuild.plan import BuildPlan, make_plan
-from dualbuild.recipe import load_recipe
-from dualbuild.settings import Overrides, resolve
-from tests.integration.helpers import buildah, push_to_registry
+from tests.integration.helpers import Builder, push_to_registry, write_recipe
 from tests.support import require_tools
-
-
-def write_recipe(directory: Path, body: str, name: str = "example.com/test") -> Path:
-    path = directory / "recipe.toml"
-    path.write_text(f'[image]\nname = "{name}"\nversion = "1.0"\n\n{body}')
-    return path
-
-
-class Builder:
-    def __init__(self, storage: StorageOptions, cache_dir: Path) -> None:
-        self.storage = storage
-        self.cache_dir = cache_dir
-        self.output: list[str] = []
-
-    def plan(self, recipe: Path, isolation: str | None = None) -> BuildPlan:
-        loaded = load_recipe(recipe)
-        environ = {"XDG_CACHE_HOME": str(self.cache_dir.parent)}
-        return make_plan(loaded, resolve(loaded, Overrides(isolation=isolation), environ))
-
-    @contextmanager
-    def build(self, recipe: Path, isolation: str | None = None) -> Iterator[BuiltImage]:
-        options = BuildOptions(storage=self.storage, on_output=self.output.append)
-        with build_session(self.plan(recipe, isolation), options) as session:
-            yield session.build()
-
-    def final_key(self, recipe: Path) -> str:
-        with build_session(self.plan(recipe), BuildOptions(storage=self.storage)) as session:
-            return session.keyed.final_key
-
-    def containers(self) -> list[str]:
-        return buildah(self.storage, "containers", "-q").split()
-
-    def cached(self, key: str) -> bool:
-        argv = ["buildah", *self.storage.argv(), "inspect", "--type", "image", cache_image(key)]
-        return subprocess.run(argv, capture_output=True, check=False).returncode == 0
-
-
-@pytest.fixture
-def builder(buildah_storage: StorageOptions, tmp_path_factory: pytest.TempPathFactory) -> Builder:
-    return Builder(buildah_storage, tmp_path_factory.getbasetemp() / "cache" / "dualbuild")
-
-
-@pytest.fixture
-def context(tmp_path: Path, busybox_rootfs: Path) -> Path:
-    shutil.copy(busybox_rootfs, tmp_path / "busybox.tar")
-    return tmp_path
-
 
 MULTI_STAGE = """
 [args]
