@@ -14,7 +14,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 
 from dualbuild.recipe.model import App, Format, Healthcheck, Port, Protocol, Volume
-from dualbuild.recipe.rules import ENV_NAME
+from dualbuild.recipe.rules import ENV_NAME, ENV_NAME_BEFORE_0_8_11
 
 # How warnings name each format's file.
 FORMAT_NOUNS = {Format.DOCKER: "the Docker archive", Format.OCI: "the OCI archive", Format.ACI: "the ACI"}
@@ -102,10 +102,13 @@ def apply_app(base: ImageConfig, app: App, labels: Mapping[str, str]) -> ImageCo
     """Override the inherited config with the recipe's [app] and image.labels.
 
     Docker semantics: setting ``entrypoint`` resets an inherited ``cmd`` (as a Dockerfile
-    ENTRYPOINT does) unless the recipe sets ``cmd`` too. Env and labels merge by name.
+    ENTRYPOINT does) unless the recipe sets ``cmd`` too. Env and labels merge by name; env
+    values expand ``$NAME`` against the env so far, as Dockerfile ENV does.
     """
     env = dict(base.env)
-    env.update(app.env)
+    for name, value in app.env.items():
+        # A base that sets no PATH (scratch, a rootfs) runs with the runtimes' default one.
+        env[name] = expand_env(value, {"PATH": DEFAULT_PATH, **env})
     cmd = base.cmd
     if app.entrypoint is not None:
         cmd = None
@@ -124,6 +127,33 @@ def apply_app(base: ImageConfig, app: App, labels: Mapping[str, str]) -> ImageCo
         stop_signal=app.stop_signal or base.stop_signal,
         healthcheck=app.healthcheck or base.healthcheck,
     )
+
+
+# What Docker and runc use when an image sets no PATH.
+DEFAULT_PATH = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"
+# Dockerfile ENV's word expansion: \$ escapes, $NAME, ${NAME}, ${NAME:-word}, ${NAME:+word}.
+_ENV_REFERENCE = re.compile(
+    r"\\(\$)|\$([A-Za-z_][A-Za-z0-9_]*)|\$\{([A-Za-z_][A-Za-z0-9_.-]*)(?::([-+])([^}]*))?\}"
+)
+
+
+def expand_env(value: str, env: Mapping[str, str]) -> str:
+    """``value`` with ``$NAME`` and ``${NAME}`` replaced from ``env`` (unset: empty), as Docker's ENV."""
+
+    def replace(match: re.Match[str]) -> str:
+        if match.group(1):
+            return "$"
+        if match.group(2):
+            return env.get(match.group(2), "")
+        name, operator, word = match.group(3), match.group(4), match.group(5)
+        current = env.get(name, "")
+        if operator == "-":
+            return current or word
+        if operator == "+":
+            return word if current else ""
+        return current
+
+    return _ENV_REFERENCE.sub(replace, value)
 
 
 def from_aci_manifest(manifest: Mapping[str, object]) -> ImageConfig:
@@ -197,6 +227,12 @@ def lost_fields(config: ImageConfig, fmt: Format) -> list[str]:
             f"app.env: {name!r} is not a valid appc environment variable name; {noun} does not carry it"
             for name, _ in config.env
             if not ENV_NAME.fullmatch(name)
+        ]
+        warnings += [
+            f"app.env: {name!r} is valid since appc 0.8.11 only; readers of an older spec "
+            "(docker2aci's, rkt before 1.29) reject the whole ACI manifest"
+            for name, _ in config.env
+            if ENV_NAME.fullmatch(name) and not ENV_NAME_BEFORE_0_8_11.fullmatch(name)
         ]
     else:
         warnings += [

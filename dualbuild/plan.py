@@ -1,4 +1,4 @@
-"""Recipe → BuildPlan: stages and steps with args substituted, effective env, output files.
+"""Recipe → BuildPlan: stages and steps with their effective env and workdir, output files.
 
 Pure: no file system, no processes. Settings (context, output folder, source_date_epoch) come
 resolved from :mod:`dualbuild.settings`.
@@ -13,7 +13,6 @@ from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from dualbuild.errors import Problem, RecipeError
 from dualbuild.imageconfig import ImageConfig, apply_app, lost_fields
 from dualbuild.recipe.model import (
     Base,
@@ -28,13 +27,12 @@ from dualbuild.recipe.model import (
     SymlinkStep,
     WriteStep,
 )
-from dualbuild.recipe.rules import ARG_NAME, substitute_args
 from dualbuild.settings import Settings
 
 
 @dataclass(frozen=True, kw_only=True)
 class PlannedStep:
-    """A step ready to run: args substituted, its env and workdir resolved."""
+    """A step ready to run: its env and workdir resolved."""
 
     number: int
     step: Step
@@ -130,20 +128,13 @@ class BuildPlan:
         return self.stages[-1]
 
 
-def make_plan(
-    recipe: Recipe,
-    settings: Settings,
-    *,
-    build_args: Mapping[str, str] | None = None,
-    sign: bool = True,
-) -> BuildPlan:
-    """Decide every step of a build.
-
-    Raises:
-        RecipeError: a --build-arg names no arg of the recipe.
-    """
-    args = _effective_args(recipe, build_args or {})
-    stages = tuple(_plan_stage(recipe, index, args) for index in range(len(recipe.stages)))
+def make_plan(recipe: Recipe, settings: Settings, *, sign: bool = True) -> BuildPlan:
+    """Decide every step of a build (the recipe comes with its build args substituted)."""
+    args = dict(recipe.args)
+    # Tools that honour it (pip, py_compile, dpkg, gzip) write reproducible files; a recipe's
+    # own env or arg of that name still wins.
+    run_env = {"SOURCE_DATE_EPOCH": str(settings.source_date_epoch), **args}
+    stages = tuple(_plan_stage(recipe, index, run_env) for index in range(len(recipe.stages)))
     recipe_config = apply_app(ImageConfig(), recipe.app, recipe.image.labels)
     return BuildPlan(
         recipe=recipe,
@@ -157,65 +148,25 @@ def make_plan(
     )
 
 
-def _effective_args(recipe: Recipe, build_args: Mapping[str, str]) -> dict[str, str]:
-    problems = []
-    for name in build_args:
-        if name not in recipe.args:
-            defined = ", ".join(recipe.args) or "none"
-            hint = f"declare it in [args] of {recipe.path.name} (defined: {defined})"
-            if not ARG_NAME.fullmatch(name):
-                hint = "arg names are letters, digits and '_'"
-            problems.append(
-                Problem(file="--build-arg", key=name, message="not an arg of the recipe", hint=hint)
-            )
-    if problems:
-        raise RecipeError(problems)
-    return {**recipe.args, **build_args}
-
-
-def _plan_stage(recipe: Recipe, index: int, args: Mapping[str, str]) -> PlannedStage:
+def _plan_stage(recipe: Recipe, index: int, run_env: Mapping[str, str]) -> PlannedStage:
     stage = recipe.stages[index]
-    stage_env = {name: _sub(value, args) for name, value in stage.env.items()}
-    stage_workdir = _sub(stage.workdir, args) if stage.workdir else None
     steps = []
     for number, step in enumerate(stage.steps, start=1):
-        resolved = substitute_step(step, args)
         env: dict[str, str] = {}
-        if isinstance(resolved, RunStep):
-            env = {**args, **stage_env, **resolved.env}
-        steps.append(
-            PlannedStep(number=number, step=resolved, env=env, workdir=resolved.workdir or stage_workdir)
-        )
+        if isinstance(step, RunStep):
+            # Args reach run steps as environment: a run string's shell expands them (Docker's way).
+            env = {**run_env, **stage.env, **step.env}
+        steps.append(PlannedStep(number=number, step=step, env=env, workdir=step.workdir or stage.workdir))
     return PlannedStage(
         number=index + 1,
         name=stage.name,
         base=stage.base,
         steps=tuple(steps),
-        workdir=stage_workdir,
-        env=stage_env,
+        workdir=stage.workdir,
+        env=stage.env,
         tls_verify=stage.tls_verify,
         is_final=index == len(recipe.stages) - 1,
     )
-
-
-def _sub(text: str, args: Mapping[str, str]) -> str:
-    return substitute_args(text, dict(args))
-
-
-def substitute_step(step: Step, args: Mapping[str, str]) -> Step:
-    """The step with ``${NAME}`` replaced in every string it holds."""
-    changes: dict[str, object] = {}
-    for item in dataclasses.fields(step):
-        value = getattr(step, item.name)
-        if isinstance(value, enum.Enum):
-            continue
-        if isinstance(value, str):
-            changes[item.name] = _sub(value, args)
-        elif isinstance(value, tuple):
-            changes[item.name] = tuple(_sub(v, args) if isinstance(v, str) else v for v in value)
-        elif isinstance(value, Mapping):
-            changes[item.name] = {k: _sub(v, args) for k, v in value.items()}
-    return dataclasses.replace(step, **changes)  # type: ignore[arg-type]
 
 
 def describe_step(step: Step) -> str:

@@ -37,8 +37,8 @@ def read_app(reader: Reader, value: object) -> App | None:
     group = _read_user(reader, table.get("group"), (*path, "group"))
     workdir = None
     if "workdir" in table:
-        workdir = read_container_path(reader, table["workdir"], (*path, "workdir"), {})
-    env = read_env(reader, table.get("env", {}), (*path, "env"), None)
+        workdir = read_container_path(reader, table["workdir"], (*path, "workdir"))
+    env = read_env(reader, table.get("env", {}), (*path, "env"))
     ports = _read_ports(reader, table.get("ports", []))
     volumes = _read_volumes(reader, table.get("volumes", []))
     stop_signal = None
@@ -132,7 +132,7 @@ def _read_volumes(reader: Reader, value: object) -> tuple[Volume, ...] | None:
         name = _read_ac_name(reader, table.get("name"), (*here, "name")) if "name" in table else None
         mount = None
         if "path" in table:
-            mount = read_container_path(reader, table["path"], (*here, "path"), {})
+            mount = read_container_path(reader, table["path"], (*here, "path"))
         read_only = reader.boolean(table.get("read_only", False), (*here, "read_only"))
         if name is None or mount is None or read_only is None:
             continue

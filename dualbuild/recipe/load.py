@@ -9,10 +9,12 @@ from __future__ import annotations
 import platform
 import re
 import tomllib
+from collections.abc import Mapping
 from pathlib import Path
 
 from dualbuild.errors import Problem, RecipeError
 from dualbuild.recipe.app import read_app
+from dualbuild.recipe.args import effective_args, substitute_document
 from dualbuild.recipe.model import (
     AciBase,
     Arch,
@@ -74,8 +76,8 @@ def host_arch() -> Arch:
     return _MACHINE_ARCH.get(platform.machine().lower(), Arch.AMD64)
 
 
-def load_recipe(path: Path | str) -> Recipe:
-    """Read and validate a recipe file.
+def load_recipe(path: Path | str, build_args: Mapping[str, str] | None = None) -> Recipe:
+    """Read and validate a recipe file, with ``build_args`` over its [args].
 
     Raises:
         RecipeError: the file is missing, not TOML, or breaks a rule; it lists every problem.
@@ -87,10 +89,10 @@ def load_recipe(path: Path | str) -> Recipe:
         raise RecipeError(
             [Problem(file=str(path), key="", message=f"cannot read recipe: {error.strerror}")]
         ) from None
-    return parse_recipe_bytes(data, path)
+    return parse_recipe_bytes(data, path, build_args)
 
 
-def parse_recipe_bytes(data: bytes, path: Path) -> Recipe:
+def parse_recipe_bytes(data: bytes, path: Path, build_args: Mapping[str, str] | None = None) -> Recipe:
     """Validate recipe bytes read from ``path`` (used for errors and the default context)."""
     try:
         text = data.decode("utf-8")
@@ -103,7 +105,7 @@ def parse_recipe_bytes(data: bytes, path: Path) -> Recipe:
         document = tomllib.loads(text)
     except tomllib.TOMLDecodeError as error:
         raise RecipeError([_syntax_problem(str(path), error)]) from None
-    return parse_recipe_document(document, path, key_lines(text))
+    return parse_recipe_document(document, path, key_lines(text), build_args=build_args)
 
 
 def _syntax_problem(file: str, error: tomllib.TOMLDecodeError) -> Problem:
@@ -123,27 +125,37 @@ def _syntax_problem(file: str, error: tomllib.TOMLDecodeError) -> Problem:
 
 
 def parse_recipe_document(
-    document: dict[str, object], path: Path, lines: dict[KeyPath, int] | None = None
+    document: dict[str, object],
+    path: Path,
+    lines: dict[KeyPath, int] | None = None,
+    *,
+    build_args: Mapping[str, str] | None = None,
 ) -> Recipe:
-    """Validate an already-parsed TOML document.
+    """Validate an already-parsed TOML document, its build args substituted first.
 
     Raises:
-        RecipeError: listing every problem found.
+        RecipeError: listing every problem found (also a --build-arg the recipe does not declare).
     """
     reader = Reader(str(path), lines or {})
     top = reader.table(document, (), TOP_KEYS, required=("image", "stages"), what="recipe")
     recipe = None
     if top is not None:
-        recipe = _read_recipe(reader, top, path)
+        declared = _read_args(reader, top.get("args", {}))
+        args: dict[str, str] | None = None
+        if declared is not None:
+            args = effective_args(declared, build_args or {}, path.name)
+            top = substitute_document(reader, top, args)
+        recipe = _read_recipe(reader, top, path, args)
     if reader.problems or recipe is None:
         raise RecipeError(reader.problems)
     return recipe
 
 
-def _read_recipe(reader: Reader, top: dict[str, object], path: Path) -> Recipe | None:
+def _read_recipe(
+    reader: Reader, top: dict[str, object], path: Path, args: dict[str, str] | None
+) -> Recipe | None:
     image = _read_image(reader, top["image"]) if "image" in top else None
-    args = _read_args(reader, top.get("args", {}))
-    stages = _read_stages(reader, top["stages"], args) if "stages" in top else None
+    stages = _read_stages(reader, top["stages"]) if "stages" in top else None
     app = read_app(reader, top.get("app", {}))
     output = _read_output(reader, top.get("output", {}))
     sign = _read_sign(reader, top.get("sign", {}))
@@ -260,7 +272,7 @@ def _read_args(reader: Reader, value: object) -> dict[str, str] | None:
     )  # fmt: skip
 
 
-def _read_stages(reader: Reader, value: object, args: dict[str, str] | None) -> tuple[Stage, ...] | None:
+def _read_stages(reader: Reader, value: object) -> tuple[Stage, ...] | None:
     path: KeyPath = ("stages",)
     if not isinstance(value, list) or not value:
         reader.error(
@@ -273,7 +285,7 @@ def _read_stages(reader: Reader, value: object, args: dict[str, str] | None) -> 
     stages: list[Stage] = []
     earlier: list[str] = []
     for index, item in enumerate(value):
-        stage = _read_stage(reader, item, (*path, index), earlier, args)
+        stage = _read_stage(reader, item, (*path, index), earlier)
         name = stage.name if stage else _stage_name_of(item, index)
         if name in earlier:
             reader.error((*path, index, "name"), f"stage name {name!r} is used twice")
@@ -289,9 +301,7 @@ def _stage_name_of(item: object, index: int) -> str:
     return f"stage{index + 1}"
 
 
-def _read_stage(
-    reader: Reader, value: object, path: KeyPath, earlier: list[str], args: dict[str, str] | None
-) -> Stage | None:
+def _read_stage(reader: Reader, value: object, path: KeyPath, earlier: list[str]) -> Stage | None:
     table = reader.table(value, path, STAGE_KEYS, required=("from",), what="[[stages]] table")
     if table is None:
         return None
@@ -305,10 +315,10 @@ def _read_stage(
     base = _read_base(reader, table["from"], (*path, "from"), name, earlier) if "from" in table else None
     workdir = None
     if "workdir" in table:
-        workdir = read_container_path(reader, table["workdir"], (*path, "workdir"), args)
-    env = read_env(reader, table.get("env", {}), (*path, "env"), args)
+        workdir = read_container_path(reader, table["workdir"], (*path, "workdir"))
+    env = read_env(reader, table.get("env", {}), (*path, "env"))
     tls_verify = reader.boolean(table.get("tls_verify", True), (*path, "tls_verify"))
-    steps = read_steps(reader, table.get("steps", []), (*path, "steps"), earlier, args)
+    steps = read_steps(reader, table.get("steps", []), (*path, "steps"), earlier)
     if len(reader.problems) > ok or base is None:
         return None
     return Stage(

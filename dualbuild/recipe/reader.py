@@ -62,9 +62,20 @@ class Reader:
         self.file = file
         self.lines = lines
         self.problems: list[Problem] = []
+        # Strings as written where build args were substituted (see dualbuild.recipe.args).
+        self.written: dict[KeyPath, str] = {}
+        # Values already refused (an undeclared arg): what a reader finds in them next is noise.
+        self.refused: set[KeyPath] = set()
 
     def error(self, path: KeyPath, message: str, hint: str | None = None) -> None:
-        """Record a problem at ``path``."""
+        """Record a problem at ``path`` (saying so when build args made its value)."""
+        if path in self.refused:
+            return
+        written = next(
+            (self.written[path[:n]] for n in range(len(path), 0, -1) if path[:n] in self.written), None
+        )
+        if written is not None:
+            message += f" (after substituting build args into {written!r})"
         self.problems.append(
             Problem(
                 file=self.file,

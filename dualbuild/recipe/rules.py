@@ -14,6 +14,9 @@ AC_IDENTIFIER = re.compile(r"[a-z0-9]+([-._~/][a-z0-9]+)*")
 AC_NAME = re.compile(r"[a-z0-9]+(-[a-z0-9]+)*")
 # appc v0.8.11 app.environment names (appc/spec#691).
 ENV_NAME = re.compile(r"[A-Za-z_][A-Za-z_0-9.-]*")
+# The same before v0.8.11 (schema/types/environment.go up to v0.8.10): what readers vendoring an
+# older spec (docker2aci v0.17.2) still enforce, refusing the whole manifest otherwise.
+ENV_NAME_BEFORE_0_8_11 = re.compile(r"[A-Za-z_][A-Za-z_0-9]*")
 # distribution/reference: tag grammar.
 DOCKER_TAG = re.compile(r"[A-Za-z0-9_][A-Za-z0-9_.-]{0,127}")
 _DOCKER_COMPONENT = re.compile(r"[a-z0-9]+(?:(?:[._]|__|[-]+)[a-z0-9]+)*")
@@ -69,46 +72,6 @@ def parse_age_seconds(text: str) -> int | None:
     if not parts or "".join(n + u for n, u in parts) != text:
         return None
     return sum(int(number) * units[unit] for number, unit in parts)
-
-
-def arg_references(text: str) -> list[str]:
-    """Names referred to as ``${NAME}`` in ``text`` (escaped ``$${`` left out)."""
-    return [m.group(2) for m in ARG_REFERENCE.finditer(text) if not m.group(1)]
-
-
-def substitute_args(text: str, args: dict[str, str]) -> str:
-    """Replace ``${NAME}`` by its value and ``$${`` by a literal ``${``."""
-
-    def replace(match: re.Match[str]) -> str:
-        if match.group(1):
-            return "${" + match.group(2) + "}"
-        return args[match.group(2)]
-
-    return ARG_REFERENCE.sub(replace, text)
-
-
-def resolved(text: str, args: dict[str, str] | None) -> str:
-    """``text`` with the recipe's default args substituted, for checks on the result."""
-    if args is None or any(name not in args for name in arg_references(text)):
-        return text
-    return substitute_args(text, args)
-
-
-def check_args_in(reader: Reader, text: str, path: KeyPath, args: dict[str, str] | None) -> bool:
-    """Check that every ``${NAME}`` in ``text`` names a defined arg."""
-    if args is None:
-        return True
-    good = True
-    for name in arg_references(text):
-        if name not in args:
-            hint = (
-                f'define it in [args], e.g. {name} = "..." (write $${{{name}}} for a literal ${{{name}}})'
-                if ARG_NAME.fullmatch(name)
-                else "write $${ for a literal ${"
-            )
-            reader.error(path, f"${{{name}}} does not name a build arg", hint)
-            good = False
-    return good
 
 
 def check_context_path(reader: Reader, path_text: str, path: KeyPath) -> bool:

@@ -14,7 +14,7 @@ from dualbuild.recipe.model import (
 )
 from dualbuild.recipe.positions import KeyPath
 from dualbuild.recipe.reader import Reader, describe_value
-from dualbuild.recipe.rules import ENV_NAME, MODE, OWNER, check_args_in, check_context_path, resolved
+from dualbuild.recipe.rules import ENV_NAME, MODE, OWNER, check_context_path
 
 ACTIONS = ("run", "copy", "write", "mkdir", "symlink", "remove")
 # Keys each action takes besides itself.
@@ -35,24 +35,20 @@ _KEY_HINTS = {
 }
 
 
-def read_steps(
-    reader: Reader, value: object, path: KeyPath, earlier: list[str], args: dict[str, str] | None
-) -> tuple[Step, ...] | None:
+def read_steps(reader: Reader, value: object, path: KeyPath, earlier: list[str]) -> tuple[Step, ...] | None:
     """Read a stage's steps; ``earlier`` names the stages a copy may take files from."""
     if not isinstance(value, list):
         reader.error(path, f"expected an array of [[stages.steps]] tables, got {describe_value(value)}")
         return None
     steps: list[Step] = []
     for index, item in enumerate(value):
-        step = _read_step(reader, item, (*path, index), earlier, args)
+        step = _read_step(reader, item, (*path, index), earlier)
         if step is not None:
             steps.append(step)
     return tuple(steps) if len(steps) == len(value) else None
 
 
-def _read_step(
-    reader: Reader, value: object, path: KeyPath, earlier: list[str], args: dict[str, str] | None
-) -> Step | None:
+def _read_step(reader: Reader, value: object, path: KeyPath, earlier: list[str]) -> Step | None:
     if not isinstance(value, dict):
         reader.error(path, f"expected a step table, got {describe_value(value)}")
         return None
@@ -83,41 +79,34 @@ def _read_step(
                 reader.unknown_key(path, key, allowed)
     workdir = None
     if "workdir" in value:
-        workdir = read_container_path(reader, value["workdir"], (*path, "workdir"), args)
+        workdir = read_container_path(reader, value["workdir"], (*path, "workdir"))
     if action == "copy":
-        step = _read_copy(reader, value, path, workdir, earlier, args)
+        step = _read_copy(reader, value, path, workdir, earlier)
     else:
-        step = _ACTION_READERS[action](reader, value, path, workdir, args)
+        step = _ACTION_READERS[action](reader, value, path, workdir)
     return step if len(reader.problems) == ok else None
 
 
-def _read_run(
-    reader: Reader, value: dict[str, object], path: KeyPath, workdir: str | None,
-    args: dict[str, str] | None,
-) -> Step | None:  # fmt: skip
+def _read_run(reader: Reader, value: dict[str, object], path: KeyPath, workdir: str | None) -> Step | None:
     raw = value["run"]
     command: str | tuple[str, ...] | None = None
     if isinstance(raw, str):
         command = reader.string(raw, (*path, "run"))
-        if command is not None:
-            check_args_in(reader, command, (*path, "run"), args)
     else:
         items = reader.string_list(raw, (*path, "run"), allow_empty=False)
         if items is not None:
-            for index, item in enumerate(items):
-                check_args_in(reader, item, (*path, "run", index), args)
             command = tuple(items)
     user = None
     if "user" in value:
         user = reader.string(value["user"], (*path, "user"), hint='a name, "UID" or "UID:GID"')
-        if user is not None:
-            check_args_in(reader, user, (*path, "user"), args)
-    env = read_env(reader, value.get("env", {}), (*path, "env"), args)
-    network = Network.HOST
+    env = read_env(reader, value.get("env", {}), (*path, "env"))
+    network = Network.PRIVATE
     if "network" in value:
         text = reader.string(value["network"], (*path, "network"))
         if text is not None and text not in Network.__members__.values():
-            reader.error((*path, "network"), f"{text!r} is not a network mode", 'use "host" or "none"')
+            reader.error(
+                (*path, "network"), f"{text!r} is not a network mode", 'use "private", "host" or "none"'
+            )
         elif text is not None:
             network = Network(text)
     if command is None:
@@ -126,9 +115,8 @@ def _read_run(
 
 
 def _read_copy(
-    reader: Reader, value: dict[str, object], path: KeyPath, workdir: str | None,
-    earlier: list[str], args: dict[str, str] | None,
-) -> Step | None:  # fmt: skip
+    reader: Reader, value: dict[str, object], path: KeyPath, workdir: str | None, earlier: list[str]
+) -> Step | None:
     sources = reader.string_list(value["copy"], (*path, "copy"), allow_single=True, allow_empty=False)
     from_stage = None
     if "from" in value:
@@ -140,19 +128,15 @@ def _read_copy(
     good = sources is not None and ("from" not in value or from_stage is not None)
     for index, source in enumerate(sources or []):
         here = (*path, "copy", index) if isinstance(value["copy"], list) else (*path, "copy")
-        if not check_args_in(reader, source, here, args):
-            good = False
-        elif from_stage is not None and not resolved(source, args).startswith("/"):
+        if from_stage is not None and not source.startswith("/"):
             reader.error(here, f"{source!r} is not absolute", f"paths in stage {from_stage!r} are absolute")
             good = False
         elif from_stage is None and "from" not in value:
-            good = check_context_path(reader, resolved(source, args), here) and good
+            good = check_context_path(reader, source, here) and good
     if "to" not in value:
         reader.error((*path, "to"), "copy needs a destination", 'add to = "/path/in/image/"')
         return None
     to = reader.string(value["to"], (*path, "to"))
-    if to is not None:
-        check_args_in(reader, to, (*path, "to"), args)
     owner = _read_owner(reader, value, path)
     mode = _read_mode(reader, value, path)
     if not good or sources is None or to is None:
@@ -162,17 +146,12 @@ def _read_copy(
     )
 
 
-def _read_write(
-    reader: Reader, value: dict[str, object], path: KeyPath, workdir: str | None,
-    args: dict[str, str] | None,
-) -> Step | None:  # fmt: skip
-    target = read_container_path(reader, value["write"], (*path, "write"), args, relative_ok=True)
+def _read_write(reader: Reader, value: dict[str, object], path: KeyPath, workdir: str | None) -> Step | None:
+    target = read_container_path(reader, value["write"], (*path, "write"), relative_ok=True)
     if "content" not in value:
         reader.error((*path, "content"), "write needs content", 'add content = "..." (may be empty)')
         return None
     content = reader.string(value["content"], (*path, "content"), allow_empty=True)
-    if content is not None:
-        check_args_in(reader, content, (*path, "content"), args)
     owner = _read_owner(reader, value, path)
     mode = _read_mode(reader, value, path)
     if target is None or content is None:
@@ -183,11 +162,8 @@ def _read_write(
     )  # fmt: skip
 
 
-def _read_mkdir(
-    reader: Reader, value: dict[str, object], path: KeyPath, workdir: str | None,
-    args: dict[str, str] | None,
-) -> Step | None:  # fmt: skip
-    target = read_container_path(reader, value["mkdir"], (*path, "mkdir"), args, relative_ok=True)
+def _read_mkdir(reader: Reader, value: dict[str, object], path: KeyPath, workdir: str | None) -> Step | None:
+    target = read_container_path(reader, value["mkdir"], (*path, "mkdir"), relative_ok=True)
     parents = reader.boolean(value.get("parents", True), (*path, "parents"))
     owner = _read_owner(reader, value, path)
     mode = _read_mode(reader, value, path)
@@ -200,25 +176,19 @@ def _read_mkdir(
 
 
 def _read_symlink(
-    reader: Reader, value: dict[str, object], path: KeyPath, workdir: str | None,
-    args: dict[str, str] | None,
-) -> Step | None:  # fmt: skip
-    link = read_container_path(reader, value["symlink"], (*path, "symlink"), args, relative_ok=True)
+    reader: Reader, value: dict[str, object], path: KeyPath, workdir: str | None
+) -> Step | None:
+    link = read_container_path(reader, value["symlink"], (*path, "symlink"), relative_ok=True)
     if "target" not in value:
         reader.error((*path, "target"), "symlink needs a target", 'add target = "/path/it/points/to"')
         return None
     target = reader.string(value["target"], (*path, "target"))
-    if target is not None:
-        check_args_in(reader, target, (*path, "target"), args)
     if link is None or target is None:
         return None
     return SymlinkStep(path=link, target=target, workdir=workdir)
 
 
-def _read_remove(
-    reader: Reader, value: dict[str, object], path: KeyPath, workdir: str | None,
-    args: dict[str, str] | None,
-) -> Step | None:  # fmt: skip
+def _read_remove(reader: Reader, value: dict[str, object], path: KeyPath, workdir: str | None) -> Step | None:
     raw = value["remove"]
     items = reader.string_list(raw, (*path, "remove"), allow_single=True, allow_empty=False)
     if items is None:
@@ -226,7 +196,7 @@ def _read_remove(
     paths = []
     for index, item in enumerate(items):
         here = (*path, "remove", index) if isinstance(raw, list) else (*path, "remove")
-        checked = read_container_path(reader, item, here, args, relative_ok=True)
+        checked = read_container_path(reader, item, here, relative_ok=True)
         if checked is not None and checked.strip("/") in ("", "."):
             reader.error(here, "refusing to remove the root directory")
             checked = None
@@ -271,34 +241,27 @@ def _read_mode(reader: Reader, value: dict[str, object], path: KeyPath) -> int |
 
 
 def read_container_path(
-    reader: Reader, value: object, path: KeyPath, args: dict[str, str] | None, *, relative_ok: bool = False
+    reader: Reader, value: object, path: KeyPath, *, relative_ok: bool = False
 ) -> str | None:
     """A path inside the image: absolute (or, with relative_ok, relative to the workdir)."""
     text = reader.string(value, path)
     if text is None:
         return None
-    if not check_args_in(reader, text, path, args):
-        return None
     if "\0" in text or "\n" in text:
         reader.error(path, "the path holds a NUL or newline character")
         return None
-    if not relative_ok and not resolved(text, args).startswith("/"):
+    if not relative_ok and not text.startswith("/"):
         reader.error(path, f"{text!r} is not an absolute path", f"write it as {'/' + text!r}")
         return None
     return text
 
 
-def read_env(
-    reader: Reader, value: object, path: KeyPath, args: dict[str, str] | None
-) -> dict[str, str] | None:
+def read_env(reader: Reader, value: object, path: KeyPath) -> dict[str, str] | None:
     """An environment table: names as appc allows them, string values."""
-    env = reader.string_table(
+    return reader.string_table(
         value, path, key_pattern=ENV_NAME, key_rule="a valid environment variable name",
         key_hint="letters, digits, '_', '.' and '-', not starting with a digit",
     )  # fmt: skip
-    for name, text in (env or {}).items():
-        check_args_in(reader, text, (*path, name), args)
-    return env
 
 
 def check_stage_reference(

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import json
 
+import pytest
+
 from dualbuild.imageconfig import ImageConfig, apply_app, from_aci_manifest, from_docker_config, lost_fields
 from dualbuild.recipe.model import App, Format, Healthcheck, Port, Protocol, Volume
 
@@ -73,6 +75,8 @@ def test_each_format_says_what_it_cannot_carry_in_the_same_words_everywhere() ->
     )
     assert lost_fields(config, Format.ACI) == [
         "app.env: '1BAD' is not a valid appc environment variable name; the ACI does not carry it",
+        "app.env: 'dotted.ok' is valid since appc 0.8.11 only; readers of an older spec "
+        "(docker2aci's, rkt before 1.29) reject the whole ACI manifest",
         "app.healthcheck: the aci format has no healthcheck; the ACI does not carry it",
         "app.stop_signal: the aci format has no stop signal; the ACI does not carry SIGQUIT",
     ]
@@ -84,3 +88,24 @@ def test_each_format_says_what_it_cannot_carry_in_the_same_words_everywhere() ->
     assert read_only.format("OCI archive") in oci[0]
     assert oci[1] == "app.healthcheck: the oci format has no healthcheck; the OCI archive does not carry it"
     assert lost_fields(ImageConfig(), Format.ACI) == []
+
+
+@pytest.mark.parametrize(
+    ("name", "warned"),
+    [("dotted.name", True), ("A-B", True), ("_x.y-z", True), ("PLAIN_NAME_2", False), ("_", False)],
+)
+def test_env_names_that_appc_readers_before_0_8_11_reject_are_warned_about(name: str, warned: bool) -> None:
+    # appc/spec v0.8.10 schema/types/environment.go: ^[A-Za-z_][A-Za-z_0-9]*$ (v0.8.11 adds . and -).
+    warnings = lost_fields(ImageConfig(env=((name, "1"),)), Format.ACI)
+    older = [w for w in warnings if "appc 0.8.11" in w]
+    assert older == (
+        [
+            f"app.env: {name!r} is valid since appc 0.8.11 only; readers of an older spec "
+            "(docker2aci's, rkt before 1.29) reject the whole ACI manifest"
+        ]
+        if warned
+        else []
+    )
+    assert len(warnings) == len(older)  # the ACI carries it: no "does not carry" warning
+    # Docker and OCI take any name: nothing to say there.
+    assert lost_fields(ImageConfig(env=((name, "1"),)), Format.DOCKER) == []

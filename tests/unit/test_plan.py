@@ -60,9 +60,11 @@ formats = ["docker", "aci", "oci"]
 """
 
 
-def planned(path: Path, *, out_dir: Path | None = None, **options: object) -> BuildPlan:
-    recipe = load_recipe(path)
-    return make_plan(recipe, resolve(recipe, Overrides(out_dir=out_dir), {}), **options)  # type: ignore[arg-type]
+def planned(
+    path: Path, *, out_dir: Path | None = None, build_args: dict[str, str] | None = None, sign: bool = True
+) -> BuildPlan:
+    recipe = load_recipe(path, build_args)
+    return make_plan(recipe, resolve(recipe, Overrides(out_dir=out_dir), {}), sign=sign)
 
 
 @pytest.fixture
@@ -77,7 +79,9 @@ def test_args_are_substituted_and_escapes_kept(recipe_path: Path) -> None:
     build, final = plan.stages
     first = build.steps[0].step
     assert isinstance(first, RunStep)
-    assert first.command == "echo hi ${HOME}"
+    # A run string's shell expands the arg from the step's environment: it is never pasted in.
+    assert first.command == "echo ${GREETING} ${HOME}"
+    assert build.steps[0].env["GREETING"] == "hi"
     second = build.steps[1].step
     assert isinstance(second, RunStep)
     assert second.command == ("printf", "%s", "/opt/web/bin")
@@ -93,6 +97,7 @@ def test_run_env_is_args_then_stage_then_step(recipe_path: Path) -> None:
     plan = planned(recipe_path)
     step = plan.stages[0].steps[0]
     assert step.env == {
+        "SOURCE_DATE_EPOCH": "0",
         "GREETING": "hello",
         "PREFIX": "/opt/web",
         "STAGE_VAR": "hello-stage",
@@ -132,7 +137,7 @@ def test_plan_json_on_stdout(recipe_path: Path) -> None:
     data = json.loads(result.stdout)
     assert data["image"]["arch"] == "arm/v7"
     assert data["args"]["GREETING"] == "yo"
-    assert data["stages"][0]["steps"][0]["summary"] == "run echo yo ${HOME}"
+    assert data["stages"][0]["steps"][0]["summary"] == "run echo ${GREETING} ${HOME}"
     assert data["stages"][1]["from"] == "stage:build"
     assert data["stages"][1]["final"] is True
 
