@@ -8,6 +8,9 @@ thread: the hashing, compression and writing release the GIL, so they overlap th
 per-entry Python work and each other. With one reader per emitter instead, two emitters cost
 twice the reads and headers, and their threads mostly waited for each other's GIL.
 
+A timestamp ``.pyc`` gets the clamped mtime of its source in its header as it is read
+(dualbuild.layer.bytecode), so the clamp does not leave Python's caches stale in the image.
+
 Buffers are ~1 MiB (small writes collected; big files in 1 MiB reads) and each subscriber's
 queue holds a few of them, so memory does not grow with the tree. A subscriber that fails is
 abandoned (the others go on); a producer that fails (a file changed under it, a cancel) hands
@@ -26,6 +29,7 @@ from collections.abc import Callable, Sequence
 from typing import Protocol
 
 from dualbuild.errors import BuildError
+from dualbuild.layer.bytecode import BYTECODE_SUFFIXES, restamp
 from dualbuild.layer.tarwriter import (
     BLOCK,
     CHUNK,
@@ -231,12 +235,13 @@ def write_entries(tree: Tree, fanouts: Sequence[_Fanout], clamp: int) -> None:
     """
     root_slash = os.path.join(os.fsencode(tree.root), b"")
     headers_of = HeaderPacker([fanout.prefix for fanout in fanouts], clamp)
+    # Every entry's mtime went through both clamps; a pyc's source does here too.
+    clamp = min(clamp, tree.source_date_epoch)
     entries = iter(tree.entries)
     while batch := list(itertools.islice(entries, _BATCH)):
         check_cancelled()
         contents = [
-            _read_small(root_slash + encode_name(entry.path), entry) if _is_small_file(entry) else None
-            for entry in batch
+            _read_small(root_slash, entry, clamp) if _is_small_file(entry) else None for entry in batch
         ]
         headers = [headers_of(entry) for entry in batch]
         for entry, data, entry_headers in zip(batch, contents, headers, strict=True):
@@ -248,7 +253,7 @@ def write_entries(tree: Tree, fanouts: Sequence[_Fanout], clamp: int) -> None:
             for fanout, header in zip(fanouts, entry_headers, strict=True):
                 fanout.add(header)
             if entry.type is EntryType.FILE:
-                _copy_large(root_slash + encode_name(entry.path), entry, fanouts)
+                _copy_large(root_slash, entry, fanouts, clamp)
     for fanout in fanouts:
         fanout.add(_END_OF_ARCHIVE)
         fanout.flush()
@@ -267,15 +272,15 @@ def _open(source: bytes, entry: Entry) -> int:
         raise _changed(entry, exc.strerror or str(exc)) from exc
 
 
-def _read_small(source: bytes, entry: Entry) -> bytes:
-    """A small file's content, read with one ``read`` of size + 1.
+def _read_small(root_slash: bytes, entry: Entry, clamp: int) -> bytes:
+    """A small file's content, read with one ``read`` of size + 1; a pyc's restamped.
 
     A regular file returns less than asked only at its end, so getting the extra byte means
     it grew. Each syscall here also hands the GIL to the emitter threads and waits to get it
     back, so a small file gets no ``fstat``: what it would catch (a directory, a FIFO, a
     device, another size) fails the read or its count.
     """
-    fd = _open(source, entry)
+    fd = _open(root_slash + encode_name(entry.path), entry)
     try:
         size = entry.size
         try:
@@ -291,12 +296,18 @@ def _read_small(source: bytes, entry: Entry) -> bytes:
         os.close(fd)
     if len(data) > size:
         raise _changed(entry, "it grew while being read")
+    if entry.path.endswith(BYTECODE_SUFFIXES):
+        return restamp(root_slash, entry.path, data, clamp)
     return data
 
 
-def _copy_large(source: bytes, entry: Entry, fanouts: Sequence[_Fanout]) -> None:
-    """Stream exactly ``entry.size`` bytes of a big file in 1 MiB reads to every fanout."""
-    fd = _open(source, entry)
+def _copy_large(root_slash: bytes, entry: Entry, fanouts: Sequence[_Fanout], clamp: int) -> None:
+    """Stream exactly ``entry.size`` bytes of a big file in 1 MiB reads to every fanout.
+
+    A big pyc's header is in its first read, and is restamped there.
+    """
+    fd = _open(root_slash + encode_name(entry.path), entry)
+    bytecode = entry.path.endswith(BYTECODE_SUFFIXES)
     try:
         st = os.fstat(fd)
         if not stat.S_ISREG(st.st_mode) or st.st_size != entry.size:
@@ -309,6 +320,8 @@ def _copy_large(source: bytes, entry: Entry, fanouts: Sequence[_Fanout]) -> None
             chunk = os.read(fd, min(remaining, CHUNK))
             if not chunk:
                 raise _changed(entry, "it shrank while being read")
+            if bytecode:
+                chunk, bytecode = restamp(root_slash, entry.path, chunk, clamp), False
             for fanout in fanouts:
                 fanout.add_large(chunk)
             remaining -= len(chunk)

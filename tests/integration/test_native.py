@@ -5,6 +5,7 @@ from __future__ import annotations
 import importlib.machinery
 import json
 import os
+import py_compile
 import shutil
 import subprocess
 import sys
@@ -12,13 +13,14 @@ from pathlib import Path
 
 import pytest
 
+import dualbuild.layer.bytecode
 import dualbuild.layer.feed
 import dualbuild.layer.tarwriter
 import dualbuild.layer.tree
 from tests.support import ROOT, build_rich_tree, require
 
 SUFFIX = importlib.machinery.EXTENSION_SUFFIXES[0]
-COMPILED = [dualbuild.layer.tree, dualbuild.layer.tarwriter, dualbuild.layer.feed]
+COMPILED = [dualbuild.layer.tree, dualbuild.layer.tarwriter, dualbuild.layer.feed, dualbuild.layer.bytecode]
 
 # Every format written from one tree, walked as a build walks it; prints each artifact's sha256
 # and where tree.py came from.
@@ -74,12 +76,14 @@ def test_the_hot_path_runs_compiled() -> None:
         "tree",
         "tarwriter",
         "feed",
+        "bytecode",
     }
     assert sorted(
         path.relative_to(ROOT / "dualbuild").as_posix().removesuffix(SUFFIX)
         for path in (ROOT / "dualbuild").rglob("*" + SUFFIX)
     ) == [
         "layer/_native__mypyc",
+        "layer/bytecode",
         "layer/feed",
         "layer/tarwriter",
         "layer/tree",
@@ -90,6 +94,10 @@ def test_compiled_and_pure_modules_write_the_same_bytes(tmp_path: Path) -> None:
     require(compiled(), "layer/tree, tarwriter and feed compiled by `make native`")
     root = build_rich_tree(tmp_path / "root", privileged=os.geteuid() == 0)
     (root / "big.bin").write_bytes(os.urandom(3 << 20))
+    # A timestamp pyc whose source the clamp changes: its header is rewritten too.
+    (root / "mod.py").write_text("ANSWER = 42\n")
+    os.utime(root / "mod.py", (1_800_000_000, 1_800_000_000))
+    py_compile.compile(str(root / "mod.py"), invalidation_mode=py_compile.PycInvalidationMode.TIMESTAMP)
     results = {}
     for kind, path in (
         ("compiled", None),
@@ -126,7 +134,7 @@ def test_a_source_newer_than_its_compiled_module_is_reported(tmp_path: Path) -> 
     assert "RuntimeWarning" not in installed.stderr
 
 
-@pytest.mark.parametrize("name", ["tree", "tarwriter", "feed"])
+@pytest.mark.parametrize("name", ["tree", "tarwriter", "feed", "bytecode"])
 def test_no_compiled_module_is_older_than_its_source(name: str) -> None:
     # What the import-time warning checks, as a test: a suite run on stale code fails.
     compiled_module = ROOT / "dualbuild" / "layer" / f"{name}{SUFFIX}"
