@@ -1,8 +1,12 @@
 """The Docker image tarball: one tar that `docker load` accepts and that is an OCI image layout.
 
-Like modern ``docker save`` (image-formats.md §4.1): the blobs live in ``blobs/sha256/``,
-``manifest.json`` points into them for Docker's loader, and ``oci-layout`` + ``index.json``
-make the same file an OCI layout for containerd, skopeo and buildah.
+Like ``docker save`` (image-formats.md §4.1): the blobs live in ``blobs/sha256/``,
+``manifest.json`` points into them for Docker's loader, ``oci-layout`` + ``index.json`` make
+the same file an OCI layout for containerd, skopeo and buildah, and ``repositories`` with one
+``<v1 id>/`` folder (``VERSION``, ``json``, ``layer.tar``) is the legacy layout that readers
+older than ``manifest.json`` (docker2aci among them) know alone. ``layer.tar`` is a symlink
+to the layer's blob, as ``docker save`` and containers/image write it, so the layer's bytes
+are stored once.
 
 The layer is an uncompressed tar, as ``docker save`` and containers/image write it: the blob
 digest is then the diff_id, so the layer is hashed once; ``docker load`` spends no time
@@ -12,10 +16,18 @@ reproducible anywhere. Compression for transport is the OCI archive's job.
 
 from __future__ import annotations
 
+import hashlib
 from pathlib import Path
 
 from dualbuild.emit.artifact import Artifact, ImageSpec, written_sha256
-from dualbuild.emit.oci import LayoutWriter, canonical_json, write_image
+from dualbuild.emit.oci import (
+    LayoutResult,
+    LayoutWriter,
+    canonical_json,
+    image_config,
+    image_tags,
+    write_image,
+)
 from dualbuild.files import atomic_output
 from dualbuild.layer.feed import LayerSource, as_layer
 from dualbuild.layer.tarwriter import Writable
@@ -25,8 +37,24 @@ from dualbuild.recipe.model import Format, Image
 
 def repo_tags(image: Image) -> list[str]:
     """``NAME:VERSION`` then ``NAME:TAG`` for every extra tag, without duplicates."""
-    tags = [image.version, *(tag for tag in image.tags if tag != image.version)]
-    return [f"{image.name}:{tag}" for tag in dict.fromkeys(tags)]
+    return [f"{image.name}:{tag}" for tag in image_tags(image)]
+
+
+def legacy_image_json(spec: ImageSpec, result: LayoutResult) -> tuple[str, bytes]:
+    """The v1 id and ``<id>/json`` of the image's one (so top) layer, as ``docker save`` wrote it.
+
+    The top layer's json is the v1 image: the runtime config with the platform and ``created``.
+    Its id is derived as Docker's ``v1.CreateID`` derives it, from that json and the layer's
+    chain id (the diff_id, for a first layer), so another config gives another id.
+    """
+    document = image_config(spec, [result.diff_id], fmt=Format.DOCKER)
+    v1: dict[str, object] = {
+        key: document[key]
+        for key in ("architecture", "variant", "os", "created", "config")
+        if key in document
+    }
+    layer_id = hashlib.sha256(canonical_json({**v1, "layer_id": result.diff_id})).hexdigest()
+    return layer_id, canonical_json({"id": layer_id, **v1})
 
 
 def emit_docker(
@@ -47,12 +75,15 @@ def emit_docker(
     with atomic_output(dest) as file:
         layout = LayoutWriter(file, mtime=sde)
         result = write_image(layout, as_layer(layer, prefix="", mtime_clamp=sde), spec, Format.DOCKER)
+        layer_id, layer_json = legacy_image_json(spec, result)
+        layout.add_directory(layer_id)
+        layout.add_file(f"{layer_id}/VERSION", b"1.0")
+        layout.add_file(f"{layer_id}/json", layer_json)
+        layout.add_symlink(f"{layer_id}/layer.tar", f"../{result.layer_path}")
         tags = repo_tags(image)
         manifest = [{"Config": result.config_path, "RepoTags": tags, "Layers": [result.layer_path]}]
         layout.add_file("manifest.json", canonical_json(manifest))
-        # Legacy {repository: {tag: top layer id}}; current loaders read manifest.json, old
-        # tools (docker2aci among them) still look for this file.
-        layer_id = result.diff_id.removeprefix("sha256:")
+        # Legacy {repository: {tag: top layer's v1 id}}: current loaders read manifest.json.
         repositories = {image.name: {tag.rpartition(":")[2]: layer_id for tag in tags}}
         layout.add_file("repositories", canonical_json(repositories))
         layout.finish()

@@ -2,8 +2,8 @@
 
 ``NAME.oci.tar`` is an OCI image layout (image-formats.md §4.2) in a tar: ``oci-layout``,
 ``index.json`` and ``blobs/sha256/`` holding one gzip layer, the config and the manifest.
-The docker emitter writes the same layout and adds Docker's ``manifest.json`` and
-``repositories`` (image-formats.md §4.1), as modern ``docker save`` does.
+The docker emitter writes the same layout and adds Docker's ``manifest.json``, ``repositories``
+and the legacy per-layer folder (image-formats.md §4.1), as ``docker save`` does.
 
 A blob's name is its digest, and a tar header comes before its data, so the layer entry is
 written with a placeholder header that is patched once the layer is complete. The output
@@ -37,7 +37,7 @@ from dualbuild.layer.tarwriter import (
     tar_header,
 )
 from dualbuild.layer.tree import Tree
-from dualbuild.recipe.model import Format
+from dualbuild.recipe.model import Format, Image
 
 MEDIA_INDEX = "application/vnd.oci.image.index.v1+json"
 MEDIA_MANIFEST = "application/vnd.oci.image.manifest.v1+json"
@@ -45,8 +45,8 @@ MEDIA_CONFIG = "application/vnd.oci.image.config.v1+json"
 MEDIA_LAYER = "application/vnd.oci.image.layer.v1.tar"
 MEDIA_LAYER_GZIP = "application/vnd.oci.image.layer.v1.tar+gzip"
 REF_NAME = "org.opencontainers.image.ref.name"
-# containerd (and Docker with the containerd image store) names an image loaded from an OCI
-# layout after this annotation, as `docker save` writes it.
+# containerd (and Docker with the containerd image store) and podman name an image loaded from
+# an OCI layout after this annotation, as `docker save` writes it.
 CONTAINERD_NAME = "io.containerd.image.name"
 _USTAR_MAX_SIZE = 8**11
 
@@ -122,6 +122,11 @@ def image_config(spec: ImageSpec, diff_ids: list[str], *, fmt: Format) -> dict[s
     return document
 
 
+def image_tags(image: Image) -> list[str]:
+    """The version, then every extra tag, without duplicates."""
+    return list(dict.fromkeys([image.version, *image.tags]))
+
+
 def normalized_reference(name: str, tag: str) -> str:
     """``name:tag`` fully qualified the way Docker normalizes it (``hello`` → docker.io/library/hello)."""
     first, _, rest = name.partition("/")
@@ -163,7 +168,8 @@ class LayoutResult:
 class LayoutWriter:
     """The outer tar of an OCI image layout, written to a seekable file in a fixed order.
 
-    Outer entries are owned by 0:0, mode 0644 (directories 0755), mtime SOURCE_DATE_EPOCH.
+    Outer entries are owned by 0:0, mode 0644 (directories 0755, symlinks 0777), mtime
+    SOURCE_DATE_EPOCH.
     """
 
     def __init__(self, file: BinaryIO, *, mtime: int) -> None:
@@ -177,6 +183,14 @@ class LayoutWriter:
         self._file.write(tar_header(name, tarfile.REGTYPE, mode=0o644, mtime=self._mtime, size=len(data)))
         self._file.write(data)
         self._file.write(padding(len(data)))
+
+    def add_directory(self, name: str) -> None:
+        """Add a directory entry (``name`` without its trailing slash)."""
+        self._file.write(tar_header(f"{name}/", tarfile.DIRTYPE, mode=0o755, mtime=self._mtime))
+
+    def add_symlink(self, name: str, target: str) -> None:
+        """Add a symbolic link to ``target``, relative to the link's folder."""
+        self._file.write(tar_header(name, tarfile.SYMTYPE, mode=0o777, mtime=self._mtime, linkname=target))
 
     def add_blob(self, data: bytes, media_type: str) -> dict[str, object]:
         """Add a blob under its digest and return its descriptor."""
@@ -226,8 +240,9 @@ class LayoutWriter:
 def write_image(layout: LayoutWriter, layer: LayerSource, spec: ImageSpec, fmt: Format) -> LayoutResult:
     """Write layer, config, manifest, ``index.json`` and ``oci-layout`` into a layout.
 
-    The OCI archive's layer is gzip; the Docker archive's a plain tar (see emit/docker.py),
-    and its index names the image for containerd.
+    The OCI archive's layer is gzip; the Docker archive's a plain tar (see emit/docker.py).
+    The Docker archive's index names the image once per tag, the OCI archive's once, by its
+    version.
 
     Args:
         layout: The archive being written.
@@ -254,14 +269,22 @@ def write_image(layout: LayoutWriter, layer: LayerSource, spec: ImageSpec, fmt: 
     platform = {"architecture": image.arch.docker_architecture, "os": image.os}
     if image.arch.docker_variant:
         platform["variant"] = image.arch.docker_variant
-    annotations = {REF_NAME: image.version}
-    if fmt is Format.DOCKER:
-        annotations[CONTAINERD_NAME] = normalized_reference(image.name, image.version)
-    index = {
-        "schemaVersion": 2,
-        "mediaType": MEDIA_INDEX,
-        "manifests": [{**manifest_descriptor, "platform": platform, "annotations": annotations}],
-    }
+    # One descriptor per tag, as `docker save` and containerd's exporter write them, in the
+    # Docker archive only: podman load and `oci-archive:FILE` without a tag (skopeo, buildah)
+    # refuse an OCI archive of several descriptors ("more than one image in oci"). Refused
+    # there, podman reads the Docker archive's manifest.json, which names every tag too.
+    tags = image_tags(image) if fmt is Format.DOCKER else [image.version]
+    descriptors = [
+        {
+            **manifest_descriptor,
+            "platform": platform,
+            # ref.name is the bare tag (what `oci-archive:FILE:TAG` selects, as the OCI spec
+            # suggests); podman and containerd name the image after io.containerd.image.name.
+            "annotations": {REF_NAME: tag, CONTAINERD_NAME: normalized_reference(image.name, tag)},
+        }
+        for tag in tags
+    ]
+    index = {"schemaVersion": 2, "mediaType": MEDIA_INDEX, "manifests": descriptors}
     layout.add_file("index.json", canonical_json(index))
     layout.add_file("oci-layout", canonical_json({"imageLayoutVersion": "1.0.0"}))
     return LayoutResult(

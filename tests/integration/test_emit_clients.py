@@ -1,4 +1,4 @@
-"""Real clients read what the emitters write: actool, docker load + run, skopeo; memory stays flat."""
+"""Real clients read what the emitters write: actool, docker load + run, podman, skopeo; memory stays flat."""
 
 from __future__ import annotations
 
@@ -10,6 +10,8 @@ import stat
 import subprocess
 import sys
 import tarfile
+import tempfile
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -18,6 +20,7 @@ from dualbuild.emit import run_emitters
 from dualbuild.emit.aci import emit_aci
 from dualbuild.emit.artifact import ImageSpec
 from dualbuild.emit.docker import emit_docker
+from dualbuild.emit.oci import emit_oci
 from dualbuild.imageconfig import ImageConfig
 from dualbuild.layer.tree import EntryType, Tree, decode_name, snapshot
 from dualbuild.recipe.model import Format, Image
@@ -29,6 +32,7 @@ from tests.support import (
     ROOT,
     SDE,
     build_rich_tree,
+    extract_trusted,
     require_root,
     require_tools,
 )
@@ -49,12 +53,77 @@ def busybox_root(tmp_path_factory: pytest.TempPathFactory) -> Path:
     subprocess.run([sys.executable, str(ROOT / "scripts/busybox_rootfs.py"), str(archive)], check=True)
     root = base / "root"
     root.mkdir()
-    # Our own archive: absolute symlinks are intended. Extraction filters came with Python 3.11.4
-    # (Debian 12 has 3.11.2); from 3.12 on, extracting without one warns.
-    trusted = {"filter": "fully_trusted"} if hasattr(tarfile, "fully_trusted_filter") else {}
     with tarfile.open(archive) as tar:
-        tar.extractall(root, **trusted)  # type: ignore[arg-type]
+        extract_trusted(tar, root)
     return root
+
+
+class PodmanStore:
+    """podman against a store of its own (root, runroot, libpod tmpdir), removed afterwards.
+
+    vfs and no events: nothing is mounted, and nothing is written outside the store's folder.
+    """
+
+    def __init__(self, base: Path) -> None:
+        self.base = base
+        self.argv = [
+            "podman", "--root", f"{base}/root", "--runroot", f"{base}/run", "--tmpdir", f"{base}/tmp",
+            "--storage-driver", "vfs", "--events-backend", "none",
+        ]  # fmt: skip
+
+    def load(self, archive: Path) -> list[str]:
+        """`podman load -i ARCHIVE`; the names it says it loaded, sorted."""
+        env = {**os.environ, "TMPDIR": str(self.base)}  # where podman load unpacks the archive
+        loaded = subprocess.run(
+            [*self.argv, "load", "-i", str(archive)], capture_output=True, text=True, env=env
+        )
+        assert loaded.returncode == 0, loaded.stderr
+        prefix = "Loaded image: "
+        return sorted(
+            line.removeprefix(prefix) for line in loaded.stdout.splitlines() if line.startswith(prefix)
+        )
+
+    def images(self) -> list[str]:
+        """``NAME:TAG SHORT-ID`` of every image in the store, sorted."""
+        listed = subprocess.run(
+            [*self.argv, "images", "--format", "{{.Repository}}:{{.Tag}} {{.ID}}"],
+            capture_output=True, text=True, check=True,
+        )  # fmt: skip
+        return sorted(listed.stdout.splitlines())
+
+
+@pytest.fixture
+def podman() -> Iterator[PodmanStore]:
+    require_tools("podman")
+    require_root()
+    store = PodmanStore(Path(tempfile.mkdtemp(prefix="dbp-", dir="/tmp")))
+    try:
+        yield store
+    finally:
+        subprocess.run([*store.argv, "rmi", "--all", "--force"], capture_output=True, check=False)
+        shutil.rmtree(store.base, ignore_errors=True)
+
+
+def test_podman_loads_every_tag_of_the_docker_tarball(
+    rich_tree: Tree, podman: PodmanStore, tmp_path: Path
+) -> None:
+    spec = ImageSpec(image=IMAGE, config=CONFIG, source_date_epoch=SDE)
+    artifact = emit_docker(rich_tree, spec, tmp_path / "hello.docker.tar")
+    names = ["example.com/team/hello:1.2", "example.com/team/hello:1.2.3", "example.com/team/hello:latest"]
+    assert podman.load(artifact.path) == names
+    image_id = artifact.image_id.removeprefix("sha256:")[:12]
+    assert podman.images() == [f"{name} {image_id}" for name in names]
+
+
+def test_podman_names_the_oci_archive_after_the_image(
+    rich_tree: Tree, podman: PodmanStore, tmp_path: Path
+) -> None:
+    """Not `localhost/1.2.3:latest`: podman names an OCI archive after io.containerd.image.name."""
+    spec = ImageSpec(image=IMAGE, config=CONFIG, source_date_epoch=SDE)
+    artifact = emit_oci(rich_tree, spec, tmp_path / "hello.oci.tar")
+    assert podman.load(artifact.path) == ["example.com/team/hello:1.2.3"]
+    image_id = artifact.image_id.removeprefix("sha256:")[:12]
+    assert podman.images() == [f"example.com/team/hello:1.2.3 {image_id}"]
 
 
 def test_actool_validates_the_aci(rich_tree: Tree, tmp_path: Path) -> None:
@@ -173,14 +242,26 @@ def test_skopeo_reads_both_image_archives(rich_tree: Tree, tmp_path: Path) -> No
     assert config["config"]["Entrypoint"] == ["/bin/tool"]
     assert config["rootfs"]["diff_ids"] == list(artifacts[Format.OCI].diff_ids)
     assert (config["architecture"], config["variant"]) == ("arm", "v7")
+    # The OCI archive's one descriptor is also found by its bare tag (its ref.name).
+    tagged = json.loads(skopeo("inspect", "--config", f"oci-archive:{oci_path}:1.2.3"))
+    assert tagged == config
     inspected = json.loads(skopeo("inspect", f"docker-archive:{docker_path}"))
     assert inspected["Layers"] == list(artifacts[Format.DOCKER].diff_ids)
     assert inspected["Env"] == ["PATH=/usr/bin:/bin", "GREETING=hello=there"]
-    # The Docker tarball is an OCI layout too: its raw manifest is the one we recorded.
-    raw = subprocess.run(
-        ["skopeo", "inspect", "--raw", f"oci-archive:{docker_path}"], check=True, capture_output=True
+    # The Docker tarball is an OCI layout too, one descriptor per tag: each tag gives the raw
+    # manifest we recorded; without a tag, containers/image asks which image is meant.
+    for tag in ("1.2.3", "latest", "1.2"):
+        raw = subprocess.run(
+            ["skopeo", "inspect", "--raw", f"oci-archive:{docker_path}:{tag}"],
+            check=True,
+            capture_output=True,
+        )
+        assert "sha256:" + hashlib.sha256(raw.stdout).hexdigest() == artifacts[Format.DOCKER].manifest_digest
+    untagged = subprocess.run(
+        ["skopeo", "inspect", "--raw", f"oci-archive:{docker_path}"], capture_output=True, text=True
     )
-    assert "sha256:" + hashlib.sha256(raw.stdout).hexdigest() == artifacts[Format.DOCKER].manifest_digest
+    assert untagged.returncode != 0
+    assert "more than one image" in untagged.stderr
 
 
 MEMORY_CHILD = """

@@ -12,11 +12,16 @@ import pytest
 
 from dualbuild import convert as convert_module
 from dualbuild.convert import ConvertRequest, convert
+from dualbuild.emit import run_emitters
+from dualbuild.emit.artifact import ImageSpec
 from dualbuild.errors import UsageError
+from dualbuild.imageconfig import ImageConfig
+from dualbuild.layer.tree import snapshot
 from dualbuild.pipeline import BuildRequest
-from dualbuild.recipe.model import AciBase, ArchiveBase, Recipe, RegistryBase
+from dualbuild.recipe.model import AciBase, ArchiveBase, Format, Image, Recipe, RegistryBase
 from dualbuild.verify.diff import diff_archives
 from dualbuild.verify.sets import find_sets
+from tests.support import SDE
 
 
 def archive(path: Path, members: dict[str, bytes], *, compress: bool = False) -> Path:
@@ -103,3 +108,51 @@ def test_sets_pair_each_docker_tarball_with_its_aci(tmp_path: Path) -> None:
     )  # fmt: skip
     assert first.aci_signature == tmp_path / "a-1-linux-amd64.aci.asc"
     assert (second.stem, second.docker) == ("b-2-linux-arm64", None)
+
+
+def test_diff_of_two_emitted_builds_names_the_entry_inside_each_layer(tmp_path: Path) -> None:
+    """Layers are stored under their digests: a changed layer pairs with its counterpart anyway."""
+    artifacts = {}
+    for word in ("one", "two"):
+        root = tmp_path / word / "root"
+        (root / "etc").mkdir(parents=True)
+        (root / "etc/same").write_text("same")
+        (root / "etc/word").write_text(word)
+        (root / "srv").mkdir()
+        (root / "srv/big").write_bytes(bytes(range(256)) * 4096)  # 1 MiB, the same in both
+        targets = {
+            Format.DOCKER: tmp_path / word / "app.docker.tar",
+            Format.OCI: tmp_path / word / "app.oci.tar",
+            Format.ACI: tmp_path / word / "app.aci",
+        }
+        spec = ImageSpec(
+            image=Image(name="example.com/app", version="1", tags=("latest",)),
+            config=ImageConfig(),
+            source_date_epoch=SDE,
+        )
+        artifacts[word] = {a.format: a for a in run_emitters(snapshot(root, SDE), spec, targets)}
+    for fmt, prefix in ((Format.DOCKER, "app.docker.tar"), (Format.OCI, "app.oci.tar")):
+        one, two = artifacts["one"][fmt], artifacts["two"][fmt]
+        assert diff_archives(one.path, one.path) == []
+        found = diff_archives(one.path, two.path)
+        layer = one.layer_digests[0].removeprefix("sha256:")
+        assert found[0] == f"{prefix}:blobs/sha256/{layer}: etc/word: content", fmt
+        # What follows from the new layer (its digest in the config, manifest, index) comes after.
+        assert f"{prefix}: index.json: content" in found
+    aci = diff_archives(artifacts["one"][Format.ACI].path, artifacts["two"][Format.ACI].path)
+    assert aci == ["app.aci: rootfs/etc/word: content"]
+
+
+def test_diff_names_an_entry_only_one_archive_has(tmp_path: Path) -> None:
+    left = archive(tmp_path / "a.tar", {"same": b"x"})
+    right = archive(tmp_path / "b.tar", {"same": b"x", "extra": b"y"})
+    assert diff_archives(left, right) == ["a.tar: extra: only the second archive goes on"]
+    renamed = archive(tmp_path / "c.tar", {"other": b"x"})
+    assert diff_archives(left, renamed) == ["a.tar: entry order differs: 'same' vs 'other'"]
+    layer = archive(tmp_path / "layer.tar", {"etc/x": b"1"}).read_bytes()
+    plain = archive(tmp_path / "d.tar", {"blobs/sha256/" + "a" * 64: layer})
+    zipped = archive(tmp_path / "e.tar", {"blobs/sha256/" + "b" * 64: gzip.compress(layer, mtime=0)})
+    # The same entries, stored differently: the member's bytes differ, its entries do not.
+    assert diff_archives(plain, zipped) == [
+        f"d.tar: blobs/sha256/{'a' * 64}: size {len(layer)} vs {len(gzip.compress(layer, mtime=0))}, content"
+    ]

@@ -257,12 +257,27 @@ def test_docker_archive_files(rich_tree: Tree, tmp_path: Path) -> None:
         d.removeprefix("sha256:")
         for d in (artifact.layer_digests[0], str(artifact.config_digest), str(artifact.manifest_digest))
     )
+    repositories = outer_json(artifact.path, "repositories")
+    assert isinstance(repositories, dict)
+    legacy_id = repositories["example.com/team/hello"]["1.2.3"]
+    assert repositories == {"example.com/team/hello": dict.fromkeys(("1.2.3", "latest", "1.2"), legacy_id)}
     assert names == [
         "blobs", "blobs/sha256", f"blobs/sha256/{layer}", f"blobs/sha256/{config_hex}",
-        f"blobs/sha256/{manifest_hex}", "index.json", "oci-layout", "manifest.json", "repositories",
+        f"blobs/sha256/{manifest_hex}", "index.json", "oci-layout", legacy_id, f"{legacy_id}/VERSION",
+        f"{legacy_id}/json", f"{legacy_id}/layer.tar", "manifest.json", "repositories",
     ]  # fmt: skip
     assert all((m.uid, m.gid, m.mtime) == (0, 0, SDE) for m in members)
-    assert all(m.mode == (0o755 if m.isdir() else 0o644) for m in members)
+    assert all(m.mode == (0o755 if m.isdir() else 0o777 if m.issym() else 0o644) for m in members)
+    # The legacy layout of docker save: the layer stored once, its v1 json the image's config.
+    assert outer_member(artifact.path, f"{legacy_id}/VERSION") == b"1.0"
+    link = members[names.index(f"{legacy_id}/layer.tar")]
+    assert (link.issym(), link.linkname) == (True, f"../blobs/sha256/{layer}")
+    legacy = outer_json(artifact.path, f"{legacy_id}/json")
+    assert isinstance(legacy, dict)
+    assert (legacy["id"], legacy["os"], legacy["architecture"], legacy["variant"]) == (
+        legacy_id, "linux", "arm", "v7",
+    )  # fmt: skip
+    assert "parent" not in legacy
     assert outer_json(artifact.path, "manifest.json") == [
         {
             "Config": f"blobs/sha256/{config_hex}",
@@ -276,6 +291,7 @@ def test_docker_archive_files(rich_tree: Tree, tmp_path: Path) -> None:
     ]
     assert outer_json(artifact.path, "oci-layout") == {"imageLayoutVersion": "1.0.0"}
     index = outer_json(artifact.path, "index.json")
+    # One descriptor per tag, all naming the one manifest, as `docker save` writes them.
     assert index == {
         "schemaVersion": 2,
         "mediaType": "application/vnd.oci.image.index.v1+json",
@@ -286,10 +302,11 @@ def test_docker_archive_files(rich_tree: Tree, tmp_path: Path) -> None:
                 "size": len(blob(artifact.path, str(artifact.manifest_digest))),
                 "platform": {"architecture": "arm", "os": "linux", "variant": "v7"},
                 "annotations": {
-                    "org.opencontainers.image.ref.name": "1.2.3",
-                    "io.containerd.image.name": "example.com/team/hello:1.2.3",
+                    "org.opencontainers.image.ref.name": tag,
+                    "io.containerd.image.name": f"example.com/team/hello:{tag}",
                 },
             }
+            for tag in ("1.2.3", "latest", "1.2")
         ],
     }
     assert json.loads(blob(artifact.path, str(artifact.manifest_digest))) == {
@@ -308,9 +325,6 @@ def test_docker_archive_files(rich_tree: Tree, tmp_path: Path) -> None:
             }
         ],
         "annotations": {"authors": "Hello Team", "homepage": "https://example.com"},
-    }
-    assert outer_json(artifact.path, "repositories") == {
-        "example.com/team/hello": dict.fromkeys(("1.2.3", "latest", "1.2"), layer)
     }
     config_bytes = blob(artifact.path, str(artifact.config_digest))
     assert (
@@ -358,7 +372,13 @@ def test_oci_archive_drops_the_healthcheck_with_a_warning(rich_tree: Tree, tmp_p
     assert manifest["layers"][0]["mediaType"] == "application/vnd.oci.image.layer.v1.tar+gzip"
     index = outer_json(artifact.path, "index.json")
     assert isinstance(index, dict)
-    assert index["manifests"][0]["annotations"] == {"org.opencontainers.image.ref.name": "1.2.3"}
+    # One descriptor, named as the Docker archive's first: podman refuses an OCI archive of several.
+    assert [d["annotations"] for d in index["manifests"]] == [
+        {
+            "org.opencontainers.image.ref.name": "1.2.3",
+            "io.containerd.image.name": "example.com/team/hello:1.2.3",
+        }
+    ]
     with tarfile.open(artifact.path) as tar:
         assert "manifest.json" not in tar.getnames()
 
