@@ -20,7 +20,7 @@ from pathlib import Path
 
 from dualbuild import __version__, run, settings
 from dualbuild.builder.buildah import temporary_storage
-from dualbuild.builder.stages import BuildOptions, BuildSession, build_session
+from dualbuild.builder.stages import BuildOptions, BuildSession, StepTiming, build_session
 from dualbuild.emit import run_emitters
 from dualbuild.emit.artifact import Artifact, ImageSpec
 from dualbuild.errors import ReportError, SigningError
@@ -67,16 +67,13 @@ def build(request: BuildRequest) -> Report:
         BuildError: a base or step failed (exit 1).
         Interrupted: SIGINT/SIGTERM (exit 130/143), after cleaning up.
     """
-    return build_recipe(load_recipe(request.recipe), request)
+    return build_recipe(load_recipe(request.recipe, request.build_args), request)
 
 
 def build_recipe(recipe: Recipe, request: BuildRequest) -> Report:
     """Build an already loaded recipe (``build`` and ``convert`` share this)."""
     began = time.monotonic()
-    plan = make_plan(
-        recipe, settings.resolve(recipe, request.overrides, request.environ), build_args=request.build_args,
-        sign=request.sign,
-    )  # fmt: skip
+    plan = make_plan(recipe, settings.resolve(recipe, request.overrides, request.environ), sign=request.sign)
     key, warnings = _signing_key(plan, request.sign)
     for warning in warnings:
         log.warning("%s", warning)
@@ -89,8 +86,9 @@ def build_recipe(recipe: Recipe, request: BuildRequest) -> Report:
     with build_session(plan, request.options) as session:
         # Keying (bases pulled, found, hashed) is part of the "stages" phase, as before it was.
         keying = time.monotonic() - start
-        build_key = _build_key(plan, session, key) if cache else None
-        if build_key is not None and previous is not None and _up_to_date(plan, previous, build_key):
+        # Recorded after --no-cache too: its fresh artifacts are what the next build would make.
+        build_key = _build_key(plan, session, key)
+        if previous is not None and _up_to_date(plan, previous, build_key):
             log.info(
                 "up to date: the recipe, its inputs and the artifacts are unchanged (--no-cache rebuilds)"
             )
@@ -145,6 +143,9 @@ def _build_and_write(
             # The emitters logged what their formats cannot carry; the report lists it once.
             lost = (warning for artifact in artifacts for warning in artifact.warnings)
             warnings = list(dict.fromkeys([*warnings, *tree.warnings, *lost]))
+            # What the walk left out (sockets) it only collected: it is said here, once.
+            for warning in tree.warnings:
+                log.warning("%s", warning)
             timings["emit"] = time.monotonic() - start
             start = time.monotonic()
         if taps:
@@ -160,7 +161,7 @@ def _build_and_write(
                 pending_signature.replace(signature)
             for artifact in artifacts:
                 remember_digest(targets[artifact.format], artifact.sha256)
-            report = _report(plan, artifacts, key, warnings, timings, build_key)
+            report = _report(plan, artifacts, key, warnings, timings, build_key, built.step_timings)
             write_report(_report_path(plan), report)
     finally:
         shutil.rmtree(staging, ignore_errors=True)
@@ -215,8 +216,8 @@ def check_reproducible(request: BuildRequest) -> tuple[Report, list[str]]:
     Returns:
         The first build's report, and the differences (empty when every artifact is identical).
     """
-    recipe = load_recipe(request.recipe)
-    fresh = dataclasses.replace(request.options, cache=False)
+    recipe = load_recipe(request.recipe, request.build_args)
+    fresh = dataclasses.replace(request.options, cache=False, keep=False)
     with temporary_storage() as storage:
         first = build_recipe(
             recipe, dataclasses.replace(request, options=dataclasses.replace(fresh, storage=storage))
@@ -263,6 +264,7 @@ def _report(
     warnings: list[str],
     timings: Mapping[str, float],
     build_key: str | None,
+    step_timings: tuple[StepTiming, ...],
 ) -> Report:
     image = plan.recipe.image
     targets = plan.artifacts.by_format()
@@ -283,6 +285,7 @@ def _report(
         else None,
         warnings=tuple(warnings),
         timings={phase: round(seconds, 3) for phase, seconds in timings.items()},
+        step_timings=step_timings,
         build_key=build_key,
         digests=known_digests(),
     )

@@ -15,6 +15,7 @@ from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import TypeVar
 
+from dualbuild.builder.stages import StepTiming
 from dualbuild.emit.artifact import Artifact
 from dualbuild.errors import ReportError
 from dualbuild.files import DigestRecord, write_atomically
@@ -59,7 +60,10 @@ class PublishedImage:
 
 @dataclass(frozen=True, kw_only=True)
 class PublishedAci:
-    """The ACI on its discovery site (URLs of the ACI, its signature and the key)."""
+    """The ACI on its discovery site (URLs of the ACI, its signature and the key).
+
+    ``tags`` are the versions discovery finds it under: the version, then every tag.
+    """
 
     site: str
     aci_url: str
@@ -69,6 +73,7 @@ class PublishedAci:
     public_key: str
     page: str
     signing_key: str
+    tags: tuple[str, ...] = ()
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -92,6 +97,7 @@ class Report:
         signature: The ACI's signature, when it was signed.
         warnings: What the build could not carry or do, one line each.
         timings: Seconds per phase.
+        step_timings: Seconds per step, in the order they ran (cached ones: 0).
         build_key: What decides every output byte (an unchanged one means up to date).
         digests: Digests of big files with their stamps (files.known_digests).
         published: What ``publish`` put out.
@@ -106,6 +112,7 @@ class Report:
     signature: Signature | None = None
     warnings: tuple[str, ...] = ()
     timings: Mapping[str, float] = field(default_factory=dict)
+    step_timings: tuple[StepTiming, ...] = ()
     build_key: str | None = None
     digests: tuple[DigestRecord, ...] = ()
     published: Published = field(default_factory=Published)
@@ -148,6 +155,16 @@ def report_json(report: Report) -> dict[str, object]:
         "artifacts": artifacts,
         "warnings": list(report.warnings),
         "timings": dict(report.timings),
+        "step_timings": [
+            {
+                "stage": t.stage,
+                "step": t.step,
+                "summary": t.summary,
+                "seconds": round(t.seconds, 3),
+                "cached": t.cached,
+            }
+            for t in report.step_timings
+        ],
         "build_key": report.build_key,
         "digests": [list(record) for record in report.digests],
     }
@@ -183,7 +200,7 @@ def _published_json(published: Published) -> dict[str, object]:
         data["aci"] = {
             "site": aci.site, "aci_url": aci.aci_url, "discovery_name": aci.discovery_name, "aci": aci.aci,
             "signature": aci.signature, "public_key": aci.public_key, "discovery_page": aci.page,
-            "signing_key": aci.signing_key,
+            "signing_key": aci.signing_key, "tags": list(aci.tags),
         }  # fmt: skip
     return data
 
@@ -275,10 +292,31 @@ def _report_from(fields: _Fields) -> Report:
         signature=signature,
         warnings=fields.strings("warnings"),
         timings={str(k): float(v) for k, v in timings.data.items() if isinstance(v, int | float)},
+        step_timings=_step_timings_from(fields.data.get("step_timings")),
         build_key=fields.optional("build_key", str),
         digests=_digests_from(fields.data.get("digests")),
         published=_published_from(fields.table("published")) if "published" in fields.data else Published(),
     )
+
+
+def _step_timings_from(value: object) -> tuple[StepTiming, ...]:
+    if value is None:
+        return ()  # a report of an older dualbuild
+    if not isinstance(value, list):
+        raise _Malformed("step_timings is not a list")
+    timings = []
+    for index, item in enumerate(value):
+        entry = _Fields(item, f"step_timings[{index}]")
+        seconds = entry.data.get("seconds")
+        if not isinstance(seconds, int | float) or isinstance(seconds, bool):
+            raise _Malformed(f"step_timings[{index}].seconds is not a number")
+        timings.append(
+            StepTiming(
+                stage=entry.get("stage", str), step=entry.get("step", int), summary=entry.get("summary", str),
+                seconds=float(seconds), cached=entry.get("cached", bool),
+            )
+        )  # fmt: skip
+    return tuple(timings)
 
 
 def _artifact_from(entry: _Fields, fmt: Format) -> Artifact:
@@ -326,5 +364,6 @@ def _published_from(fields: _Fields) -> Published:
             discovery_name=entry.get("discovery_name", str), aci=entry.get("aci", str),
             signature=entry.get("signature", str), public_key=entry.get("public_key", str),
             page=entry.get("discovery_page", str), signing_key=entry.get("signing_key", str),
+            tags=entry.strings("tags"),
         )  # fmt: skip
     return Published(docker=docker, aci=aci)

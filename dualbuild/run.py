@@ -8,7 +8,9 @@ from __future__ import annotations
 
 import collections
 import contextlib
+import ctypes
 import os
+import select
 import shlex
 import shutil
 import signal
@@ -233,6 +235,127 @@ def stream_stdin(
         output.close()
     if process.returncode != 0:
         raise CommandError(args, process.returncode, "\n".join(tail))
+
+
+@dataclass
+class Helper:
+    """A helper process that runs beside the build (a user-mode network stack); see start_helper."""
+
+    argv: list[str]
+    process: subprocess.Popen[bytes]
+    # Our end of the pipe whose closing tells the helper to exit: also when we are SIGKILLed.
+    lifeline: int
+
+    def stop(self) -> None:
+        """Tell it to exit (close its lifeline), and make sure it did."""
+        with contextlib.suppress(OSError):
+            os.close(self.lifeline)
+        try:
+            self.process.wait(timeout=5)
+        except subprocess.TimeoutExpired:
+            _terminate(self.process)
+
+
+def start_helper(argv_of: Callable[[int, int], Argv], *, ready_timeout: float = 30.0) -> Helper:
+    """Start a helper that exits when a pipe closes and says it is ready by writing to another.
+
+    ``argv_of(exit_fd, ready_fd)`` gives the command, told which of its descriptors are which.
+    The process dies with us: the kernel closes our end of the exit pipe whatever ends us.
+
+    Raises:
+        CommandError: it exited, or was not ready in time.
+    """
+    check_interrupted()
+    exit_read, exit_write = os.pipe()
+    ready_read, ready_write = os.pipe()
+    os.set_inheritable(exit_write, False)
+    os.set_inheritable(ready_read, False)
+    args = [os.fspath(a) for a in argv_of(exit_read, ready_write)]
+    log.log(TRACE, "+ %s", shlex.join(args))
+    try:
+        process = subprocess.Popen(
+            args, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
+            pass_fds=(exit_read, ready_write), start_new_session=True,
+        )  # fmt: skip
+    except BaseException:
+        for fd in (exit_read, exit_write, ready_read, ready_write):
+            os.close(fd)
+        raise
+    os.close(exit_read)
+    os.close(ready_write)
+    helper = Helper(args, process, exit_write)
+    try:
+        ready = _read_with_timeout(ready_read, ready_timeout)
+    except BaseException:
+        helper.stop()
+        raise
+    finally:
+        os.close(ready_read)
+    if not ready:
+        helper.stop()
+        assert process.stderr is not None
+        tail = process.stderr.read().decode("utf-8", "replace").splitlines()[-TAIL_LINES:]
+        raise CommandError(
+            args, process.returncode if process.returncode is not None else -1, "\n".join(tail)
+        )
+    assert process.stderr is not None
+    process.stderr.close()
+    return helper
+
+
+def _read_with_timeout(fd: int, timeout: float) -> bytes:
+    readable, _, _ = select.select([fd], [], [], timeout)
+    return os.read(fd, 1) if readable else b""
+
+
+_PR_SET_CHILD_SUBREAPER = 36
+
+
+@contextmanager
+def orphans_adopted() -> Iterator[None]:
+    """While inside, become the parent of orphaned descendants (Linux's child subreaper), not init.
+
+    What a command leaves running in the background (a daemon, a `cmd &`) is then ours to
+    find with :func:`children` and stop; after the block, orphans go to init again.
+    """
+    libc = ctypes.CDLL(None, use_errno=True)
+    if libc.prctl(_PR_SET_CHILD_SUBREAPER, 1, 0, 0, 0) != 0:
+        raise OSError(ctypes.get_errno(), "prctl(PR_SET_CHILD_SUBREAPER)")
+    try:
+        yield
+    finally:
+        libc.prctl(_PR_SET_CHILD_SUBREAPER, 0, 0, 0, 0)
+
+
+def children() -> set[int]:
+    """The PIDs whose parent is this process."""
+    me = str(os.getpid())
+    found = set()
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        try:
+            text = stat.read_text()
+        except OSError:
+            continue  # gone meanwhile
+        fields = text[text.rindex(")") + 2 :].split()
+        if fields[1] == me:
+            found.add(int(stat.parent.name))
+    return found
+
+
+def kill_new_children(before: set[int]) -> int:
+    """SIGKILL and reap every child that is not in ``before``, and what they leave; how many."""
+    killed = 0
+    for _ in range(100):
+        new = children() - before
+        if not new:
+            break
+        for pid in new:
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(pid, signal.SIGKILL)
+            with contextlib.suppress(ChildProcessError):
+                os.waitpid(pid, 0)
+            killed += 1
+    return killed
 
 
 _HANDLED = (signal.SIGINT, signal.SIGTERM)

@@ -21,6 +21,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from dualbuild import run
+from dualbuild.builder.network import PrivateNetwork
 from dualbuild.errors import BuildError, CommandError, UsageError
 from dualbuild.files import write_atomically
 from dualbuild.log import log
@@ -33,7 +34,8 @@ ISOLATIONS: dict[str, tuple[str, ...]] = {
     "runc": ("--isolation", "oci", "--runtime", "runc"),
     "chroot": ("--isolation", "chroot"),
 }
-PROBE_ORDER = ("oci", "runc", "chroot")
+# chroot does not contain a run step (a classic breakout reaches the host): only when asked.
+PROBE_ORDER = ("oci", "runc")
 NAME_PREFIX = "dualbuild-"
 # OCI runtimes buildah may run a step with; what one leaves is found in our state root by each.
 RUNTIMES = ("runc", "crun")
@@ -92,9 +94,16 @@ class Buildah:
     session: str = field(default_factory=lambda: uuid.uuid4().hex[:12])
     # The OCI runtime's state of this session's run steps (runc --root), made on first use.
     runtime_root: Path | None = None
+    # The network of `network = "private"` steps, made on first use.
+    private_network: PrivateNetwork = field(default_factory=PrivateNetwork)
 
     def __post_init__(self) -> None:
         self.binary = run.find_tool("buildah", "build the image's root filesystem")
+        if self.isolation == "chroot":
+            log.warning(
+                "isolation chroot: run steps are not contained (a step can reach the host's files and"
+                " processes); what a step leaves running is killed after it"
+            )
         if self.isolation is not None and self.isolation not in ISOLATIONS:
             raise UsageError(
                 f"unknown isolation {self.isolation!r}", hint=f"use one of: {', '.join(ISOLATIONS)}"
@@ -177,7 +186,14 @@ class Buildah:
         isolation = self.chosen_isolation()
         args: list[str] = ["run", *ISOLATIONS[isolation]]
         wrapper: list[str] = []
-        if network is Network.NONE and isolation == "chroot":
+        if network is Network.PRIVATE:
+            namespace = self.private_network.open()
+            if isolation == "chroot":
+                # chroot isolation joins no namespace itself: buildah starts inside it.
+                wrapper = [run.find_tool("nsenter", "run a step in its network"), f"--net={namespace}", "--"]
+            else:
+                args += ["--network", f"ns:{namespace}"]
+        elif network is Network.NONE and isolation == "chroot":
             # chroot isolation cannot make a network namespace; give buildah a fresh empty one.
             wrapper = [run.find_tool("unshare", "run a step without network"), "--net", "--"]
         else:
@@ -189,7 +205,20 @@ class Buildah:
         for name, value in env.items():
             args += ["--env", f"{name}={value}"]
         args += self._runtime_flags(isolation)
-        run.run([*wrapper, *self._argv(*args, container, "--", *argv)], on_line=on_line)
+        command = [*wrapper, *self._argv(*args, container, "--", *argv)]
+        if isolation != "chroot":
+            run.run(command, on_line=on_line)
+            return
+        # No PID namespace, no cgroup of its own: what the step leaves running is found as
+        # our orphans (we are their subreaper) and killed, as a container's end would.
+        with run.orphans_adopted():
+            before = run.children()
+            try:
+                run.run(command, on_line=on_line)
+            finally:
+                killed = run.kill_new_children(before)
+                if killed:
+                    log.warning("killed %d process(es) the run step left running (chroot isolation)", killed)
 
     def _runtime_flags(self, isolation: str) -> list[str]:
         """Keep the runtime's state of our run steps in a folder of this session's own.
@@ -215,8 +244,9 @@ class Buildah:
         mode: int | None,
         from_container: str | None = None,
         contextdir: Path | None = None,
+        ignorefile: Path | None = None,
     ) -> None:
-        """``buildah copy`` with Docker COPY semantics."""
+        """``buildah copy`` with Docker COPY semantics (``ignorefile`` only with ``contextdir``)."""
         args = ["copy", "--quiet", "--chown", owner or "0:0"]
         if mode is not None:
             args += ["--chmod", f"{mode:o}"]
@@ -224,6 +254,8 @@ class Buildah:
             args += ["--from", from_container]
         if contextdir is not None:
             args += ["--contextdir", os.fspath(contextdir)]
+        if ignorefile is not None:
+            args += ["--ignorefile", os.fspath(ignorefile)]
         self._run(*args, container, *sources, dest)
 
     def add_archive(self, container: str, archive: Path) -> None:
@@ -247,6 +279,7 @@ class Buildah:
     def cleanup(self) -> None:
         """Unmount and remove every container and image this session made. Never raises."""
         self._remove_runtime_leftovers()
+        self.private_network.close()
         for container in reversed(self.containers):
             result = run.run(self._argv("rm", container), check=False)
             if result.returncode != 0 and "no container" not in result.tail.lower():
@@ -301,7 +334,8 @@ class Buildah:
             data = json.loads(path.read_text())
         except (OSError, ValueError):
             return None
-        if data.get("key") == self._probe_key() and data.get("isolation") in ISOLATIONS:
+        # Only what a probe may choose: an older dualbuild remembered chroot too.
+        if data.get("key") == self._probe_key() and data.get("isolation") in PROBE_ORDER:
             log.debug("isolation: %s (remembered in %s)", data["isolation"], path)
             return str(data["isolation"])
         return None
@@ -309,9 +343,13 @@ class Buildah:
     def _probe_isolation(self) -> str:
         busybox = shutil.which("busybox")
         if busybox is None:
-            choice = "runc" if shutil.which("runc") else "chroot"
-            log.info("isolation: %s (not probed: busybox-static is not installed)", choice)
-            return choice
+            if shutil.which("runc") is None:
+                raise BuildError(
+                    "no OCI runtime to contain run steps (runc is not installed)",
+                    hint="apt-get install runc (--isolation chroot runs steps without containment)",
+                )
+            log.info("isolation: runc (not probed: busybox-static is not installed)")
+            return "runc"
         container = self.new_container("scratch", label="probe")
         try:
             self._run("copy", "--quiet", container, busybox, "/busybox")
@@ -324,8 +362,9 @@ class Buildah:
                     break
             else:
                 raise BuildError(
-                    "buildah cannot run commands here with any isolation (oci, runc, chroot)",
-                    hint="check `buildah run` by hand; is runc installed?",
+                    "buildah cannot run a contained command here (isolation oci and runc failed)",
+                    hint="check `buildah run --isolation oci --runtime runc` by hand; is runc installed?"
+                    " (--isolation chroot runs steps without containment)",
                 )
         finally:
             run.run(self._argv("rm", container), check=False)

@@ -50,31 +50,19 @@ class CopyInput:
     content: str
 
 
-def copy_inputs(context: Path, sources: Sequence[Path]) -> list[CopyInput]:
-    """Every file under ``sources`` (paths in the context), sorted, with its content hash."""
+def copy_inputs(context: Path, entries: Sequence[Path]) -> list[CopyInput]:
+    """Each file, directory and symlink a copy reads (paths in the context), with its content hash."""
     inputs: list[CopyInput] = []
-    for source in sources:
-        for path in _walk(source):
-            info = path.lstat()
-            relative = os.path.relpath(path, context)
-            if stat.S_ISLNK(info.st_mode):
-                inputs.append(CopyInput(relative, "symlink", 0o777, os.readlink(path)))
-            elif stat.S_ISDIR(info.st_mode):
-                inputs.append(CopyInput(relative, "dir", stat.S_IMODE(info.st_mode), ""))
-            else:
-                inputs.append(CopyInput(relative, "file", stat.S_IMODE(info.st_mode), file_sha256(path)))
+    for path in entries:
+        info = path.lstat()
+        relative = os.path.relpath(path, context)
+        if stat.S_ISLNK(info.st_mode):
+            inputs.append(CopyInput(relative, "symlink", 0o777, os.readlink(path)))
+        elif stat.S_ISDIR(info.st_mode):
+            inputs.append(CopyInput(relative, "dir", stat.S_IMODE(info.st_mode), ""))
+        else:
+            inputs.append(CopyInput(relative, "file", stat.S_IMODE(info.st_mode), file_sha256(path)))
     return inputs
-
-
-def _walk(path: Path) -> list[Path]:
-    if not path.is_dir() or path.is_symlink():
-        return [path]
-    found = [path]
-    for directory, dirnames, filenames in os.walk(path):
-        dirnames.sort()
-        for name in sorted(dirnames + filenames):
-            found.append(Path(directory) / name)
-    return sorted(set(found))
 
 
 def base_key(kind: str, identity: str) -> str:

@@ -9,8 +9,6 @@ date and then drives the build, which therefore pulls, hashes and checks nothing
 
 from __future__ import annotations
 
-import glob
-import os
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
@@ -18,7 +16,7 @@ from pathlib import Path
 from dualbuild.builder import bases
 from dualbuild.builder.buildah import Buildah
 from dualbuild.builder.cache import Position, base_key, copy_inputs, definition, step_key
-from dualbuild.errors import BuildError
+from dualbuild.builder.context import ContextCopy, ContextFilter, load_filter, select
 from dualbuild.files import file_sha256
 from dualbuild.plan import BuildPlan, PlannedStage
 from dualbuild.recipe.model import (
@@ -42,14 +40,14 @@ class KeyedStage:
         positions: Position 0 (the base), then the tree after each step.
         image_id: The pulled image of a registry base.
         base_file: The file of an archive, rootfs, bootstrap or ACI base.
-        sources: For each copy step from the context (by step number), the files it reads.
+        sources: For each copy step from the context (by step number), what it reads.
     """
 
     stage: PlannedStage
     positions: tuple[Position, ...]
     image_id: str | None = None
     base_file: Path | None = None
-    sources: Mapping[int, tuple[Path, ...]]
+    sources: Mapping[int, ContextCopy]
 
     @property
     def key(self) -> str:
@@ -81,12 +79,19 @@ def key_plan(
     """Resolve every base and key every position, stage by stage.
 
     Raises:
-        BuildError: a base or copy source is missing, or a symlink leads out of the context.
+        BuildError: a base or copy source is missing or excluded, or a symlink leads out of the context.
+        RecipeError: the context's ignore file has a line Docker would refuse.
         SigningError: an ACI base's signature does not verify with ``keyring``.
     """
+    context_filter = None
+    if any(_copies_from_context(stage) for stage in plan.stages):
+        # Read only when a copy needs it: a recipe that copies nothing never trips over the file.
+        context_filter = load_filter(plan.settings.context, plan.settings.out_dir)
     keyed: dict[str, KeyedStage] = {}
     for stage in plan.stages:
-        keyed[stage.name] = _key_stage(plan, stage, keyed, buildah, tls_verify, keyring, on_output)
+        keyed[stage.name] = _key_stage(
+            plan, stage, keyed, buildah, tls_verify, keyring, on_output, context_filter
+        )
     return KeyedPlan(plan=plan, stages=tuple(keyed.values()))
 
 
@@ -98,6 +103,7 @@ def _key_stage(
     tls_verify: bool,
     keyring: Path | None,
     on_output: Callable[[str], None],
+    context_filter: ContextFilter | None,
 ) -> KeyedStage:
     base, context = stage.base, plan.settings.context
     image_id = base_file = None
@@ -123,7 +129,7 @@ def _key_stage(
         case StageBase():
             key = base_key("stage", earlier[base.stage].key)
     positions = [Position(key=key, parent="", definition="", inputs={})]
-    sources: dict[int, tuple[Path, ...]] = {}
+    sources: dict[int, ContextCopy] = {}
     for step in stage.steps:
         inputs = []
         source = None
@@ -131,8 +137,9 @@ def _key_stage(
             if step.step.from_stage is not None:
                 source = earlier[step.step.from_stage].key
             else:
-                sources[step.number] = context_sources(context, step.step.sources)
-                inputs = copy_inputs(context, sources[step.number])
+                assert context_filter is not None
+                sources[step.number] = select(context_filter, step.step.sources)
+                inputs = copy_inputs(context, sources[step.number].entries)
         step_definition = definition(step)
         positions.append(
             Position(
@@ -147,40 +154,5 @@ def _key_stage(
     )
 
 
-def context_sources(context: Path, sources: tuple[str, ...]) -> tuple[Path, ...]:
-    """Context files a copy reads: they must exist, and no symlink among them may leave the context.
-
-    Raises:
-        BuildError: a source is missing, or a symlink points outside the context.
-    """
-    real_context = Path(os.path.realpath(context))
-    paths: list[Path] = []
-    for source in sources:
-        pattern = os.fspath(context / source)
-        matches = sorted(glob.glob(pattern)) if glob.has_magic(source) else [pattern]
-        if not matches or not os.path.lexists(matches[0]):
-            raise BuildError(f"copy: {source!r} not found in the build context {context}")
-        for match in matches:
-            _check_inside(Path(match), real_context, source)
-            paths.append(Path(match))
-    return tuple(paths)
-
-
-def _check_inside(path: Path, real_context: Path, source: str) -> None:
-    def check(candidate: Path) -> None:
-        real = Path(os.path.realpath(candidate))
-        if not real.is_relative_to(real_context):
-            shown = os.readlink(candidate) if candidate.is_symlink() else str(real)
-            raise BuildError(
-                f"copy {source!r}: {candidate} is a symlink pointing outside the build context "
-                f"(-> {shown}); refusing to follow it",
-                hint="copy the file it points to into the context instead",
-            )
-
-    check(path)
-    if path.is_dir() and not path.is_symlink():
-        for directory, dirnames, filenames in os.walk(path):
-            for name in dirnames + filenames:
-                candidate = Path(directory) / name
-                if candidate.is_symlink():
-                    check(candidate)
+def _copies_from_context(stage: PlannedStage) -> bool:
+    return any(isinstance(s.step, CopyStep) and s.step.from_stage is None for s in stage.steps)

@@ -12,6 +12,7 @@ from __future__ import annotations
 import json
 import os
 import shlex
+import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
@@ -21,6 +22,7 @@ from dualbuild import run
 from dualbuild.builder import bases, filesteps
 from dualbuild.builder.buildah import Buildah, StorageOptions
 from dualbuild.builder.cache import Position, StepIndex, cache_image
+from dualbuild.builder.context import buildah_ignore_file
 from dualbuild.builder.keys import KeyedPlan, KeyedStage, key_plan
 from dualbuild.errors import BuildError, CommandError
 from dualbuild.files import write_atomically
@@ -56,17 +58,33 @@ class BuildOptions:
     authfile: Path | None = None
     keyring: Path | None = None
     storage: StorageOptions = field(default_factory=StorageOptions)
+    # Whether steps are looked up in the step cache (--no-cache: not) ...
     cache: bool = True
+    # ... and whether the trees they make are kept there (--no-cache: yes, so that the next
+    # build finds the fresh results, not older ones).
+    keep: bool = True
     on_output: Callable[[str], None] | None = None
 
 
 @dataclass(frozen=True, kw_only=True)
+class StepTiming:
+    """How long one step took (0 when it came from the step cache)."""
+
+    stage: str
+    step: int
+    summary: str
+    seconds: float
+    cached: bool
+
+
+@dataclass(frozen=True, kw_only=True)
 class BuiltImage:
-    """The final stage's mounted tree and the image config ([app] applied)."""
+    """The final stage's mounted tree, the image config ([app] applied), and each step's time."""
 
     rootfs: Path
     config: ImageConfig
     key: str
+    step_timings: tuple[StepTiming, ...] = ()
 
 
 @dataclass
@@ -101,15 +119,16 @@ class BuildSession:
         """
         on_output = self.options.on_output or output_line
         built: dict[str, _Stage] = {}
+        timings: list[StepTiming] = []
         try:
             for keyed in self.keyed.stages:
                 builder = _StageBuilder(
-                    self.buildah, self.plan, keyed, built, self.options, self.index, on_output
+                    self.buildah, self.plan, keyed, built, self.options, self.index, on_output, timings
                 )
                 built[keyed.stage.name] = builder.build()
         finally:
             # What the stages built so far keyed explains the next build's misses, failed or not.
-            if self.options.cache:
+            if self.options.keep:
                 with run.deferred_interrupts():
                     self.index.save()
         final = built[self.plan.final_stage.name]
@@ -118,6 +137,7 @@ class BuildSession:
             rootfs=final.root,
             config=apply_app(final.inherited, recipe.app, recipe.image.labels),
             key=final.key,
+            step_timings=tuple(timings),
         )
 
 
@@ -161,6 +181,7 @@ class _StageBuilder:
     options: BuildOptions
     index: StepIndex
     on_output: Callable[[str], None]
+    timings: list[StepTiming]
 
     @property
     def stage(self) -> PlannedStage:
@@ -184,16 +205,26 @@ class _StageBuilder:
             root=self.buildah.mount(container),
             inherited=inherited,
             key=self.keyed.key,
-            cached=self.options.cache and (hit == last or self._kept(last)),
+            cached=(self.options.cache and hit == last) or (self.options.keep and self._kept(last)),
         )
         steps = self.stage.steps
         for step in steps:
             header = f"{label} step {step.number}/{len(steps)} {step.summary}"
             if hit is not None and step.number <= hit:
                 log.info("%s  [cached]", header)
+                self.timings.append(
+                    StepTiming(
+                        stage=self.stage.name,
+                        step=step.number,
+                        summary=step.summary,
+                        seconds=0.0,
+                        cached=True,
+                    )
+                )
                 continue
             reason = self._miss_reason(positions, step.number)
             log.info("%s  [run: %s]", header, reason)
+            began = time.monotonic()
             try:
                 with status.show(header):
                     _run_step(
@@ -216,6 +247,17 @@ class _StageBuilder:
                     f"{label} step {step.number}/{len(steps)}: {error.message}", hint=error.hint
                 ) from None
             self._keep(container, positions, step.number)
+            seconds = time.monotonic() - began
+            log.debug("%s took %.2fs", header, seconds)
+            self.timings.append(
+                StepTiming(
+                    stage=self.stage.name,
+                    step=step.number,
+                    summary=step.summary,
+                    seconds=seconds,
+                    cached=False,
+                )
+            )
         for number, position in enumerate(positions):
             self.index.record(self.stage.name, number, position)
         return state
@@ -243,7 +285,7 @@ class _StageBuilder:
         return number > 0 or not isinstance(self.stage.base, (RootfsBase, BootstrapBase))
 
     def _keep(self, container: str, positions: tuple[Position, ...], number: int) -> None:
-        if self.options.cache and self._kept(number):
+        if self.options.keep and self._kept(number):
             self.buildah.commit_as(container, cache_image(positions[number].key))
 
     def _start(self) -> tuple[str, ImageConfig]:
@@ -280,7 +322,7 @@ class _StageBuilder:
         return self.plan.settings.cache_dir / "configs" / f"{key}.json"
 
     def _remember_inherited(self, key: str, container: str) -> None:
-        if self.options.cache and isinstance(self.stage.base, (RegistryBase, ArchiveBase)):
+        if self.options.keep and isinstance(self.stage.base, (RegistryBase, ArchiveBase)):
             path = self._config_file(key)
             path.parent.mkdir(parents=True, exist_ok=True)
             config = bases.raw_image_config(self.buildah, container)
@@ -329,11 +371,12 @@ def _run_step(
                     from_container=built[step.from_stage].container,
                 )  # fmt: skip
             else:
-                sources = [os.fspath(path) for path in keyed.sources[planned.number]]
-                buildah.copy(
-                    state.container, sources, dest, owner=step.owner, mode=step.mode,
-                    contextdir=context,
-                )  # fmt: skip
+                copy = keyed.sources[planned.number]
+                with buildah_ignore_file(copy) as ignorefile:
+                    buildah.copy(
+                        state.container, [os.fspath(path) for path in copy.sources], dest, owner=step.owner,
+                        mode=step.mode, contextdir=context, ignorefile=ignorefile,
+                    )  # fmt: skip
         case WriteStep():
             filesteps.write_file(
                 root, filesteps.container_path(step.path, workdir), step.content.encode(), mode=step.mode,

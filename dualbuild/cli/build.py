@@ -56,9 +56,9 @@ def plan(
     recipe: Path, build_args: tuple[str, ...], context: Path | None, out: Path | None, as_json: bool
 ) -> None:
     """Show what a build would do: stages, steps with args substituted, output files."""
-    loaded = load_recipe(recipe)
+    loaded = load_recipe(recipe, parse_build_args(build_args))
     resolved = settings.resolve(loaded, settings.Overrides(context=context, out_dir=out), os.environ)
-    planned = make_plan(loaded, resolved, build_args=parse_build_args(build_args))
+    planned = make_plan(loaded, resolved)
     click.echo(json.dumps(plan_to_dict(planned), indent=2) if as_json else plan_text(planned))
 
 
@@ -92,7 +92,11 @@ def plan_text(planned: BuildPlan) -> str:
 )
 @registry_options("registry bases")
 @keyring_option("Public key(s) that must have signed an aci: base.")
-@click.option("--no-cache", is_flag=True, help="Run every step; use and keep no cached trees.")
+@click.option(
+    "--no-cache",
+    is_flag=True,
+    help="Run every step without looking in the step cache (the fresh trees are kept there).",
+)
 @click.option(
     "--check-reproducible",
     is_flag=True,

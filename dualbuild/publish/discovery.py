@@ -4,11 +4,14 @@ For image ``example.com/app`` version ``1.0.0`` (linux, amd64) the site gets::
 
     images/example.com/app-1.0.0-linux-amd64.aci      ← {name}-{version}-{os}-{arch}.{ext}
     images/example.com/app-1.0.0-linux-amd64.aci.asc
+    images/example.com/app-latest-linux-amd64.aci      ← one pair per tag of [image].tags and for
+    images/example.com/app-latest-linux-amd64.aci.asc    latest: what the template renders for app:TAG
     pubkeys/<FINGERPRINT>.asc                          ← the armored public key, one per file
     app/index.html                                     ← the discovery page at the name's path
 
 The page's ``ac-discovery`` and ``ac-discovery-pubkeys`` meta tags point at the site's public
-root (aci_url).
+root (aci_url). A client asking for a bare name asks for version ``latest`` (appc discovery's
+default), so ``latest`` is always published, pointing at the newest publish.
 """
 
 from __future__ import annotations
@@ -46,16 +49,21 @@ class SiteLayout:
     arch: str
     aci_url: str
     fingerprint: str
+    tags: tuple[str, ...] = ()
 
     @property
     def aci(self) -> str:
         """Site path of the ACI: what the discovery template renders."""
-        return f"images/{self.name}-{self.version}-{self.os}-{self.arch}.aci"
+        return self.aci_of(self.version)
 
     @property
     def signature(self) -> str:
         """Site path of the detached signature."""
         return f"{self.aci}.asc"
+
+    def aci_of(self, version: str) -> str:
+        """Site path of the ACI discovered as ``version`` (the version itself or a tag)."""
+        return f"images/{self.name}-{version}-{self.os}-{self.arch}.aci"
 
     @property
     def public_key(self) -> str:

@@ -1,6 +1,7 @@
 """Where an ACI discovery site lives: a directory, or an http(s) URL that takes PUT and DELETE.
 
-Both behave alike for publish: read a file, write one atomically, remove one. HTTP requests
+Both behave alike for publish: read a file, write one atomically, remove one; a directory can
+also hold symbolic links (a tag's files link to its version's, served without a copy). HTTP requests
 are retried on transient failures (5xx, resets), never follow redirects (so credentials are
 not sent elsewhere), and take basic-auth credentials from the environment or netrc.
 """
@@ -8,6 +9,7 @@ not sent elsewhere), and take basic-auth credentials from the environment or net
 from __future__ import annotations
 
 import base64
+import errno
 import http.client
 import ipaddress
 import netrc
@@ -24,7 +26,7 @@ from typing import Protocol
 
 from dualbuild import __version__
 from dualbuild.errors import UsageError
-from dualbuild.files import atomic_output
+from dualbuild.files import atomic_output, atomic_path
 from dualbuild.log import log
 from dualbuild.publish.retry import RetryPolicy, with_retries
 
@@ -53,6 +55,16 @@ class Site(Protocol):
     def prune(self) -> None:
         """After a rollback: remove what ``put`` created besides files (empty directories)."""
 
+    @property
+    def links(self) -> bool:
+        """True when a path can be a symbolic link to another file of the site."""
+
+    def symlink(self, path: str, text: str) -> None:
+        """Make ``path`` a symbolic link reading ``text`` (relative to its directory), replacing it."""
+
+    def readlink(self, path: str) -> str | None:
+        """What the symbolic link at ``path`` reads; None when ``path`` is not one."""
+
 
 class DirSite:
     """A directory a web server serves; files appear atomically with mode 0644."""
@@ -75,15 +87,45 @@ class DirSite:
         return True
 
     def put(self, path: str, source: Path, content_type: str) -> None:  # noqa: ARG002 - files have no type
-        """Write ``source`` at ``path`` under a temporary name, then rename it into place."""
+        """Write ``source`` at ``path`` under a temporary name, then rename it into place.
+
+        The rename replaces whatever ``path`` is, a symbolic link included, never writing
+        through it.
+        """
+        target = self._parents_made(path)
+        # Web servers run as another user: the files must be world-readable.
+        with source.open("rb") as data, atomic_output(target, mode=0o644) as out:
+            shutil.copyfileobj(data, out)
+
+    @property
+    def links(self) -> bool:
+        """A directory holds symbolic links: a tag is a link to its version, not a copy."""
+        return True
+
+    def symlink(self, path: str, text: str) -> None:
+        """Create the link under a temporary name, then rename it over ``path``."""
+        target = self._parents_made(path)
+        with atomic_path(target) as temporary:
+            os.symlink(text, temporary)
+
+    def readlink(self, path: str) -> str | None:
+        """What the link at ``path`` reads; None when it is a file or absent."""
+        try:
+            return os.readlink(self.root / path)
+        except (FileNotFoundError, NotADirectoryError):
+            return None
+        except OSError as error:
+            if error.errno == errno.EINVAL:  # not a symbolic link
+                return None
+            raise
+
+    def _parents_made(self, path: str) -> Path:
         target = self.root / path
         missing = [d for d in (target.parent, *target.parent.parents) if not d.exists()]
         for directory in reversed(missing):
             directory.mkdir()
             self._created.append(directory)
-        # Web servers run as another user: the files must be world-readable.
-        with source.open("rb") as data, atomic_output(target, mode=0o644) as out:
-            shutil.copyfileobj(data, out)
+        return target
 
     def delete(self, path: str) -> None:
         """Remove ``path``."""
@@ -156,6 +198,19 @@ class HttpSite:
 
     def prune(self) -> None:
         """Nothing: a PUT server owns its collections."""
+
+    @property
+    def links(self) -> bool:
+        """PUT carries bytes only: a tag is a copy of its version."""
+        return False
+
+    def symlink(self, path: str, text: str) -> None:
+        """Never called: :attr:`links` is False."""
+        raise NotImplementedError(f"an HTTP site cannot hold a link ({path} -> {text})")
+
+    def readlink(self, path: str) -> str | None:  # noqa: ARG002 - over HTTP every path is a file
+        """None: over HTTP no path is a link."""
+        return None
 
     def _send(
         self, method: str, path: str, *, source: Path | None = None, dest: Path | None = None,

@@ -107,4 +107,6 @@ class PublishResult:
             lines.append(f"  signature {aci.signature}")
             lines.append(f"  key {aci.public_key}")
             lines.append(f"  discovery {aci.discovery_name}")
+            if len(aci.tags) > 1:
+                lines.append(f"  also as {', '.join(aci.tags[1:])}")
         return lines

@@ -76,6 +76,7 @@ class Protocol(enum.StrEnum):
 class Network(enum.StrEnum):
     """Network modes of a run step."""
 
+    PRIVATE = "private"
     HOST = "host"
     NONE = "none"
 
@@ -184,7 +185,7 @@ class RunStep:
     user: str | None = None
     workdir: str | None = None
     env: Mapping[str, str] = field(default_factory=dict)
-    network: Network = Network.HOST
+    network: Network = Network.PRIVATE
 
     @property
     def action(self) -> str:
@@ -257,7 +258,7 @@ class SymlinkStep:
 
 @dataclass(frozen=True, kw_only=True)
 class RemoveStep:
-    """Remove paths, recursively; a missing path is an error."""
+    """Remove paths, recursively; a missing path is an error, a pattern (``*``…) matching nothing is not."""
 
     paths: tuple[str, ...]
     workdir: str | None = None

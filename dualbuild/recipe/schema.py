@@ -78,7 +78,12 @@ _STEP_VARIANTS: list[dict[str, object]] = [
             "user": _string('User to run as: a name, "UID" or "UID:GID".'),
             "workdir": _WORKDIR,
             "env": _env("Environment of this step, on top of the args and the stage env."),
-            "network": _string("Network of the command.", enum=["host", "none"], default="host"),
+            "network": _string(
+                "Network of the command: private (its own namespace; reaches the outside, not the host's"
+                " loopback), host, or none (loopback only).",
+                enum=["private", "host", "none"],
+                default="private",
+            ),
         },
         ("run",),
     ),
@@ -134,10 +139,10 @@ _STEP_VARIANTS: list[dict[str, object]] = [
         ("symlink", "target"),
     ),
     _table(
-        "Remove paths recursively; a missing path is an error.",
+        "Remove paths recursively; a missing path is an error, a pattern matching nothing is not.",
         {
             "remove": {
-                "description": "Path or paths to remove.",
+                "description": "Path or paths to remove; *, ?, [...] and ** patterns are expanded in the image.",
                 "oneOf": [
                     {"type": "string", "minLength": 1},
                     {"type": "array", "items": {"type": "string"}, "minItems": 1},

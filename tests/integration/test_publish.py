@@ -376,14 +376,26 @@ def fetch(url: str) -> bytes:
     return data
 
 
-def assert_discovered_and_verified(port: int, build: Build, fingerprint: str, tmp_path: Path) -> None:
-    """actool finds the ACI, its signature and key; the fetched bytes verify with the fetched key."""
-    found = discover(port, "localhost/hello:1.0.0,os=linux,arch=aarch64")
+# What a bare name asks for (appc discovery's default version), then the version and each tag.
+EVERY_VERSION = (None, "1.0.0", "latest", "1.0")
+
+
+def assert_discovered_and_verified(
+    port: int, build: Build, fingerprint: str, tmp_path: Path, version: str | None = "1.0.0"
+) -> None:
+    """actool finds the ACI, its signature and key; the fetched bytes verify with the fetched key.
+
+    ``version`` None discovers the bare name, which appc resolves as version ``latest``.
+    """
+    asked = f":{version}" if version is not None else ""
+    found = discover(port, f"localhost/hello{asked},os=linux,arch=aarch64")
     endpoints = found["ACIEndpoints"]
     assert len(endpoints) == 1
     endpoint = endpoints[0]
     assert isinstance(endpoint, dict)
-    assert endpoint["ACI"] == f"http://localhost:{port}/images/localhost/hello-1.0.0-linux-aarch64.aci"
+    assert endpoint["ACI"] == (
+        f"http://localhost:{port}/images/localhost/hello-{version or 'latest'}-linux-aarch64.aci"
+    )
     assert endpoint["ASC"] == endpoint["ACI"] + ".asc"
     assert found["PublicKeys"] == [f"http://localhost:{port}/pubkeys/{fingerprint}.asc"]
     aci = fetch(str(endpoint["ACI"]))
@@ -412,6 +424,11 @@ def assert_discovered_and_verified(port: int, build: Build, fingerprint: str, tm
         shutil.rmtree(home, ignore_errors=True)
     assert verify.returncode == 0, verify.stderr
     assert f"VALIDSIG {fingerprint}" in verify.stdout
+
+
+def assert_every_version_discovered(port: int, build: Build, fingerprint: str, tmp_path: Path) -> None:
+    for version in EVERY_VERSION:
+        assert_discovered_and_verified(port, build, fingerprint, tmp_path / (version or "bare"), version)
 
 
 # --- Docker registry -----------------------------------------------------------------------------
@@ -594,24 +611,32 @@ def test_aci_site_in_a_directory_is_discovered_and_verifies(
     assert "localhost/other https://mirror.example/{name}.{ext}" in page
     for path in site.rglob("*"):
         assert path.stat().st_mode & 0o777 == (0o755 if path.is_dir() else 0o644), path
-    assert_discovered_and_verified(server.port, builds["a"], fingerprint, tmp_path)
+    # Each tag's ACI and signature are relative links to the version's: no second copy.
+    images = site / "images/localhost"
+    for tag in ("latest", "1.0"):
+        for ext in ("aci", "aci.asc"):
+            link = os.readlink(images / f"hello-{tag}-linux-aarch64.{ext}")
+            assert link == f"hello-1.0.0-linux-aarch64.{ext}"
+    assert not (images / "hello-1.0.0-linux-aarch64.aci").is_symlink()
+    assert_every_version_discovered(server.port, builds["a"], fingerprint, tmp_path)
     report = json.loads((tmp_path / "a/dist/hello-1.0.0-linux-arm64.report.json").read_text())
     assert report["published"]["aci"]["signing_key"] == fingerprint
     assert report["published"]["aci"]["discovery_name"] == "localhost/hello:1.0.0,os=linux,arch=aarch64"
+    assert report["published"]["aci"]["tags"] == ["1.0.0", "latest", "1.0"]
 
     # Publishing the same bytes again writes nothing.
-    stamps = {path: path.stat().st_mtime_ns for path in site.rglob("*") if path.is_file()}
+    stamps = {path: path.lstat().st_mtime_ns for path in site.rglob("*") if path.is_file()}
     again = dualbuild_publish(args, env)
     assert again.returncode == 0, again.stderr
     assert "(unchanged)" in again.stdout
-    assert {path: path.stat().st_mtime_ns for path in site.rglob("*") if path.is_file()} == stamps
+    assert {path: path.lstat().st_mtime_ns for path in site.rglob("*") if path.is_file()} == stamps
 
     # Other bytes under the same version are refused; the site stays as it was.
     changed = builds["b"].copy(tmp_path / "b")
     refused = dualbuild_publish([str(changed), *args[1:]], env)
     assert refused.returncode == 5
     assert "already holds a different ACI" in refused.stderr
-    assert {path: path.stat().st_mtime_ns for path in site.rglob("*") if path.is_file()} == stamps
+    assert {path: path.lstat().st_mtime_ns for path in site.rglob("*") if path.is_file()} == stamps
 
     # --force replaces the ACI and its signature; the key and the page are already right.
     forced = dualbuild_publish([str(changed), *args[1:], "--force"], env)
@@ -619,7 +644,8 @@ def test_aci_site_in_a_directory_is_discovered_and_verifies(
     aci = site / "images/localhost/hello-1.0.0-linux-aarch64.aci"
     assert aci.read_bytes() == Path(builds["b"].artifact("aci", "file")).read_bytes()
     assert (site / "hello/index.html").read_text() == page
-    assert_discovered_and_verified(server.port, builds["b"], fingerprint, tmp_path / "b-fetched")
+    # The tags are links to the version: they follow it, each ACI with its own signature.
+    assert_every_version_discovered(server.port, builds["b"], fingerprint, tmp_path / "b-fetched")
 
 
 def test_aci_site_over_http_put_with_credentials_retries_and_only_a_public_key(
@@ -679,14 +705,18 @@ def test_aci_site_over_http_put_with_credentials_retries_and_only_a_public_key(
     assert failures == [("PUT", "503"), ("PUT", "reset"), ("PUT", "503")]
     assert result.stderr.count("retry 1 of 3") == 3
     written = [path for method, path, status in server.requests if method == "PUT" and status == "201"]
-    # Files first, the page last.
+    # Files first (the version, then a copy per tag: PUT cannot link), the page last.
     assert written == [
         f"/pubkeys/{fingerprint}.asc",
         "/images/localhost/hello-1.0.0-linux-aarch64.aci",
         "/images/localhost/hello-1.0.0-linux-aarch64.aci.asc",
+        "/images/localhost/hello-latest-linux-aarch64.aci",
+        "/images/localhost/hello-latest-linux-aarch64.aci.asc",
+        "/images/localhost/hello-1.0-linux-aarch64.aci",
+        "/images/localhost/hello-1.0-linux-aarch64.aci.asc",
         "/hello/index.html",
     ]
-    assert_discovered_and_verified(server.port, builds["a"], fingerprint, tmp_path)
+    assert_every_version_discovered(server.port, builds["a"], fingerprint, tmp_path)
     report = (tmp_path / "a/dist/hello-1.0.0-linux-arm64.report.json").read_text()
     token = base64.b64encode(f"publisher:{PASSWORD}".encode()).decode()
     for text in (without_key.stderr, anonymous.stderr, result.stdout, result.stderr, report):
@@ -717,7 +747,7 @@ def test_failed_page_write_rolls_the_site_back_and_says_what_was_published(
     assert "not published: the ACI localhost/hello:1.0.0,os=linux,arch=aarch64 (site rolled back" in message
     # No page, and nothing this run added is left for a page to point at.
     assert not [p for p in site.rglob("*") if p.is_file()]
-    assert [method for method, _path, status in server.requests if status == "204"] == ["DELETE"] * 3
+    assert [method for method, _path, status in server.requests if status == "204"] == ["DELETE"] * 7
     puts = [status for method, path, status in server.requests if method == "PUT" and "index.html" in path]
     assert puts == ["503"] * FAST.attempts
     report = json.loads((tmp_path / "a/dist/hello-1.0.0-linux-arm64.report.json").read_text())
@@ -752,6 +782,10 @@ def test_dry_run_writes_nothing(
     assert f"would push hello-1.0.0-linux-arm64.docker.tar to {repo}:1.0.0" in result.stdout
     assert f"would add {site}/images/localhost/hello-1.0.0-linux-aarch64.aci" in result.stdout
     assert f"would add {site}/hello/index.html" in result.stdout
+    assert (
+        f"would add {site}/images/localhost/hello-latest-linux-aarch64.aci"
+        " (a link to hello-1.0.0-linux-aarch64.aci)" in result.stdout
+    )
     assert remote(f"{repo}:1.0.0") is None
     assert not site.exists()
 

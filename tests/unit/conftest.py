@@ -97,6 +97,15 @@ class FakeRun:
         if result.returncode != 0:
             raise CommandError([os.fspath(a) for a in argv], result.returncode, result.tail)
 
+    def start_helper(self, argv_of: Any, **_kwargs: object) -> Any:
+        self._respond(argv_of(90, 91), True)  # descriptors as a helper would be told them
+
+        class _Stopped:
+            def stop(self) -> None:
+                pass
+
+        return _Stopped()
+
 
 def _in_order(tokens: Sequence[str], argv: Sequence[str]) -> bool:
     rest = iter(argv)
@@ -110,5 +119,6 @@ def fake_run(monkeypatch: pytest.MonkeyPatch) -> FakeRun:
     monkeypatch.setattr(run, "run", fake.run)
     monkeypatch.setattr(run, "stream_stdout", fake.stream_stdout)
     monkeypatch.setattr(run, "stream_stdin", fake.stream_stdin)
+    monkeypatch.setattr(run, "start_helper", fake.start_helper)
     monkeypatch.setattr(run, "find_tool", lambda name, _reason: f"/usr/bin/{name}")
     return fake

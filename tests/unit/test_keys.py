@@ -126,3 +126,37 @@ def test_the_index_says_why_a_step_ran(tmp_path: Path) -> None:
         == "the step changed"
     )
     assert again.reason("final", 2, same) == "no cache entry"
+
+
+def test_ignored_files_and_the_output_folder_do_not_move_the_key(buildah: FakeRun, tmp_path: Path) -> None:
+    recipe = RECIPE.replace('copy = ["site/"]', 'copy = ["."]')
+
+    def key() -> str:
+        with build_session(plan_in(tmp_path, recipe), BuildOptions(cache=False)) as session:
+            return session.keyed.stages[0].positions[1].key
+
+    # (The step cache of these tests lives in the context's cache/.)
+    (tmp_path / ".dualbuildignore").write_text("*.log\ncache/\n")
+    first = key()
+    (tmp_path / "build.log").write_text("touched")
+    (tmp_path / "cache").mkdir()
+    (tmp_path / "cache" / "blob").write_text("x")
+    (tmp_path / "dist").mkdir()
+    (tmp_path / "dist" / "app-1-linux-amd64.aci").write_text("an old artifact")
+    assert key() == first
+    (tmp_path / "keep.txt").write_text("not ignored")
+    assert key() != first
+
+
+def test_buildah_copies_with_an_ignore_file_of_our_own(buildah: FakeRun, tmp_path: Path) -> None:
+    plan = plan_in(tmp_path, RECIPE.replace('copy = ["site/"]', 'copy = ["."]'))
+    (tmp_path / ".dockerignore").write_text("*.log\n")
+    (tmp_path / "x.log").write_text("")
+    with build_session(plan, BuildOptions(cache=False)) as session:
+        assert session.keyed.stages[0].sources[1].excluded == ("x.log",)
+        session.build()
+    [copy] = [argv for argv in buildah.of("buildah") if "copy" in argv]
+    # Never buildah's own reading of .dockerignore/.containerignore: ours names what to leave out.
+    assert copy[copy.index("--contextdir") + 1] == str(tmp_path)
+    assert "--ignorefile" in copy
+    assert not Path(copy[copy.index("--ignorefile") + 1]).exists()  # removed after the copy

@@ -8,6 +8,7 @@ from pathlib import Path
 
 import pytest
 
+from dualbuild.builder.stages import StepTiming
 from dualbuild.emit.artifact import Artifact
 from dualbuild.errors import ReportError
 from dualbuild.plan import ArtifactFiles
@@ -51,6 +52,10 @@ REPORT = Report(
     signature=Signature(file=Path("/out/x.aci.asc"), signing_key="ABCD"),
     warnings=("a warning",),
     timings={"stages": 1.5, "total": 2.0},
+    step_timings=(
+        StepTiming(stage="build", step=1, summary="run make", seconds=0.0, cached=True),
+        StepTiming(stage="final", step=1, summary="copy a -> /a", seconds=1.25, cached=False),
+    ),
     build_key="k" * 64,
     digests=(("/out/x.aci", 1, 2, 3, 4, 5, "b" * 64),),
 )
@@ -89,8 +94,13 @@ def test_the_json_keeps_its_keys_and_their_order() -> None:
         "artifacts",
         "warnings",
         "timings",
+        "step_timings",
         "build_key",
         "digests",
+    ]
+    assert data["step_timings"] == [
+        {"stage": "build", "step": 1, "summary": "run make", "seconds": 0.0, "cached": True},
+        {"stage": "final", "step": 1, "summary": "copy a -> /a", "seconds": 1.25, "cached": False},
     ]
     artifacts = data["artifacts"]
     assert isinstance(artifacts, dict)
@@ -105,6 +115,10 @@ def test_the_json_keeps_its_keys_and_their_order() -> None:
     ("change", "message"),
     [
         (lambda d: d.pop("image"), "report.image is not an object"),
+        (
+            lambda d: d.update(step_timings=[{"stage": "s", "step": 1, "summary": "x"}]),
+            "seconds is not a number",
+        ),
         (lambda d: d.__setitem__("source_date_epoch", "yesterday"), "report.source_date_epoch is not a int"),
         (lambda d: d["artifacts"].__setitem__("rpm", {}), "artifacts.rpm is not a format"),
         (lambda d: d["artifacts"]["docker"].__setitem__("size", True), "report.artifacts.docker.size"),

@@ -2,9 +2,9 @@
 
 from __future__ import annotations
 
+import gc
 import io
 import json
-import gc
 import logging
 import signal
 import tarfile
@@ -143,11 +143,14 @@ def test_an_interrupt_a_finalizer_swallowed_is_raised_before_the_next_command() 
         run.check_interrupted()  # raised once, not again
 
 
+def _swallowed_while_held() -> None:
+    with run.deferred_interrupts():
+        _Finalized()
+        gc.collect()
+        run.check_interrupted()  # held: cleanup goes on
+    raise AssertionError("the end of the held section raises it")
+
+
 def test_a_swallowed_interrupt_waits_while_interrupts_are_held() -> None:
-    with run.interrupts_as_errors():
-        with pytest.raises(Interrupted):
-            with run.deferred_interrupts():
-                _Finalized()
-                gc.collect()
-                run.check_interrupted()  # held: cleanup goes on
-            raise AssertionError("the end of the held section raises it")
+    with run.interrupts_as_errors(), pytest.raises(Interrupted):
+        _swallowed_while_held()

@@ -5,16 +5,20 @@ Run through the ``fake_run`` seam: nothing is started; the fake answers as the t
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import io
 import json
+import os
 import tarfile
 from pathlib import Path
 
 import pytest
 
+from dualbuild import run as run_module
 from dualbuild.builder import bases
 from dualbuild.builder import buildah as buildah_module
+from dualbuild.builder import network as network_module
 from dualbuild.builder.buildah import Buildah, StorageOptions
 from dualbuild.builder.tarballs import extract_checked
 from dualbuild.errors import BuildError, SigningError
@@ -125,7 +129,10 @@ def test_what_an_interrupted_step_left_in_the_runtime_state_is_deleted(
     assert not root.exists()
 
 
-def test_without_network_chroot_isolation_gets_an_empty_namespace_of_its_own(fake_run: FakeRun) -> None:
+def test_without_network_chroot_isolation_gets_an_empty_namespace_of_its_own(
+    fake_run: FakeRun, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(run_module, "orphans_adopted", contextlib.nullcontext)
     buildah = Buildah(isolation="chroot")
     buildah.run_in("c", ["true"], user=None, workdir=None, env={}, network=Network.NONE, on_line=print)
     assert fake_run.calls == [
@@ -188,6 +195,59 @@ def test_copy_is_owned_by_root_unless_told_and_cleanup_removes_what_was_made(fak
         ["buildah", "rmi", "--force", image],
     ]
     assert buildah.containers == []
+
+
+def test_private_steps_share_one_namespace_with_a_user_mode_uplink_removed_at_cleanup(
+    fake_run: FakeRun, monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    monkeypatch.setattr(network_module, "NETNS_DIR", tmp_path)
+    buildah = Buildah(isolation="runc")
+    for _ in range(2):
+        buildah.run_in("c", ["true"], user=None, workdir=None, env={}, network=Network.PRIVATE, on_line=print)
+    name = buildah.private_network.name
+    namespace = str(tmp_path / name)
+    assert fake_run.of("ip") == [["ip", "netns", "add", name]]
+    assert fake_run.of("slirp4netns") == [
+        [
+            "slirp4netns", "--configure", "--mtu", "65520", "--disable-host-loopback", "--exit-fd", "90",
+            "--ready-fd", "91", "--netns-type", "path", namespace, "tap0",
+        ]
+    ]  # fmt: skip
+    runs = [call for call in fake_run.of("buildah") if "run" in call]
+    assert all(call[call.index("--network") + 1] == f"ns:{namespace}" for call in runs)
+    assert len(runs) == 2
+    buildah.cleanup()
+    assert fake_run.of("ip")[-1] == ["ip", "netns", "delete", name]
+
+
+def test_namespaces_of_dead_dualbuild_processes_are_reclaimed(
+    fake_run: FakeRun, monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    monkeypatch.setattr(network_module, "NETNS_DIR", tmp_path)
+    dead = 2**22 + 12345  # above pid_max's default: no such process
+    for name in (f"dualbuild-{dead}-abcd1234", f"dualbuild-{os.getpid()}-abcd1234", "someone-else"):
+        (tmp_path / name).touch()
+    network_module.reclaim_stale()
+    assert fake_run.of("ip") == [["ip", "netns", "delete", f"dualbuild-{dead}-abcd1234"]]
+
+
+def test_chroot_is_never_chosen_by_the_probe(fake_run: FakeRun, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(buildah_module.shutil, "which", lambda name: f"/usr/bin/{name}")
+    fake_run.answer("buildah", "version", stdout='{"version": "1.28.2"}')
+    fake_run.answer("buildah", "from", stdout="probe-container\n")
+    fake_run.answer("buildah", "run", returncode=1, tail="runc: error")
+    with pytest.raises(BuildError, match="cannot run a contained command") as caught:
+        Buildah().chosen_isolation()
+    assert "--isolation chroot" in (caught.value.hint or "")
+    tried = [call[call.index("--isolation") + 1 :][:3] for call in fake_run.of("buildah") if "run" in call]
+    assert tried == [["oci", "--network", "host"], ["oci", "--runtime", "runc"]]
+
+
+def test_a_remembered_chroot_choice_is_not_trusted(fake_run: FakeRun, tmp_path: Path) -> None:
+    fake_run.answer("buildah", "version", stdout='{"version": "1.28.2"}')
+    buildah = Buildah(cache_dir=tmp_path)
+    (tmp_path / "isolation.json").write_text(json.dumps({"key": buildah._probe_key(), "isolation": "chroot"}))
+    assert buildah._remembered_isolation() is None
 
 
 def test_an_unknown_isolation_is_a_usage_error(fake_run: FakeRun) -> None:
