@@ -80,6 +80,8 @@ def parse_aci_manifest(data: bytes, where: str) -> dict[str, object]:
         manifest = json.loads(data)
     except ValueError as error:
         raise BuildError(f"ACI {where}: the manifest is not JSON ({error})") from None
+    except RecursionError:
+        raise BuildError(f"ACI {where}: the manifest nests too deeply to read") from None
     if not isinstance(manifest, dict) or manifest.get("acKind") != "ImageManifest":
         raise BuildError(f"ACI {where}: no image manifest found")
     return manifest

@@ -117,7 +117,16 @@ def _identity(base: str, context: Path) -> tuple[str | None, str | None]:
                 base.rpartition(":") if "/" not in base.rpartition(":")[2] else (base, "", "")
             )
             name, version = repository or base, tag or None
-    except (tarfile.TarError, OSError, KeyError, ValueError, AttributeError, IndexError, BuildError):
+    except (
+        tarfile.TarError,
+        OSError,
+        KeyError,
+        ValueError,
+        AttributeError,
+        IndexError,
+        RecursionError,
+        BuildError,
+    ):
         return None, None
     if name is not None and not (AC_IDENTIFIER.fullmatch(name) and is_docker_repository(name)):
         name = None

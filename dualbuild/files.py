@@ -202,12 +202,15 @@ def write_atomically(dest: Path, data: bytes, *, mode: int | None = None) -> Non
             )
         except OSError as exc:
             raise BuildError(f"cannot write {dest}: {exc.strerror or exc}") from exc
-        with os.fdopen(fd, "wb") as file:
-            if mode is not None:
-                os.fchmod(fd, mode)
-            file.write(data)
-            file.flush()
-            os.fsync(fd)
+        try:
+            with os.fdopen(fd, "wb") as file:
+                if mode is not None:
+                    os.fchmod(fd, mode)
+                file.write(data)
+                file.flush()
+                os.fsync(fd)
+        except OSError as exc:  # a full disk, a quota: the old content stays, the temporary goes
+            raise BuildError(f"cannot write {dest}: {exc.strerror or exc}") from exc
 
 
 @contextlib.contextmanager

@@ -13,6 +13,7 @@ import re
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 
+from dualbuild.errors import BuildError
 from dualbuild.recipe.model import App, Format, Healthcheck, Port, Protocol, Volume
 from dualbuild.recipe.rules import ENV_NAME, ENV_NAME_BEFORE_0_8_11
 
@@ -156,44 +157,115 @@ def expand_env(value: str, env: Mapping[str, str]) -> str:
     return _ENV_REFERENCE.sub(replace, value)
 
 
-def from_aci_manifest(manifest: Mapping[str, object]) -> ImageConfig:
-    """Map an ACI manifest's app (and docker2aci's annotations) back to an ImageConfig."""
+def from_aci_manifest(manifest: Mapping[str, object], source: str = "the ACI") -> ImageConfig:
+    """Map an ACI manifest's app (and docker2aci's annotations) back to an ImageConfig.
+
+    Raises:
+        BuildError: a field of the app is not what the appc schema says (named, with ``source``).
+    """
+    fields = _AciFields(source)
     app = manifest.get("app")
-    app = app if isinstance(app, dict) else {}
-    annotations = {str(a.get("name")): str(a.get("value")) for a in _dicts(manifest.get("annotations"))}
-    exec_argv = tuple(str(x) for x in app.get("exec") or [])
+    if app is None:
+        app = {}
+    if not isinstance(app, dict):
+        raise fields.wrong("app", "an object", app)
+    annotations = {
+        fields.text(a, "name", f"annotations[{i}]"): fields.text(a, "value", f"annotations[{i}]", default="")
+        for i, a in enumerate(fields.objects(manifest, "annotations"))
+    }
+    exec_argv = fields.strings(app, "exec", "app")
     entrypoint, cmd = _docker_split(annotations, exec_argv)
-    env = tuple((str(e["name"]), str(e.get("value", ""))) for e in _dicts(app.get("environment")))
-    ports = tuple(
-        Port(
-            name=str(p["name"]),
-            port=int(str(p["port"])),
-            protocol=Protocol(str(p.get("protocol") or "tcp")),
-            count=int(str(p.get("count") or 1)),
+    env = tuple(
+        (
+            fields.text(e, "name", f"app.environment[{i}]"),
+            fields.text(e, "value", f"app.environment[{i}]", default=""),
         )
-        for p in _dicts(app.get("ports"))
-        if p.get("protocol", "tcp") in ("tcp", "udp", "")
+        for i, e in enumerate(fields.objects(app, "environment", "app"))
     )
+    ports = []
+    for i, p in enumerate(fields.objects(app, "ports", "app")):
+        where = f"app.ports[{i}]"
+        protocol = fields.text(p, "protocol", where, default="tcp") or "tcp"
+        name, number = fields.text(p, "name", where), fields.number(p, "port", where, high=65535)
+        count = fields.number(p, "count", where, default=1, high=65535)
+        if protocol in ("tcp", "udp"):
+            ports.append(Port(name=name, port=number, protocol=Protocol(protocol), count=count))
     volumes = tuple(
-        Volume(name=str(m["name"]), path=str(m["path"]), read_only=bool(m.get("readOnly", False)))
-        for m in _dicts(app.get("mountPoints"))
+        Volume(
+            name=fields.text(m, "name", f"app.mountPoints[{i}]"),
+            path=fields.text(m, "path", f"app.mountPoints[{i}]"),
+            read_only=fields.flag(m, "readOnly", f"app.mountPoints[{i}]"),
+        )
+        for i, m in enumerate(fields.objects(app, "mountPoints", "app"))
     )
-    labels = app.get("userLabels")
+    labels = app.get("userLabels", {})
+    if not isinstance(labels, dict) or not all(isinstance(v, str) for v in labels.values()):
+        raise fields.wrong("app.userLabels", "an object of strings", labels)
     return ImageConfig(
         entrypoint=entrypoint,
         cmd=cmd,
-        user=str(app["user"]) if app.get("user") else None,
-        group=str(app["group"]) if app.get("group") else None,
-        workdir=str(app["workingDirectory"]) if app.get("workingDirectory") else None,
+        user=fields.text(app, "user", "app", default="") or None,
+        group=fields.text(app, "group", "app", default="") or None,
+        workdir=fields.text(app, "workingDirectory", "app", default="") or None,
         env=env,
-        ports=ports,
+        ports=tuple(ports),
         volumes=volumes,
-        labels={str(k): str(v) for k, v in labels.items()} if isinstance(labels, dict) else {},
+        labels={str(k): str(v) for k, v in labels.items()},
     )
 
 
-def _dicts(value: object) -> list[dict[str, object]]:
-    return [item for item in value if isinstance(item, dict)] if isinstance(value, list) else []
+class _AciFields:
+    """Typed reads of an ACI manifest's fields; a wrong one is a BuildError naming it."""
+
+    def __init__(self, source: str) -> None:
+        self.source = source
+
+    def wrong(self, where: str, expected: str, value: object) -> BuildError:
+        shown = json.dumps(value)[:60] if value is not None else "missing"
+        return BuildError(
+            f"{self.source}: {where} must be {expected}, not {shown}",
+            hint="the appc schema: https://github.com/appc/spec/blob/master/spec/aci.md#image-manifest-schema",
+        )
+
+    def objects(self, table: Mapping[str, object], key: str, where: str = "") -> list[dict[str, object]]:
+        value = table.get(key)
+        if value is None:
+            return []
+        if not isinstance(value, list) or not all(isinstance(item, dict) for item in value):
+            raise self.wrong(f"{where}.{key}" if where else key, "an array of objects", value)
+        return value
+
+    def strings(self, table: Mapping[str, object], key: str, where: str) -> tuple[str, ...]:
+        value = table.get(key)
+        if value is None:
+            return ()
+        if not isinstance(value, list) or not all(isinstance(item, str) for item in value):
+            raise self.wrong(f"{where}.{key}", "an array of strings", value)
+        return tuple(value)
+
+    def text(self, table: Mapping[str, object], key: str, where: str, *, default: str | None = None) -> str:
+        value = table.get(key)
+        if value is None and default is not None:
+            return default
+        if not isinstance(value, str) or (default is None and not value):
+            raise self.wrong(f"{where}.{key}", "a string", value)
+        return value
+
+    def number(
+        self, table: Mapping[str, object], key: str, where: str, *, high: int, default: int | None = None
+    ) -> int:
+        value = table.get(key)
+        if value is None and default is not None:
+            return default
+        if isinstance(value, bool) or not isinstance(value, int) or not 1 <= value <= high:
+            raise self.wrong(f"{where}.{key}", f"an integer from 1 to {high}", value)
+        return value
+
+    def flag(self, table: Mapping[str, object], key: str, where: str) -> bool:
+        value = table.get(key, False)
+        if not isinstance(value, bool):
+            raise self.wrong(f"{where}.{key}", "true or false", value)
+        return value
 
 
 def _docker_split(

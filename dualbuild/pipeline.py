@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
+import errno
 import hashlib
 import json
 import os
@@ -18,12 +19,12 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from dualbuild import __version__, run, settings
+from dualbuild import __version__, gpg, run, settings
 from dualbuild.builder.buildah import temporary_storage
 from dualbuild.builder.stages import BuildOptions, BuildSession, StepTiming, build_session
 from dualbuild.emit import run_emitters
 from dualbuild.emit.artifact import Artifact, ImageSpec
-from dualbuild.errors import ReportError, SigningError
+from dualbuild.errors import BuildError, ReportError, SigningError
 from dualbuild.files import file_sha256, known_digests, remember_digest, remember_digests
 from dualbuild.layer.tarwriter import Writable
 from dualbuild.layer.tree import stream
@@ -74,6 +75,7 @@ def build_recipe(recipe: Recipe, request: BuildRequest) -> Report:
     """Build an already loaded recipe (``build`` and ``convert`` share this)."""
     began = time.monotonic()
     plan = make_plan(recipe, settings.resolve(recipe, request.overrides, request.environ), sign=request.sign)
+    _check_out_dir(plan.settings.out_dir)
     key, warnings = _signing_key(plan, request.sign)
     for warning in warnings:
         log.warning("%s", warning)
@@ -92,11 +94,11 @@ def build_recipe(recipe: Recipe, request: BuildRequest) -> Report:
             log.info(
                 "up to date: the recipe, its inputs and the artifacts are unchanged (--no-cache rebuilds)"
             )
-            if previous.digests != (digests := known_digests()):
-                # Files were hashed again (touched, copied back): remember them for the next check.
-                previous = previous.with_digests(digests)
-                write_report(_report_path(plan), previous)
-            return previous
+            current = _in_this_out_dir(plan, previous).with_digests(known_digests())
+            if current != previous:
+                # Files were hashed again (touched, copied back) or the folder was copied: say so.
+                write_report(_report_path(plan), current)
+            return current
         return _build_and_write(plan, session, key, warnings, build_key, began, keying)
 
 
@@ -153,20 +155,53 @@ def _build_and_write(
             timings["sign"] = time.monotonic() - start
         timings["total"] = time.monotonic() - began
         run.check_interrupted()
-        # Every output is complete: make them visible together, not interrupted half-way.
+        # A draft of the report where the artifacts wait: a full disk or a failing write stops the
+        # build here, before anything in the output folder is replaced.
+        write_report(
+            staging / _report_path(plan).name,
+            _report(plan, artifacts, key, warnings, timings, build_key, built.step_timings),
+        )
+        # Every output is complete: make them visible together, not interrupted half-way. The
+        # report is the set's seal: the old one goes first and the new one comes last, so a set
+        # cut short (SIGKILL) has no report, which publish and the up-to-date check refuse,
+        # rather than an old report beside new files.
         with run.deferred_interrupts():
+            _report_path(plan).unlink(missing_ok=True)
             for fmt, path in pending.items():
                 path.replace(targets[fmt])
             if pending_signature is not None and signature is not None:
                 pending_signature.replace(signature)
             for artifact in artifacts:
                 remember_digest(targets[artifact.format], artifact.sha256)
+            # Written again now that the files are in place: their stamps are what it remembers.
             report = _report(plan, artifacts, key, warnings, timings, build_key, built.step_timings)
             write_report(_report_path(plan), report)
     finally:
         shutil.rmtree(staging, ignore_errors=True)
     log.debug("timings: %s", ", ".join(f"{phase} {seconds:.2f}s" for phase, seconds in timings.items()))
     return report
+
+
+def _check_out_dir(out_dir: Path) -> None:
+    """Check, before anything is built, that the output directory can be made and written.
+
+    Raises:
+        BuildError: it cannot (a read-only file system, a file in its path).
+    """
+    existing = out_dir
+    while not existing.exists() and existing != existing.parent:
+        existing = existing.parent
+    try:
+        if not existing.is_dir():
+            raise NotADirectoryError(errno.ENOTDIR, f"{existing} is not a directory")
+        probe = existing / f".dualbuild-probe-{os.getpid()}"
+        probe.mkdir()
+        probe.rmdir()
+    except OSError as error:
+        raise BuildError(
+            f"cannot write to the output directory {out_dir}: {error.strerror or error}",
+            hint="choose another one with --out (or [output].dir)",
+        ) from None
 
 
 def _report_path(plan: BuildPlan) -> Path:
@@ -195,19 +230,45 @@ def _previous_report(plan: BuildPlan) -> Report | None:
 
 
 def _up_to_date(plan: BuildPlan, previous: Report, build_key: str) -> bool:
-    """Whether the last report was made with this build key and its artifacts are intact.
+    """Whether the last report was made with this build key and this --out holds its artifacts.
 
-    "Intact" is the recorded sha256, checked by hashing unless the file's stamp is the one
-    recorded with that digest (see dualbuild.files.file_stamp).
+    The files looked at are the ones this build would write (not the paths the report names:
+    a copied output folder has the report of another), each with the recorded sha256 (hashed
+    again unless its stamp is the one recorded, see dualbuild.files.file_stamp), and the ACI's
+    signature must verify.
     """
     if previous.build_key != build_key:
         return False
-    if {artifact.format for artifact in previous.artifacts} != set(plan.artifacts.by_format()):
+    targets = plan.artifacts.by_format()
+    if {artifact.format for artifact in previous.artifacts} != set(targets):
         return False
     for artifact in previous.artifacts:
-        if not artifact.path.is_file() or file_sha256(artifact.path) != artifact.sha256:
+        path = targets[artifact.format]
+        if not path.is_file() or file_sha256(path) != artifact.sha256:
             return False
-    return previous.signature is None or previous.signature.file.is_file()
+    signature, aci = plan.artifacts.aci_signature, plan.artifacts.aci
+    if signature is None or aci is None:
+        return previous.signature is None
+    if previous.signature is None or not signature.is_file():
+        return False
+    try:
+        gpg.verify_in_keyring(aci, signature, plan.settings.gnupghome)
+    except SigningError:
+        return False
+    return True
+
+
+def _in_this_out_dir(plan: BuildPlan, report: Report) -> Report:
+    """The report with the paths of this build's files (a copied folder's report names others)."""
+    targets = plan.artifacts.by_format()
+    signature = plan.artifacts.aci_signature
+    return dataclasses.replace(
+        report,
+        artifacts=tuple(dataclasses.replace(a, path=targets[a.format]) for a in report.artifacts),
+        signature=dataclasses.replace(report.signature, file=signature)
+        if report.signature is not None and signature is not None
+        else report.signature,
+    )
 
 
 def check_reproducible(request: BuildRequest) -> tuple[Report, list[str]]:

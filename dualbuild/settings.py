@@ -13,7 +13,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from dualbuild.errors import Problem, RecipeError
-from dualbuild.recipe.model import DEFAULT_SOURCE_DATE_EPOCH, Recipe
+from dualbuild.recipe.model import DEFAULT_SOURCE_DATE_EPOCH, MAX_SOURCE_DATE_EPOCH, Recipe
 
 SIGN_KEY_ENV = "DUALBUILD_SIGN_KEY"
 PASSPHRASE_ENV = "DUALBUILD_SIGN_PASSPHRASE"
@@ -98,13 +98,14 @@ def _source_date_epoch(recipe: Recipe, environ: Mapping[str, str]) -> int:
     text = environ.get(SOURCE_DATE_EPOCH_ENV, "").strip()
     if not text:
         return DEFAULT_SOURCE_DATE_EPOCH
-    if not text.isdigit():
+    # Length first: int() refuses strings of over 4300 digits.
+    if not (text.isascii() and text.isdigit() and len(text) <= 12 and int(text) <= MAX_SOURCE_DATE_EPOCH):
         raise RecipeError(
             [
                 Problem(
                     file="$SOURCE_DATE_EPOCH",
                     key="",
-                    message=f"{text!r} is not a non-negative integer",
+                    message=f"{text[:40]!r} is not an integer from 0 to {MAX_SOURCE_DATE_EPOCH}",
                     hint="unset it, or set output.source_date_epoch in the recipe",
                 )
             ]

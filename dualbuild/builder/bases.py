@@ -99,7 +99,7 @@ def aci_base_config(aci: Path) -> ImageConfig:
     Raises:
         BuildError: the ACI has no readable manifest.
     """
-    return from_aci_manifest(read_aci_manifest(aci))
+    return from_aci_manifest(read_aci_manifest(aci), f"ACI {aci.name}")
 
 
 def prepare_aci(buildah: Buildah, aci: Path, label: str) -> tuple[str, ImageConfig]:
@@ -114,12 +114,13 @@ def prepare_aci(buildah: Buildah, aci: Path, label: str) -> tuple[str, ImageConf
             f"ACI {aci.name}: it has dependencies, which dualbuild does not resolve",
             hint="flatten it first (e.g. `actool` or docker2aci squashed output), then use it as a base",
         )
+    config = from_aci_manifest(manifest, f"ACI {aci.name}")  # checked before anything is extracted
     with tempfile.TemporaryDirectory(prefix="dualbuild-aci-") as scratch:
         rootfs_tar = Path(scratch) / "rootfs.tar"
         _rootfs_of(aci, rootfs_tar)
         container = buildah.new_container("scratch", label=label)
         buildah.add_archive(container, rootfs_tar)
-    return container, from_aci_manifest(manifest)
+    return container, config
 
 
 def _rootfs_of(aci: Path, rootfs_tar: Path) -> None:

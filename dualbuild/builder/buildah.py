@@ -37,6 +37,8 @@ ISOLATIONS: dict[str, tuple[str, ...]] = {
 # chroot does not contain a run step (a classic breakout reaches the host): only when asked.
 PROBE_ORDER = ("oci", "runc")
 NAME_PREFIX = "dualbuild-"
+# The label of images committed to outlive the build (cache entries).
+KEPT_LABEL = "io.dualbuild.kept"
 # OCI runtimes buildah may run a step with; what one leaves is found in our state root by each.
 RUNTIMES = ("runc", "crun")
 # Where the runtime's state of a session's run steps goes: a tmpfs, as runc asks.
@@ -94,6 +96,8 @@ class Buildah:
     session: str = field(default_factory=lambda: uuid.uuid4().hex[:12])
     # The OCI runtime's state of this session's run steps (runc --root), made on first use.
     runtime_root: Path | None = None
+    # Containers already labelled as kept (see commit_as).
+    labelled: set[str] = field(default_factory=set)
     # The network of `network = "private"` steps, made on first use.
     private_network: PrivateNetwork = field(default_factory=PrivateNetwork)
 
@@ -149,17 +153,28 @@ class Buildah:
         self._run("from", "--quiet", "--pull=never", "--name", name, image, shield=True)
         return name
 
-    def image_exists(self, image: str) -> bool:
-        """Whether the store holds ``image``."""
-        return run.run(self._argv("inspect", "--type", "image", image), check=False).returncode == 0
-
     def commit_as(self, container: str, image: str) -> None:
-        """Commit a container to a named image that outlives the build (a cache entry)."""
+        """Commit a container to a named image that outlives the build (a cache entry).
+
+        The image carries KEPT_LABEL: when another build commits the same name, this one loses
+        it, and the label is how it is found again (list_images(dangling=True)).
+        """
+        if container not in self.labelled:
+            self._run("config", "--label", f"{KEPT_LABEL}=true", container)
+            self.labelled.add(container)
         self._run("commit", "--quiet", container, image)
 
-    def list_images(self, repository: str) -> list[dict[str, object]]:
-        """Images of a repository, as ``buildah images --json`` describes them."""
-        result = self._run("images", "--json", "--filter", f"reference={repository}")
+    def list_images(self, repository: str, *, dangling: bool = False) -> list[dict[str, object]]:
+        """Images of a repository as ``buildah images --json`` describes them.
+
+        With ``dangling``: instead, the kept images that lost their name to a later commit.
+        """
+        filters = (
+            ["--filter", "dangling=true", "--filter", f"label={KEPT_LABEL}=true"]
+            if dangling
+            else ["--filter", f"reference={repository}"]
+        )
+        result = self._run("images", "--json", *filters)
         data = json.loads(result.stdout or "[]")
         return [item for item in data if isinstance(item, dict)] if isinstance(data, list) else []
 

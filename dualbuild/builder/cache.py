@@ -176,9 +176,27 @@ def list_entries(images: Sequence[Mapping[str, object]]) -> list[CacheEntry]:
     return sorted(entries, key=lambda entry: entry.created)
 
 
+def cached_keys(buildah: Buildah) -> set[str]:
+    """The keys of every position the step cache holds, from one listing."""
+    prefix = CACHE_REPOSITORY + ":"
+    keys = set()
+    for image in buildah.list_images(CACHE_REPOSITORY):
+        names = image.get("names")
+        for name in names if isinstance(names, list) else []:
+            if str(name).startswith(prefix):
+                keys.add(str(name).removeprefix(prefix))
+    return keys
+
+
 def cached(cache_dir: Path, buildah: Buildah | None = None) -> list[CacheEntry]:
-    """Every cached tree in buildah's store, and every bootstrap tarball, oldest first."""
-    entries = list_entries((buildah or Buildah()).list_images(CACHE_REPOSITORY))
+    """Every cached tree in buildah's store, and every bootstrap tarball, oldest first.
+
+    Trees that lost their name to another build committing the same key are listed too (with
+    no key), so that prune removes them.
+    """
+    buildah = buildah or Buildah()
+    entries = list_entries(buildah.list_images(CACHE_REPOSITORY))
+    entries += list_entries(buildah.list_images(CACHE_REPOSITORY, dangling=True))
     for tarball in sorted((cache_dir / "bootstrap").glob("*.tar")):
         info = tarball.stat()
         entries.append(

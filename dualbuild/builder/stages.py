@@ -21,7 +21,7 @@ from pathlib import Path
 from dualbuild import run
 from dualbuild.builder import bases, filesteps
 from dualbuild.builder.buildah import Buildah, StorageOptions
-from dualbuild.builder.cache import Position, StepIndex, cache_image
+from dualbuild.builder.cache import Position, StepIndex, cache_image, cached_keys
 from dualbuild.builder.context import buildah_ignore_file
 from dualbuild.builder.keys import KeyedPlan, KeyedStage, key_plan
 from dualbuild.errors import BuildError, CommandError
@@ -192,10 +192,11 @@ class _StageBuilder:
         log.info("%s from %s", label, self.stage.base.describe())
         positions = self.keyed.positions
         hit = self._last_cached(positions)
-        if hit is not None:
-            container = self.buildah.new_container(cache_image(positions[hit].key), label=self.stage.name)
+        container = self._from_cache(positions[hit].key) if hit is not None else None
+        if container is not None:
             inherited = self._inherited_on_hit(positions[0].key)
         else:
+            hit = None
             container, inherited = self._start()
             self._remember_inherited(positions[0].key, container)
             self._keep(container, positions, 0)
@@ -262,14 +263,28 @@ class _StageBuilder:
             self.index.record(self.stage.name, number, position)
         return state
 
+    def _from_cache(self, key: str) -> str | None:
+        """A container of the cached tree ``key``; None if it went meanwhile (a prune, another build)."""
+        try:
+            return self.buildah.new_container(cache_image(key), label=self.stage.name)
+        except CommandError as error:
+            if "image not known" not in error.output_tail and "unknown image" not in error.output_tail:
+                raise
+            log.warning(
+                "the cached tree %s was removed meanwhile (cache prune?); the stage runs again", key[:12]
+            )
+            return None
+
     def _last_cached(self, positions: tuple[Position, ...]) -> int | None:
         if not self.options.cache:
             return None
         if not self._inherited_known(positions[0].key):
             return None
         first = 0 if self._kept(0) else 1
+        # One listing of the cache, not one `buildah inspect` per position (10,000 steps: minutes).
+        kept = cached_keys(self.buildah)
         for number in range(len(positions) - 1, first - 1, -1):
-            if self.buildah.image_exists(cache_image(positions[number].key)):
+            if positions[number].key in kept:
                 return number
         return None
 

@@ -36,7 +36,8 @@ _ABSENT = re.compile(r"manifest unknown|name unknown|MANIFEST_UNKNOWN|NAME_UNKNO
 _TRANSIENT = re.compile(
     r"(?:status|code)\D{0,20}\b(?:429|500|502|503|504)\b|Service Unavailable|Bad Gateway|Gateway Time"
     r"|Internal Server Error|Too Many Requests|connection reset|connection refused|broken pipe"
-    r"|unexpected EOF|: EOF\b|i/o timeout|TLS handshake timeout|server misbehaving",
+    r"|unexpected EOF|: EOF\b|i/o timeout|TLS handshake timeout|server misbehaving"
+    r"|context deadline exceeded|Client\.Timeout",
     re.IGNORECASE,
 )
 
@@ -232,7 +233,10 @@ def _skopeo(plan: DockerPlan, what: str, *args: str) -> str:
     skopeo = run.find_tool("skopeo", "push the image to a registry")
     request = plan.request
     auth = ["--authfile", os.fspath(request.authfile)] if request.authfile is not None else []
-    argv = [skopeo, args[0], *auth, *args[1:]]
+    # containers/image sets no read timeout of its own: a registry that stops answering would
+    # hold the push forever.
+    timeout = ["--command-timeout", f"{max(1, round(request.retry.timeout))}s"]
+    argv = [skopeo, *timeout, args[0], *auth, *args[1:]]
     result = with_retries(
         what,
         lambda: run.run(argv, env=request.environ),

@@ -28,11 +28,14 @@ class RetryPolicy:
         attempts: Tries in all, the first included.
         first_delay: Seconds before the first retry; each later wait doubles.
         max_delay: Upper bound of one wait.
+        timeout: Seconds one registry operation (a push, a manifest read) may take: a registry
+            that accepts and never answers fails after it, as a transient failure.
     """
 
     attempts: int = 4
     first_delay: float = 1.0
     max_delay: float = 8.0
+    timeout: float = 1800.0
 
     def delay(self, retry: int) -> float:
         """Seconds to wait before retry number ``retry`` (1-based)."""

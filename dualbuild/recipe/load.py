@@ -16,6 +16,7 @@ from dualbuild.errors import Problem, RecipeError
 from dualbuild.recipe.app import read_app
 from dualbuild.recipe.args import effective_args, substitute_document
 from dualbuild.recipe.model import (
+    MAX_SOURCE_DATE_EPOCH,
     AciBase,
     Arch,
     ArchiveBase,
@@ -105,6 +106,11 @@ def parse_recipe_bytes(data: bytes, path: Path, build_args: Mapping[str, str] | 
         document = tomllib.loads(text)
     except tomllib.TOMLDecodeError as error:
         raise RecipeError([_syntax_problem(str(path), error)]) from None
+    except RecursionError:
+        # tomllib parses nested arrays and inline tables recursively.
+        raise RecipeError(
+            [Problem(file=str(path), key="", message="the recipe nests arrays or tables too deeply")]
+        ) from None
     return parse_recipe_document(document, path, key_lines(text), build_args=build_args)
 
 
@@ -416,7 +422,9 @@ def _read_output(reader: Reader, value: object) -> Output | None:
         formats.append(fmt)
     epoch = None
     if "source_date_epoch" in table:
-        epoch = reader.integer(table["source_date_epoch"], (*path, "source_date_epoch"), low=0)
+        epoch = reader.integer(
+            table["source_date_epoch"], (*path, "source_date_epoch"), low=0, high=MAX_SOURCE_DATE_EPOCH
+        )
     if len(reader.problems) > ok or directory is None:
         return None
     return Output(dir=directory, formats=tuple(formats), source_date_epoch=epoch)

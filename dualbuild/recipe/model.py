@@ -12,6 +12,10 @@ RECIPE_VERSION = 1
 # Used when neither the recipe nor $SOURCE_DATE_EPOCH sets one: the Unix epoch, as ko and apko
 # do, so an unconfigured build is still reproducible.
 DEFAULT_SOURCE_DATE_EPOCH = 0
+# The latest epoch every format carries: a ustar header's mtime is 11 octal digits
+# (2242-03-16T12:56:31Z); later ones would need PAX records, and past year 9999 no RFC 3339
+# `created` can say them. Refused at validation, from the recipe and $SOURCE_DATE_EPOCH alike.
+MAX_SOURCE_DATE_EPOCH = 8**11 - 1
 
 
 class Arch(enum.StrEnum):

@@ -9,7 +9,7 @@ from __future__ import annotations
 import re
 
 from dualbuild.recipe.load import MMDEBSTRAP_VARIANTS
-from dualbuild.recipe.model import Arch, Format
+from dualbuild.recipe.model import MAX_SOURCE_DATE_EPOCH, Arch, Format
 from dualbuild.recipe.rules import (
     AC_IDENTIFIER,
     AC_NAME,
@@ -342,6 +342,7 @@ RECIPE_SCHEMA: dict[str, object] = {
                     "source_date_epoch": {
                         "type": "integer",
                         "minimum": 0,
+                        "maximum": MAX_SOURCE_DATE_EPOCH,
                         "description": "Timestamp of every entry and of `created`; else $SOURCE_DATE_EPOCH, else 0.",
                     },
                 },

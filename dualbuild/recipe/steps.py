@@ -17,6 +17,11 @@ from dualbuild.recipe.reader import Reader, describe_value
 from dualbuild.recipe.rules import ENV_NAME, MODE, OWNER, check_context_path
 
 ACTIONS = ("run", "copy", "write", "mkdir", "symlink", "remove")
+# Linux's limit on one argument or environment string (MAX_ARG_STRLEN, with its NUL): a run
+# string, an argv item and NAME=VALUE are each one when the step runs.
+MAX_ARGUMENT_BYTES = 128 * 1024 - 1
+# The largest uid or gid: ids are 32 bits, and 2**32 - 1 stands for "no id" (chown's -1).
+MAX_ID = 2**32 - 2
 # Keys each action takes besides itself.
 ACTION_KEYS: dict[str, tuple[str, ...]] = {
     "run": ("user", "workdir", "env", "network"),
@@ -92,9 +97,13 @@ def _read_run(reader: Reader, value: dict[str, object], path: KeyPath, workdir: 
     command: str | tuple[str, ...] | None = None
     if isinstance(raw, str):
         command = reader.string(raw, (*path, "run"))
+        if command is not None and not _fits_an_argument(reader, command, (*path, "run")):
+            command = None
     else:
         items = reader.string_list(raw, (*path, "run"), allow_empty=False)
-        if items is not None:
+        if items is not None and all(
+            _fits_an_argument(reader, item, (*path, "run", index)) for index, item in enumerate(items)
+        ):
             command = tuple(items)
     user = None
     if "user" in value:
@@ -183,6 +192,9 @@ def _read_symlink(
         reader.error((*path, "target"), "symlink needs a target", 'add target = "/path/it/points/to"')
         return None
     target = reader.string(value["target"], (*path, "target"))
+    if target is not None and "\0" in target:
+        reader.error((*path, "target"), "the target holds a NUL character, which no file name can")
+        return None
     if link is None or target is None:
         return None
     return SymlinkStep(path=link, target=target, workdir=workdir)
@@ -218,10 +230,14 @@ _ACTION_READERS = {
 def _read_owner(reader: Reader, value: dict[str, object], path: KeyPath) -> str | None:
     if "owner" not in value:
         return None
-    return reader.string(
+    owner = reader.string(
         value["owner"], (*path, "owner"), pattern=OWNER, rule='"UID:GID"',
         hint='numeric ids, e.g. owner = "1000:1000"',
     )  # fmt: skip
+    if owner is not None and any(int(part) > MAX_ID for part in owner.split(":")):
+        reader.error((*path, "owner"), f"{owner!r}: ids go up to {MAX_ID}", 'e.g. owner = "1000:1000"')
+        return None
+    return owner
 
 
 def _read_mode(reader: Reader, value: dict[str, object], path: KeyPath) -> int | None:
@@ -258,10 +274,27 @@ def read_container_path(
 
 def read_env(reader: Reader, value: object, path: KeyPath) -> dict[str, str] | None:
     """An environment table: names as appc allows them, string values."""
-    return reader.string_table(
+    env = reader.string_table(
         value, path, key_pattern=ENV_NAME, key_rule="a valid environment variable name",
         key_hint="letters, digits, '_', '.' and '-', not starting with a digit",
     )  # fmt: skip
+    if env is not None and not all(
+        _fits_an_argument(reader, f"{name}={text}", (*path, name)) for name, text in env.items()
+    ):
+        return None
+    return env
+
+
+def _fits_an_argument(reader: Reader, text: str, path: KeyPath) -> bool:
+    size = len(text.encode("utf-8", "surrogateescape"))
+    if size <= MAX_ARGUMENT_BYTES:
+        return True
+    reader.error(
+        path,
+        f"{size} bytes is too long for one command-line argument (Linux takes {MAX_ARGUMENT_BYTES})",
+        "write a long script to a file (a write or copy step) and run that file",
+    )
+    return False
 
 
 def check_stage_reference(

@@ -45,6 +45,8 @@ def aci_structure(aci: Path) -> list[str]:
                     problems.append(f"ACI: entry {name!r} is outside rootfs/")
     except (OSError, EOFError, tarfile.TarError, ValueError) as exc:
         return [f"ACI: cannot read {aci.name}: {exc}"]
+    except RecursionError:
+        return [f"ACI: cannot read {aci.name}: its manifest nests too deeply"]
     if "rootfs" not in seen:
         problems.append("ACI: no rootfs entry")
     if not isinstance(manifest, dict):

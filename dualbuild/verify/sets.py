@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import stat
 from pathlib import Path
 
 from dualbuild import gpg
@@ -34,6 +35,14 @@ def find_sets(paths: list[Path]) -> list[ArtifactFiles]:
 
 def verify_set(files: ArtifactFiles, keyring: Path | None) -> list[str]:
     """Every check of one build's artifacts; empty when all hold."""
+    # Only regular files are opened: reading a FIFO (or a device) named x.aci would block forever.
+    irregular = [
+        f"{path.name} is not a regular file ({kind})"
+        for path in (files.docker, files.aci, files.aci_signature)
+        if path is not None and (kind := _irregular_kind(path)) is not None
+    ]
+    if irregular:
+        return irregular
     problems: list[str] = []
     if files.aci is not None and files.aci_signature is not None:
         problems += aci_structure(files.aci)
@@ -51,3 +60,17 @@ def verify_set(files: ArtifactFiles, keyring: Path | None) -> list[str]:
     else:
         problems.append(f"no {files.stem}{SUFFIXES[Format.ACI]} to compare the Docker tarball with")
     return problems
+
+
+def _irregular_kind(path: Path) -> str | None:
+    """What ``path`` is when it is not a regular file (after links); None for a regular or missing one."""
+    try:
+        mode = path.stat().st_mode
+    except FileNotFoundError:
+        return None
+    except OSError as error:
+        return error.strerror or "unreadable"
+    if stat.S_ISREG(mode):
+        return None
+    kinds = {stat.S_ISFIFO: "a FIFO", stat.S_ISDIR: "a directory", stat.S_ISSOCK: "a socket"}
+    return next((name for test, name in kinds.items() if test(mode)), "a device")

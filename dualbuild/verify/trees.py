@@ -17,7 +17,7 @@ import tarfile
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
-from typing import IO
+from typing import IO, TypeGuard
 
 from dualbuild.archive import decompressed_stream
 from dualbuild.layer.tree import EntryType
@@ -198,24 +198,45 @@ def _docker_image(outer: tarfile.TarFile, differences: list[str]) -> _DockerImag
     raw_manifest = member_bytes("manifest.json")
     if raw_manifest is None:
         return None
-    manifest = json.loads(raw_manifest)
+    manifest = _json_of(raw_manifest, "manifest.json", differences)
     if not isinstance(manifest, list) or len(manifest) != 1:
         differences.append("docker archive: manifest.json must list exactly one image")
         return None
     item = manifest[0]
-    config_path, layers = str(item["Config"]), tuple(str(layer) for layer in item["Layers"])
+    config_path = item.get("Config") if isinstance(item, dict) else None
+    layers = item.get("Layers") if isinstance(item, dict) else None
+    if not isinstance(config_path, str) or not _strings(layers):
+        differences.append("docker archive: manifest.json's image needs a Config path and a list of Layers")
+        return None
     config_bytes = member_bytes(config_path)
     if config_bytes is None:
         return None
     digest = "sha256:" + hashlib.sha256(config_bytes).hexdigest()
     if not config_path.endswith(digest.removeprefix("sha256:")):
         differences.append(f"docker archive: config {config_path} hashes to {digest}")
-    config = json.loads(config_bytes)
-    diff_ids = tuple(str(d) for d in config["rootfs"]["diff_ids"])
+    config = _json_of(config_bytes, config_path, differences)
+    rootfs = config.get("rootfs") if isinstance(config, dict) else None
+    diff_ids = rootfs.get("diff_ids") if isinstance(rootfs, dict) else None
+    if not _strings(diff_ids):
+        differences.append(f"docker archive: config {config_path} has no rootfs.diff_ids list")
+        return None
     if len(diff_ids) != len(layers):
         differences.append(f"docker archive: {len(layers)} layers but {len(diff_ids)} diff_ids")
     _check_oci_layout(outer, differences)
-    return _DockerImage(config_path=config_path, layer_paths=layers, diff_ids=diff_ids)
+    return _DockerImage(config_path=config_path, layer_paths=tuple(layers), diff_ids=tuple(diff_ids))
+
+
+def _json_of(raw: bytes, name: str, differences: list[str]) -> object:
+    """The JSON in ``raw``; None (and a difference) when it is none, or nested past the parser."""
+    try:
+        return json.loads(raw)
+    except (ValueError, RecursionError) as error:
+        differences.append(f"docker archive: {name} is not JSON dualbuild can read ({type(error).__name__})")
+        return None
+
+
+def _strings(value: object) -> TypeGuard[list[str]]:
+    return isinstance(value, list) and all(isinstance(item, str) for item in value)
 
 
 def _check_oci_layout(outer: tarfile.TarFile, differences: list[str]) -> None:

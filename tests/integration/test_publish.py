@@ -573,7 +573,7 @@ def test_registry_credentials_come_from_the_authfile_and_are_never_shown(
     )
     assert result.returncode == 0, result.stderr
     assert result.stdout.startswith(f"{repo}@sha256:")
-    assert "+ /usr/bin/skopeo copy --authfile" in result.stderr
+    assert "+ /usr/bin/skopeo --command-timeout 1800s copy --authfile" in result.stderr
     report = (tmp_path / "a/dist/hello-1.0.0-linux-arm64.report.json").read_text()
     for text in (anonymous.stdout, anonymous.stderr, result.stdout, result.stderr, report):
         assert PASSWORD not in text

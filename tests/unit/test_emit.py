@@ -24,7 +24,16 @@ from dualbuild.errors import BuildError
 from dualbuild.imageconfig import ImageConfig
 from dualbuild.layer.tarwriter import Cancelled, set_cancel_event
 from dualbuild.layer.tree import EntryType, Tree, decode_name, snapshot
-from dualbuild.recipe.model import Arch, Format, Healthcheck, Image, Port, Protocol, Volume
+from dualbuild.recipe.model import (
+    MAX_SOURCE_DATE_EPOCH,
+    Arch,
+    Format,
+    Healthcheck,
+    Image,
+    Port,
+    Protocol,
+    Volume,
+)
 from dualbuild.verify.trees import ArchivedEntry, read_entries
 from tests.support import (
     CAPABILITY,
@@ -587,3 +596,20 @@ def test_unwritable_destination_is_a_build_error(rich_tree: Tree, tmp_path: Path
 
 
 # --- real tools -----------------------------------------------------------------------------
+
+
+def test_the_latest_epoch_validation_accepts_is_carried_by_every_format(tmp_path: Path) -> None:
+    root = tmp_path / "root"
+    root.mkdir()
+    (root / "file").write_text("x")
+    os.utime(root / "file", (9 * 10**9, 9 * 10**9))  # newer than the epoch: clamped to it
+    spec = ImageSpec(image=IMAGE, config=ImageConfig(), source_date_epoch=MAX_SOURCE_DATE_EPOCH)
+    targets = {fmt: tmp_path / f"x.{fmt}" for fmt in ALL}
+    run_emitters(snapshot(root, MAX_SOURCE_DATE_EPOCH), spec, targets)
+    with tarfile.open(targets[Format.ACI]) as aci:
+        assert {member.mtime for member in aci.getmembers()} == {MAX_SOURCE_DATE_EPOCH}
+    index = outer_json(targets[Format.OCI], "index.json")
+    assert isinstance(index, dict)
+    manifest = json.loads(blob(targets[Format.OCI], index["manifests"][0]["digest"]))
+    config = json.loads(blob(targets[Format.OCI], manifest["config"]["digest"]))
+    assert config["created"] == "2242-03-16T12:56:31Z"

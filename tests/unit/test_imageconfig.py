@@ -3,9 +3,12 @@
 from __future__ import annotations
 
 import json
+from collections.abc import Callable
+from typing import Any
 
 import pytest
 
+from dualbuild.errors import BuildError
 from dualbuild.imageconfig import ImageConfig, apply_app, from_aci_manifest, from_docker_config, lost_fields
 from dualbuild.recipe.model import App, Format, Healthcheck, Port, Protocol, Volume
 
@@ -45,6 +48,39 @@ def test_an_aci_without_docker_annotations_runs_its_exec_as_the_entrypoint() -> 
     manifest = {**ACI_MANIFEST, "annotations": []}
     config = from_aci_manifest(manifest)
     assert (config.entrypoint, config.cmd) == (("/usr/sbin/nginx", "-g", "daemon off;"), None)
+
+
+@pytest.mark.parametrize(
+    ("change", "message"),
+    [
+        # A string exec was one argument per character.
+        (lambda app: app.update(exec="/bin/sh -c serve"), "app.exec must be an array of strings"),
+        (
+            lambda app: app["ports"][0].update(port="notint"),
+            'app.ports[0].port must be an integer from 1 to 65535, not "notint"',
+        ),
+        (lambda app: app["ports"][0].update(count="many"), "app.ports[0].count must be an integer"),
+        (lambda app: app["ports"][0].pop("name"), "app.ports[0].name must be a string, not missing"),
+        (lambda app: app["environment"][0].pop("name"), "app.environment[0].name must be a string"),
+        (lambda app: app["mountPoints"][0].pop("name"), "app.mountPoints[0].name must be a string"),
+        (
+            lambda app: app["mountPoints"][0].update(readOnly="yes"),
+            "app.mountPoints[0].readOnly must be true or false",
+        ),
+        (lambda app: app.update(environment={"A": "1"}), "app.environment must be an array of objects"),
+        (lambda app: app.update(userLabels=[]), "app.userLabels must be an object of strings"),
+        (lambda app: app.update(user=0), "app.user must be a string"),
+    ],
+)
+def test_an_aci_base_whose_app_breaks_the_schema_is_refused_naming_the_field(
+    change: Callable[[dict[str, Any]], object], message: str
+) -> None:
+    manifest = json.loads(json.dumps(ACI_MANIFEST))
+    change(manifest["app"])
+    with pytest.raises(BuildError) as caught:
+        from_aci_manifest(manifest, "ACI base.aci")
+    assert caught.value.exit_code == 1
+    assert str(caught.value).startswith(f"ACI base.aci: {message}")
 
 
 def test_app_overrides_the_base_as_a_dockerfile_would() -> None:

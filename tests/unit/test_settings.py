@@ -62,8 +62,10 @@ def test_paths_are_absolute_whatever_was_given(
 def test_source_date_epoch_the_recipe_pins_wins_over_the_environment(recipe: Recipe, tmp_path: Path) -> None:
     assert resolve(recipe, Overrides(), {}).source_date_epoch == 0
     assert resolve(recipe, Overrides(), {"SOURCE_DATE_EPOCH": "1234"}).source_date_epoch == 1234
-    with pytest.raises(RecipeError, match="not a non-negative integer"):
-        resolve(recipe, Overrides(), {"SOURCE_DATE_EPOCH": "yesterday"})
+    for bad in ("yesterday", "²", "8589934592", "9" * 5000, "253402300800"):
+        with pytest.raises(RecipeError, match="is not an integer from 0 to 8589934591"):
+            resolve(recipe, Overrides(), {"SOURCE_DATE_EPOCH": bad})
+    assert resolve(recipe, Overrides(), {"SOURCE_DATE_EPOCH": "8589934591"}).source_date_epoch == 8589934591
     pinned = tmp_path / "pinned.toml"
     pinned.write_text(RECIPE.replace('dir = "out"', "source_date_epoch = 99"))
     assert resolve(load_recipe(pinned), Overrides(), {"SOURCE_DATE_EPOCH": "1234"}).source_date_epoch == 99

@@ -20,6 +20,7 @@ from dualbuild.builder import bases
 from dualbuild.builder import buildah as buildah_module
 from dualbuild.builder import network as network_module
 from dualbuild.builder.buildah import Buildah, StorageOptions
+from dualbuild.builder.cache import cache_image, prune
 from dualbuild.builder.tarballs import extract_checked
 from dualbuild.errors import BuildError, SigningError
 from dualbuild.publish import docker as publish_docker
@@ -470,12 +471,16 @@ def test_skopeo_pushes_the_version_then_copies_every_tag_by_digest_and_reads_eac
     fake_run.answer("skopeo", "inspect", behaviour=registry.inspect)
     fake_run.answer("skopeo", "copy", behaviour=registry.copy)
     build = _build(tmp_path, image_id="sha256:config")
-    request = PublishRequest(recipe=tmp_path / "recipe.toml", tls_verify=False, retry=RetryPolicy(attempts=1))
+    request = PublishRequest(
+        recipe=tmp_path / "recipe.toml", tls_verify=False, retry=RetryPolicy(attempts=1, timeout=90)
+    )
     plan = publish_docker.prepare(build, "reg.example/team/hello", request)
     pushed = publish_docker.push(plan)
     assert pushed.record.digest == registry.digest
     assert pushed.written == ("1.0.0", "latest")
-    calls = fake_run.of("skopeo")
+    # Every skopeo command is bounded: a registry that never answers fails after the timeout.
+    assert all(call[1:3] == ["--command-timeout", "90s"] for call in fake_run.of("skopeo"))
+    calls = [[call[0], *call[3:]] for call in fake_run.of("skopeo")]
     archive = tmp_path / "hello-1.0.0-linux-amd64.docker.tar"
     assert calls[0] == [
         "skopeo",
@@ -513,7 +518,7 @@ def test_another_image_under_the_version_is_not_replaced(fake_run: FakeRun, tmp_
     with pytest.raises(Exception, match="already holds a different image") as caught:
         publish_docker.prepare(_build(tmp_path, image_id="sha256:config"), "reg.example/hello", request)
     assert getattr(caught.value, "exit_code", None) == 5
-    assert [call[1] for call in fake_run.of("skopeo")] == ["inspect"]
+    assert [call[3] for call in fake_run.of("skopeo")] == ["inspect"]
 
 
 def _build(directory: Path, *, image_id: str) -> Build:
@@ -523,3 +528,28 @@ def _build(directory: Path, *, image_id: str) -> Build:
         '[[stages]]\nfrom = "scratch"\n'
     )
     return report_of(recipe_file, directory, image_id=image_id)
+
+
+def test_kept_trees_are_labelled_and_prune_finds_the_ones_that_lost_their_name(
+    fake_run: FakeRun, tmp_path: Path
+) -> None:
+    buildah = Buildah()
+    buildah.commit_as("c1", cache_image("k1"))
+    buildah.commit_as("c1", cache_image("k2"))
+    assert [call[1:] for call in fake_run.of("buildah")] == [
+        ["config", "--label", "io.dualbuild.kept=true", "c1"],  # once per container
+        ["commit", "--quiet", "c1", "localhost/dualbuild-cache:k1"],
+        ["commit", "--quiet", "c1", "localhost/dualbuild-cache:k2"],
+    ]
+    named = [{"id": "named", "names": ["localhost/dualbuild-cache:k1"], "created": 1}]
+    lost = [{"id": "lost", "names": None, "created": 2}]  # another build committed k1 after it
+    fake_run.answer("buildah", "images", "reference=localhost/dualbuild-cache", stdout=json.dumps(named))
+    fake_run.answer(
+        "buildah", "images", "dangling=true", "label=io.dualbuild.kept=true", stdout=json.dumps(lost)
+    )
+    removed = prune(tmp_path, buildah=buildah)
+    assert [entry.image_id for entry in removed] == ["named", "lost"]
+    assert [call[1:] for call in fake_run.of("buildah") if call[1] == "rmi"] == [
+        ["rmi", "localhost/dualbuild-cache:k1"],
+        ["rmi", "lost"],
+    ]

@@ -16,6 +16,7 @@ from dualbuild.emit.docker import emit_docker
 from dualbuild.imageconfig import ImageConfig
 from dualbuild.layer.tree import EntryType, snapshot
 from dualbuild.recipe.model import Image
+from dualbuild.verify.sets import find_sets, verify_set
 from dualbuild.verify.trees import ArchivedEntry, compare_entries, verify
 from tests.support import SDE, build_rich_tree, supports_user_xattrs
 
@@ -114,3 +115,52 @@ def test_compare_reports_entries_on_one_side_only(side: int) -> None:
         streams.reverse()
     names = ("L", "R")
     assert compare_entries(iter(streams[0]), iter(streams[1]), names) == [f"/z: only in the {names[side]}"]
+
+
+def test_verify_opens_only_regular_files(tmp_path: Path) -> None:
+    os.mkfifo(tmp_path / "x.aci")  # opening it for reading would wait for a writer forever
+    (tmp_path / "x.docker.tar").mkdir()
+    (tmp_path / "x.aci.asc").write_text("")
+    (found,) = find_sets([tmp_path])
+    assert verify_set(found, keyring=None) == [
+        "x.docker.tar is not a regular file (a directory)",
+        "x.aci is not a regular file (a FIFO)",
+    ]
+
+
+def _tar_of(path: Path, members: dict[str, bytes]) -> Path:
+    with tarfile.open(path, "w") as archive:
+        for name, data in members.items():
+            info = tarfile.TarInfo(name)
+            info.size = len(data)
+            archive.addfile(info, io.BytesIO(data))
+    return path
+
+
+def _manifest(layers: object) -> bytes:
+    return json.dumps([{"Config": "c.json", "Layers": layers}]).encode()
+
+
+@pytest.mark.parametrize(
+    ("manifest", "config", "difference"),
+    [
+        (b"[1]", b"{}", "manifest.json's image needs a Config path and a list of Layers"),
+        (_manifest(None), b"{}", "needs a Config path"),
+        (_manifest([]), b"[]", "c.json has no rootfs.diff_ids list"),
+        (_manifest([]), b'{"rootfs": null}', "no rootfs.diff_ids"),
+        (
+            b"[" * 100_000 + b"]" * 100_000,
+            b"{}",
+            "manifest.json is not JSON dualbuild can read (RecursionError)",
+        ),
+        (b"not json", b"{}", "manifest.json is not JSON dualbuild can read (JSONDecodeError)"),
+    ],
+)
+def test_a_malformed_docker_archive_is_a_difference_not_a_crash(
+    tmp_path: Path, manifest: bytes, config: bytes, difference: str
+) -> None:
+    root = build_rich_tree(tmp_path / "root", privileged=False)
+    _, aci = emit_pair(tmp_path, root, root)
+    docker = _tar_of(tmp_path / "bad.docker.tar", {"manifest.json": manifest, "c.json": config})
+    differences = verify(docker, aci)
+    assert any(difference in line for line in differences), differences
