@@ -27,6 +27,7 @@ from __future__ import annotations
 import contextlib
 import hashlib
 import os
+import tempfile
 import threading
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -129,6 +130,21 @@ def remember_digests(records: tuple[DigestRecord, ...]) -> None:
 
 
 # --- writing ---------------------------------------------------------------------------------
+
+
+def scratch_prefix(kind: str) -> str:
+    """The name prefix of a temporary folder of this process: ``dualbuild-KIND-PID-``.
+
+    The PID says whose it is, so that what a killed process left can be found (dualbuild.leftovers).
+    """
+    return f"dualbuild-{kind}-{os.getpid()}-"
+
+
+@contextlib.contextmanager
+def scratch_directory(kind: str, directory: Path | None = None) -> Iterator[Path]:
+    """A temporary folder named by its kind and our PID, removed after the block."""
+    with tempfile.TemporaryDirectory(prefix=scratch_prefix(kind), dir=directory) as path:
+        yield Path(path)
 
 
 def temporary_name(dest: Path) -> Path:

@@ -18,6 +18,7 @@ from typing import BinaryIO
 
 from dualbuild import run
 from dualbuild.errors import CommandError, SigningError
+from dualbuild.files import scratch_prefix
 
 
 def gpg_env(gnupghome: Path | None) -> dict[str, str]:
@@ -31,7 +32,7 @@ def gpg_env(gnupghome: Path | None) -> dict[str, str]:
 @contextmanager
 def temporary_home() -> Iterator[Path]:
     """A throwaway GNUPGHOME (short path: gpg-agent's socket path is limited to ~100 bytes)."""
-    home = Path(tempfile.mkdtemp(prefix="dbg-", dir="/tmp"))
+    home = Path(tempfile.mkdtemp(prefix=scratch_prefix("gpg"), dir="/tmp"))
     home.chmod(0o700)
     try:
         yield home

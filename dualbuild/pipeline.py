@@ -13,7 +13,6 @@ import hashlib
 import json
 import os
 import shutil
-import tempfile
 import time
 from collections.abc import Mapping
 from dataclasses import dataclass, field
@@ -25,9 +24,10 @@ from dualbuild.builder.stages import BuildOptions, BuildSession, StepTiming, bui
 from dualbuild.emit import run_emitters
 from dualbuild.emit.artifact import Artifact, ImageSpec
 from dualbuild.errors import BuildError, ReportError, SigningError
-from dualbuild.files import file_sha256, known_digests, remember_digest, remember_digests
+from dualbuild.files import file_sha256, known_digests, remember_digest, remember_digests, scratch_directory
 from dualbuild.layer.tarwriter import Writable
 from dualbuild.layer.tree import stream
+from dualbuild.leftovers import default_directories, reclaim
 from dualbuild.log import log, status
 from dualbuild.plan import BuildPlan, make_plan
 from dualbuild.recipe import load_recipe
@@ -76,6 +76,8 @@ def build_recipe(recipe: Recipe, request: BuildRequest) -> Report:
     began = time.monotonic()
     plan = make_plan(recipe, settings.resolve(recipe, request.overrides, request.environ), sign=request.sign)
     _check_out_dir(plan.settings.out_dir)
+    # What builds killed with SIGKILL left (their containers go when the session starts).
+    reclaim(default_directories(plan.settings.out_dir, plan.settings.cache_dir))
     key, warnings = _signing_key(plan, request.sign)
     for warning in warnings:
         log.warning("%s", warning)
@@ -283,7 +285,7 @@ def check_reproducible(request: BuildRequest) -> tuple[Report, list[str]]:
         first = build_recipe(
             recipe, dataclasses.replace(request, options=dataclasses.replace(fresh, storage=storage))
         )
-    with tempfile.TemporaryDirectory(prefix="dualbuild-repro-") as scratch, temporary_storage() as storage:
+    with scratch_directory("repro") as scratch, temporary_storage() as storage:
         second = build_recipe(
             recipe,
             dataclasses.replace(

@@ -308,6 +308,26 @@ def _read_with_timeout(fd: int, timeout: float) -> bytes:
     return os.read(fd, 1) if readable else b""
 
 
+# PIDs are below pid_max, which can be raised to 2**22 and no further.
+PID_MAX = 2**22
+
+
+def process_gone(pid: int) -> bool:
+    """Whether no process has the PID ``pid`` (what a dead process left is then nobody's).
+
+    A number that cannot be a PID (0 would mean our process group) is never said to be gone.
+    """
+    if not 0 < pid <= PID_MAX:
+        return False
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return True
+    except PermissionError:
+        return False
+    return False
+
+
 _PR_SET_CHILD_SUBREAPER = 36
 
 

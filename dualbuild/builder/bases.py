@@ -10,7 +10,6 @@ import hashlib
 import json
 import os
 import tarfile
-import tempfile
 from collections.abc import Callable
 from pathlib import Path
 
@@ -19,7 +18,7 @@ from dualbuild.archive import ACI_MANIFEST, open_tar_stream, read_aci_manifest
 from dualbuild.builder.buildah import Buildah
 from dualbuild.builder.tarballs import extract_checked, unsafe_member_reason
 from dualbuild.errors import BuildError, CommandError
-from dualbuild.files import atomic_path
+from dualbuild.files import atomic_path, scratch_directory
 from dualbuild.imageconfig import ImageConfig, from_aci_manifest, from_docker_config
 from dualbuild.log import log
 from dualbuild.recipe.model import AciBase, Arch, BootstrapBase, RootfsBase
@@ -115,8 +114,8 @@ def prepare_aci(buildah: Buildah, aci: Path, label: str) -> tuple[str, ImageConf
             hint="flatten it first (e.g. `actool` or docker2aci squashed output), then use it as a base",
         )
     config = from_aci_manifest(manifest, f"ACI {aci.name}")  # checked before anything is extracted
-    with tempfile.TemporaryDirectory(prefix="dualbuild-aci-") as scratch:
-        rootfs_tar = Path(scratch) / "rootfs.tar"
+    with scratch_directory("acibase") as scratch:
+        rootfs_tar = scratch / "rootfs.tar"
         _rootfs_of(aci, rootfs_tar)
         container = buildah.new_container("scratch", label=label)
         buildah.add_archive(container, rootfs_tar)

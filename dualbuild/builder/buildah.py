@@ -21,9 +21,10 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from dualbuild import run
-from dualbuild.builder.network import PrivateNetwork
+from dualbuild.builder.network import PrivateNetwork, reclaim_stale
 from dualbuild.errors import BuildError, CommandError, UsageError
-from dualbuild.files import write_atomically
+from dualbuild.files import scratch_prefix, write_atomically
+from dualbuild.leftovers import STORE_DIR, STORE_KIND
 from dualbuild.log import log
 from dualbuild.recipe.model import Network
 
@@ -43,6 +44,7 @@ KEPT_LABEL = "io.dualbuild.kept"
 RUNTIMES = ("runc", "crun")
 # Where the runtime's state of a session's run steps goes: a tmpfs, as runc asks.
 RUNTIME_STATE_DIR = Path("/run")
+RUNTIME_PREFIX = "dualbuild-runtime-"
 # Where cgroups of a container named ID live (v1 controllers, or the unified v2 tree).
 _CGROUPS = ("/sys/fs/cgroup/*/{id}", "/sys/fs/cgroup/{id}")
 
@@ -70,7 +72,7 @@ class StorageOptions:
 @contextmanager
 def temporary_storage() -> Iterator[StorageOptions]:
     """A fresh, empty buildah store for one build, removed afterwards (mounts included)."""
-    base = Path(tempfile.mkdtemp(prefix="dualbuild-store-", dir=os.environ.get("TMPDIR", "/var/tmp")))
+    base = Path(tempfile.mkdtemp(prefix=scratch_prefix(STORE_KIND), dir=STORE_DIR))
     storage = StorageOptions(root=base / "root", runroot=base / "run")
     try:
         yield storage
@@ -93,7 +95,8 @@ class Buildah:
     authfile: Path | None = None
     containers: list[str] = field(default_factory=list)
     images: list[str] = field(default_factory=list)
-    session: str = field(default_factory=lambda: uuid.uuid4().hex[:12])
+    # Names what the session makes: our PID first, so that what a killed build left is known.
+    session: str = field(default_factory=lambda: f"{os.getpid()}-{uuid.uuid4().hex[:8]}")
     # The OCI runtime's state of this session's run steps (runc --root), made on first use.
     runtime_root: Path | None = None
     # Containers already labelled as kept (see commit_as).
@@ -174,9 +177,7 @@ class Buildah:
             if dangling
             else ["--filter", f"reference={repository}"]
         )
-        result = self._run("images", "--json", *filters)
-        data = json.loads(result.stdout or "[]")
-        return [item for item in data if isinstance(item, dict)] if isinstance(data, list) else []
+        return _json_list(self._run("images", "--json", *filters).stdout)
 
     def remove_image(self, image: str) -> bool:
         """Remove an image; False if buildah refused (in use, already gone)."""
@@ -246,7 +247,7 @@ class Buildah:
             return []
         if self.runtime_root is None:
             base = RUNTIME_STATE_DIR if os.access(RUNTIME_STATE_DIR, os.W_OK) else None
-            self.runtime_root = Path(tempfile.mkdtemp(prefix=f"dualbuild-runtime-{self.session}-", dir=base))
+            self.runtime_root = Path(tempfile.mkdtemp(prefix=f"{RUNTIME_PREFIX}{self.session}-", dir=base))
         return ["--runtime-flag", f"root={self.runtime_root}"]
 
     def copy(
@@ -306,25 +307,36 @@ class Buildah:
 
     def _remove_runtime_leftovers(self) -> None:
         """Delete what an interrupted run step left in our runtime state root, then the root."""
-        root = self.runtime_root
-        if root is None:
-            return
-        for name in RUNTIMES:
-            binary = shutil.which(name)
-            if binary is None:
-                continue
-            listed = run.run([binary, "--root", root, "list", "-q"], check=False)
-            for container_id in listed.stdout.split() if listed.returncode == 0 else []:
-                log.debug("removing %s container %s left by an interrupted run step", name, container_id)
-                run.run([binary, "--root", root, "delete", "--force", container_id], check=False)
-        # A container killed before the runtime saved its state is unknown to it: its cgroups
-        # (and any process still in them) go by the state folder's name.
-        for state in root.iterdir() if root.is_dir() else []:
-            for pattern in _CGROUPS:
-                for cgroup in glob.glob(pattern.format(id=glob.escape(state.name))):
-                    _remove_cgroup(Path(cgroup))
-        shutil.rmtree(root, ignore_errors=True)
-        self.runtime_root = None
+        if self.runtime_root is not None:
+            _remove_runtime_root(self.runtime_root)
+            self.runtime_root = None
+
+    def reclaim_dead_sessions(self) -> None:
+        """Remove what builds killed with SIGKILL left: run steps' state, containers, stage images.
+
+        Their names carry the PID of the dualbuild process (``dualbuild-PID-…``): only those
+        whose process is gone are touched. Never raises.
+        """
+        reclaim_stale()  # their private networks
+        for root in RUNTIME_STATE_DIR.glob(f"{RUNTIME_PREFIX}*"):
+            if _dead_session(root.name.removeprefix(RUNTIME_PREFIX)):
+                log.debug("removing the run steps' state %s of a dualbuild process that is gone", root)
+                _remove_runtime_root(root)
+        listed = run.run(self._argv("containers", "--json"), check=False)
+        for container in _json_list(listed.stdout) if listed.returncode == 0 else []:
+            name = str(container.get("containername", ""))
+            if name.startswith(NAME_PREFIX) and _dead_session(name.removeprefix(NAME_PREFIX)):
+                log.debug("removing buildah container %s of a dualbuild process that is gone", name)
+                run.run(self._argv("rm", name), check=False)
+        listed = run.run(
+            self._argv("images", "--json", "--filter", "reference=localhost/dualbuild-*"), check=False
+        )
+        for image in _json_list(listed.stdout) if listed.returncode == 0 else []:
+            names = image.get("names")
+            for name in names if isinstance(names, list) else []:
+                short = str(name).removeprefix(f"localhost/{NAME_PREFIX}")
+                if str(name).endswith(":stage") and _dead_session(short):
+                    run.run(self._argv("rmi", "--force", str(name)), check=False)
 
     # --- isolation ----------------------------------------------------------------------------
 
@@ -390,6 +402,39 @@ class Buildah:
             path.parent.mkdir(parents=True, exist_ok=True)
             write_atomically(path, json.dumps({"key": self._probe_key(), "isolation": choice}).encode())
         return choice
+
+
+def _remove_runtime_root(root: Path) -> None:
+    """Delete the runtime's containers in a state root (killing what runs there), then the root."""
+    for name in RUNTIMES:
+        binary = shutil.which(name)
+        if binary is None:
+            continue
+        listed = run.run([binary, "--root", root, "list", "-q"], check=False)
+        for container_id in listed.stdout.split() if listed.returncode == 0 else []:
+            log.debug("removing %s container %s left by an interrupted run step", name, container_id)
+            run.run([binary, "--root", root, "delete", "--force", container_id], check=False)
+    # A container killed before the runtime saved its state is unknown to it: its cgroups
+    # (and any process still in them) go by the state folder's name.
+    for state in root.iterdir() if root.is_dir() else []:
+        for pattern in _CGROUPS:
+            for cgroup in glob.glob(pattern.format(id=glob.escape(state.name))):
+                _remove_cgroup(Path(cgroup))
+    shutil.rmtree(root, ignore_errors=True)
+
+
+def _dead_session(rest: str) -> bool:
+    """Whether a name's session part (``PID-HEX…``, after the prefix) is of a process that is gone."""
+    pid, _, _ = rest.partition("-")
+    return pid.isdigit() and int(pid) != os.getpid() and run.process_gone(int(pid))
+
+
+def _json_list(text: str) -> list[dict[str, object]]:
+    try:
+        data = json.loads(text or "[]")
+    except ValueError:
+        return []
+    return [item for item in data if isinstance(item, dict)] if isinstance(data, list) else []
 
 
 def _remove_cgroup(cgroup: Path) -> None:

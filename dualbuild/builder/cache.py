@@ -22,6 +22,7 @@ from pathlib import Path
 from dualbuild import __version__
 from dualbuild.builder.buildah import Buildah
 from dualbuild.files import file_sha256, write_atomically
+from dualbuild.leftovers import default_directories, reclaim
 from dualbuild.plan import PlannedStep, to_jsonable
 
 CACHE_REPOSITORY = "localhost/dualbuild-cache"
@@ -216,9 +217,20 @@ def prune(
     older_than: int | None = None,
     now: float | None = None,
     buildah: Buildah | None = None,
+    scratch: list[Path] | None = None,
 ) -> list[CacheEntry]:
-    """Remove cached trees and bootstrap tarballs (those older than ``older_than`` seconds, or all)."""
+    """Remove cached trees and bootstrap tarballs (those older than ``older_than`` seconds, or all).
+
+    What killed builds left goes first (their containers, and scratch in ``scratch``: by
+    default the temporary folders and the cache's own).
+    """
     buildah = buildah or Buildah()
+    buildah.reclaim_dead_sessions()
+    reclaim(
+        scratch
+        if scratch is not None
+        else default_directories(cache_dir, cache_dir / "bootstrap", cache_dir / "configs")
+    )
     moment = time.time() if now is None else now
     removed = []
     for entry in cached(cache_dir, buildah):

@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import glob
 import os
-import tempfile
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
@@ -20,6 +19,7 @@ from pathlib import Path
 
 from dualbuild.builder.ignore import IGNORE_FILES, IgnoreRules, PatternError, parse
 from dualbuild.errors import BuildError, Problem, RecipeError
+from dualbuild.files import scratch_directory
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -215,7 +215,7 @@ def literal_pattern(relative: str) -> str:
 @contextmanager
 def buildah_ignore_file(copy: ContextCopy) -> Iterator[Path]:
     """A file for ``buildah copy --ignorefile`` leaving out exactly ``copy.excluded``; then removed."""
-    with tempfile.TemporaryDirectory(prefix="dualbuild-ignore-") as directory:
-        path = Path(directory) / "ignore"
+    with scratch_directory("ignore") as directory:
+        path = directory / "ignore"
         path.write_bytes(b"".join(os.fsencode(literal_pattern(item)) + b"\n" for item in copy.excluded))
         yield path

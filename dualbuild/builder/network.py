@@ -78,20 +78,10 @@ def reclaim_stale() -> None:
     """Remove the namespaces of dualbuild processes that are gone (killed before they could)."""
     for entry in NETNS_DIR.iterdir() if NETNS_DIR.is_dir() else []:
         match = _NAME.fullmatch(entry.name)
-        if match is None or _alive(int(match.group(1))):
+        if match is None or not run.process_gone(int(match.group(1))):
             continue
         log.debug("removing the private network %s of a dualbuild process that is gone", entry.name)
         _delete(entry.name)
-
-
-def _alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    return True
 
 
 def _delete(name: str) -> None:

@@ -155,6 +155,7 @@ def build_session(plan: BuildPlan, options: BuildOptions) -> Iterator[BuildSessi
         authfile=options.authfile,
     )  # fmt: skip
     try:
+        buildah.reclaim_dead_sessions()
         keyed = key_plan(
             plan, buildah, tls_verify=options.tls_verify, keyring=options.keyring,
             on_output=options.on_output or output_line,

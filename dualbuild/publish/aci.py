@@ -19,7 +19,6 @@ from __future__ import annotations
 
 import http.client
 import posixpath
-import tempfile
 import urllib.error
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -29,7 +28,7 @@ from pathlib import Path
 from dualbuild import gpg, run
 from dualbuild.archive import read_aci_manifest
 from dualbuild.errors import BuildError, Interrupted, PublishError, SigningError, UsageError
-from dualbuild.files import file_sha256
+from dualbuild.files import file_sha256, scratch_directory
 from dualbuild.log import log
 from dualbuild.publish.discovery import SiteLayout, check_site_url, discovery_page
 from dualbuild.publish.retry import short_reason
@@ -136,8 +135,7 @@ def prepare(build: Build, dest: str, aci_url: str, request: PublishRequest) -> I
         tags=tuple(dict.fromkeys(tag for tag in (*image.tags, LATEST) if tag != image.version)),
     )  # fmt: skip
     site = open_site(dest, environ=request.environ, tls_verify=request.tls_verify, retry=request.retry)
-    with tempfile.TemporaryDirectory(prefix="dualbuild-aci-") as scratch:
-        work = Path(scratch)
+    with scratch_directory("aci") as work:
         key = work / "public-key.asc"
         try:
             algorithm = export_public_key(
@@ -173,22 +171,25 @@ def prepare(build: Build, dest: str, aci_url: str, request: PublishRequest) -> I
 
 
 def wanted_files(layout: SiteLayout, *, key: Path, aci: Path, signature: Path, links: bool) -> list[Wanted]:
-    """What the site must serve, in write order: the key, the version's ACI and signature, each tag's.
+    """What the site must serve, in write order: the key, the version's signature and ACI, each tag's.
 
     With ``links`` a tag's files are relative links to the version's (same directory: the
     discovery template differs only in the version); without, copies of the same bytes (the
     signature is over the bytes, so it verifies under every name).
     """
+    # Each signature before its ACI: discovery renders a version's URLs from the template, page
+    # or no page, so a publish cut short (SIGKILL) must leave a signature without its ACI (not
+    # found: nothing is fetched), never an ACI without its signature.
     files = [
         Wanted(path=layout.public_key, content=key, content_type=KEY_TYPE, role="key"),
-        Wanted(path=layout.aci, content=aci, content_type=ACI_TYPE, role="version", version=layout.version),
         Wanted(path=layout.signature, content=signature, content_type=SIGNATURE_TYPE, role="version"),
+        Wanted(path=layout.aci, content=aci, content_type=ACI_TYPE, role="version", version=layout.version),
     ]
     for tag in layout.tags:
         tag_aci = layout.aci_of(tag)
         for path, source, target, content_type, version in (
-            (tag_aci, aci, layout.aci, ACI_TYPE, tag),
             (f"{tag_aci}.asc", signature, layout.signature, SIGNATURE_TYPE, None),
+            (tag_aci, aci, layout.aci, ACI_TYPE, tag),
         ):
             content: Path | SiteLink = source
             if links:

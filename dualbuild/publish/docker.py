@@ -17,12 +17,12 @@ import hashlib
 import json
 import os
 import re
-import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 
 from dualbuild import run
 from dualbuild.errors import CommandError, UsageError
+from dualbuild.files import scratch_directory
 from dualbuild.log import log
 from dualbuild.publish.retry import short_reason, with_retries
 from dualbuild.publish.types import Build, DockerPushed, PublishRequest, SidePublishError
@@ -179,8 +179,8 @@ class _Mismatch(Exception):
 
 
 def _push_archive(plan: DockerPlan) -> str:
-    with tempfile.TemporaryDirectory(prefix="dualbuild-push-") as scratch:
-        digest_file = Path(scratch) / "digest"
+    with scratch_directory("push") as scratch:
+        digest_file = scratch / "digest"
         _skopeo(
             plan, f"pushing {plan.archive.name}", "copy", "--quiet", "--digestfile", os.fspath(digest_file),
             *_tls("--dest-tls-verify", plan), f"docker-archive:{plan.archive}",

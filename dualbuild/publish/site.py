@@ -27,6 +27,7 @@ from typing import Protocol
 from dualbuild import __version__
 from dualbuild.errors import UsageError
 from dualbuild.files import atomic_output, atomic_path
+from dualbuild.leftovers import reclaim
 from dualbuild.log import log
 from dualbuild.publish.retry import RetryPolicy, with_retries
 
@@ -72,6 +73,7 @@ class DirSite:
     def __init__(self, root: Path) -> None:
         self.root = root
         self._created: list[Path] = []
+        self._swept: set[Path] = set()
 
     @property
     def location(self) -> str:
@@ -125,6 +127,10 @@ class DirSite:
         for directory in reversed(missing):
             directory.mkdir()
             self._created.append(directory)
+        if target.parent not in self._swept:
+            # Half-written files of a publish killed there (.tmp-PID-NAME) are served otherwise.
+            reclaim([target.parent])
+            self._swept.add(target.parent)
         return target
 
     def delete(self, path: str) -> None:

@@ -10,13 +10,12 @@ from __future__ import annotations
 
 import dataclasses
 import itertools
-import tempfile
 from collections.abc import Sequence
 from pathlib import Path
 
 from dualbuild import gpg, run
 from dualbuild.errors import CommandError, SigningError, ToolNotFoundError
-from dualbuild.files import write_atomically
+from dualbuild.files import scratch_directory, write_atomically
 from dualbuild.log import log
 from dualbuild.settings import PASSPHRASE_ENV
 from dualbuild.sign import openpgp
@@ -115,8 +114,8 @@ def _agent_key(key: SigningKey, records: Sequence[Sequence[str]]) -> AgentKey | 
     try:
         socket = gpg.agent_socket(key.gnupghome)
         agent_key = AgentKey(socket=socket, keygrip=keygrip, fingerprint=fingerprint, algorithm=algorithm)
-        with tempfile.TemporaryDirectory(prefix="dualbuild-sign-") as scratch:
-            probe = _probe(Path(scratch))
+        with scratch_directory("sign") as scratch:
+            probe = _probe(scratch)
             signature = sign_file(probe, dataclasses.replace(key, agent=agent_key))
             gpg.verify_in_keyring(probe, signature, key.gnupghome)
     except (SigningError, CommandError) as error:

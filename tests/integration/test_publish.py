@@ -705,15 +705,16 @@ def test_aci_site_over_http_put_with_credentials_retries_and_only_a_public_key(
     assert failures == [("PUT", "503"), ("PUT", "reset"), ("PUT", "503")]
     assert result.stderr.count("retry 1 of 3") == 3
     written = [path for method, path, status in server.requests if method == "PUT" and status == "201"]
-    # Files first (the version, then a copy per tag: PUT cannot link), the page last.
+    # Files first (the version, then a copy per tag: PUT cannot link; each signature before its
+    # ACI), the page last.
     assert written == [
         f"/pubkeys/{fingerprint}.asc",
-        "/images/localhost/hello-1.0.0-linux-aarch64.aci",
         "/images/localhost/hello-1.0.0-linux-aarch64.aci.asc",
-        "/images/localhost/hello-latest-linux-aarch64.aci",
+        "/images/localhost/hello-1.0.0-linux-aarch64.aci",
         "/images/localhost/hello-latest-linux-aarch64.aci.asc",
-        "/images/localhost/hello-1.0-linux-aarch64.aci",
+        "/images/localhost/hello-latest-linux-aarch64.aci",
         "/images/localhost/hello-1.0-linux-aarch64.aci.asc",
+        "/images/localhost/hello-1.0-linux-aarch64.aci",
         "/hello/index.html",
     ]
     assert_every_version_discovered(server.port, builds["a"], fingerprint, tmp_path)

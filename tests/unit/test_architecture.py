@@ -17,7 +17,7 @@ PACKAGE = ROOT / "dualbuild"
 LAYERS: list[tuple[str, ...]] = [
     ("__init__", "errors", "log"),
     ("run", "files"),
-    ("recipe", "layer", "gpg", "archive"),
+    ("recipe", "layer", "gpg", "archive", "leftovers"),
     ("settings", "imageconfig", "scaffold"),
     ("plan",),
     ("builder", "emit", "sign"),

@@ -89,20 +89,21 @@ def test_every_tag_gets_the_aci_and_its_signature_as_discovery_renders_them(tmp_
     version_asc = SiteLink("hello-1.0.0-linux-aarch64.aci.asc")
     assert [(w.path, w.content, w.role) for w in linked] == [
         (f"pubkeys/{FINGERPRINT}.asc", files.key, "key"),
-        (f"{IMAGES}/hello-1.0.0-linux-aarch64.aci", files.aci, "version"),
+        # Each signature before its ACI: a publish cut short leaves no ACI without its signature.
         (f"{IMAGES}/hello-1.0.0-linux-aarch64.aci.asc", files.signature, "version"),
-        (f"{IMAGES}/hello-latest-linux-aarch64.aci", version_aci, "tag"),
+        (f"{IMAGES}/hello-1.0.0-linux-aarch64.aci", files.aci, "version"),
         (f"{IMAGES}/hello-latest-linux-aarch64.aci.asc", version_asc, "tag"),
-        (f"{IMAGES}/hello-1.0-linux-aarch64.aci", version_aci, "tag"),
+        (f"{IMAGES}/hello-latest-linux-aarch64.aci", version_aci, "tag"),
         (f"{IMAGES}/hello-1.0-linux-aarch64.aci.asc", version_asc, "tag"),
+        (f"{IMAGES}/hello-1.0-linux-aarch64.aci", version_aci, "tag"),
     ]
     # The discovery template filled in for a tag gives the tag's path.
     template = dict(layout().meta_tags())["ac-discovery"].split(" ", 1)[1]
     filled = template.format(name="localhost/hello", version="latest", os="linux", arch="aarch64", ext="aci")
-    assert filled == layout().url(linked[3].path)
+    assert filled == layout().url(linked[4].path)
     copied = wanted_files(layout(), key=files.key, aci=files.aci, signature=files.signature, links=False)
     assert [w.path for w in copied] == [w.path for w in linked]
-    assert [w.content for w in copied[3:]] == [files.aci, files.signature] * 2
+    assert [w.content for w in copied[3:]] == [files.signature, files.aci] * 2
 
 
 def test_a_directory_site_links_each_tag_to_the_version_and_publishing_again_keeps_all(
@@ -208,3 +209,18 @@ def test_a_failed_publish_restores_moved_tags_as_links(tmp_path: Path) -> None:
     assert "site rolled back" in caught.value.not_published[0]
     assert {p: os.readlink(p) for p in images.iterdir() if p.is_symlink()} == before
     assert not (images / "hello-1.1.0-linux-aarch64.aci").exists()
+
+
+def test_what_a_killed_publish_left_in_the_site_goes_with_the_next_write(tmp_path: Path) -> None:
+    images = tmp_path / "site" / IMAGES
+    images.mkdir(parents=True)
+    dead = 2**22  # PIDs are below pid_max, which is at most 2**22
+    (images / f".tmp-{dead}-hello-1.0.0-linux-aarch64.aci").write_bytes(b"half an ACI")
+    (images / f".tmp-{os.getpid()}-other").write_bytes(b"ours, being written")
+    source = tmp_path / "x.asc"
+    source.write_text("signature")
+    DirSite(tmp_path / "site").put(f"{IMAGES}/hello-1.0.0-linux-aarch64.aci.asc", source, "text/plain")
+    assert sorted(p.name for p in images.iterdir()) == [
+        f".tmp-{os.getpid()}-other",
+        "hello-1.0.0-linux-aarch64.aci.asc",
+    ]

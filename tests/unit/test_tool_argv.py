@@ -225,7 +225,7 @@ def test_namespaces_of_dead_dualbuild_processes_are_reclaimed(
     fake_run: FakeRun, monkeypatch: pytest.MonkeyPatch, tmp_path: Path
 ) -> None:
     monkeypatch.setattr(network_module, "NETNS_DIR", tmp_path)
-    dead = 2**22 + 12345  # above pid_max's default: no such process
+    dead = 2**22  # PIDs are below pid_max, which is at most 2**22: no such process
     for name in (f"dualbuild-{dead}-abcd1234", f"dualbuild-{os.getpid()}-abcd1234", "someone-else"):
         (tmp_path / name).touch()
     network_module.reclaim_stale()
@@ -547,7 +547,7 @@ def test_kept_trees_are_labelled_and_prune_finds_the_ones_that_lost_their_name(
     fake_run.answer(
         "buildah", "images", "dangling=true", "label=io.dualbuild.kept=true", stdout=json.dumps(lost)
     )
-    removed = prune(tmp_path, buildah=buildah)
+    removed = prune(tmp_path, buildah=buildah, scratch=[])
     assert [entry.image_id for entry in removed] == ["named", "lost"]
     assert [call[1:] for call in fake_run.of("buildah") if call[1] == "rmi"] == [
         ["rmi", "localhost/dualbuild-cache:k1"],

@@ -1,0 +1,72 @@
+"""What a dualbuild process killed with SIGKILL left behind, found by its PID and reclaimed.
+
+Every scratch file or folder dualbuild makes says whose it is: temporary folders are
+``dualbuild-KIND-PID-…`` (dualbuild.files.scratch_directory), a build's staging folder in the output
+directory is ``.dualbuild-PID``, a file being written is ``.tmp-PID-NAME``
+(dualbuild.files.temporary_name). A process that is killed cannot remove them, and nobody
+else would; the next build (and ``dualbuild cache prune``) removes those whose process is
+gone, and only those. A temporary keyring of a dead process may still have its gpg-agent
+running: it is stopped first; a temporary buildah store has its overlay unmounted first.
+(buildah's own containers of a dead build are reclaimed in dualbuild.builder.buildah.)
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import re
+import shutil
+import tempfile
+from pathlib import Path
+
+from dualbuild import run
+from dualbuild.log import log
+
+# Whose a name is: the PID after the prefix.
+_LEFT_BY = re.compile(r"(?:dualbuild-[a-z]+-|\.dualbuild-|\.tmp-)(\d+)(?:-.*)?")
+# Where temporary buildah stores go (their overlay holds a mount while they are in use).
+STORE_DIR = Path(os.environ.get("TMPDIR", "/var/tmp"))
+GPG_KIND, STORE_KIND = "gpg", "store"
+
+
+def owner_pid(name: str) -> int | None:
+    """The PID a leftover's name says made it; None for a name that is not one of ours."""
+    match = _LEFT_BY.fullmatch(name)
+    return int(match.group(1)) if match else None
+
+
+def reclaim(directories: list[Path]) -> list[Path]:
+    """Remove what dead dualbuild processes left in ``directories``; return what was removed."""
+    removed = []
+    for directory in dict.fromkeys(directories):
+        try:
+            entries = list(os.scandir(directory))
+        except OSError:
+            continue
+        for entry in entries:
+            pid = owner_pid(entry.name)
+            if pid is None or pid == os.getpid() or not run.process_gone(pid):
+                continue
+            path = Path(entry.path)
+            log.debug("removing %s, left by dualbuild process %d, which is gone", path, pid)
+            _remove(path)
+            removed.append(path)
+    return removed
+
+
+def default_directories(*more: Path) -> list[Path]:
+    """Where dualbuild's scratch goes: temporary folders (keyrings: /tmp), stores, and ``more``."""
+    return [Path(tempfile.gettempdir()), Path("/tmp"), STORE_DIR, *more]
+
+
+def _remove(path: Path) -> None:
+    if path.is_symlink() or not path.is_dir():
+        with contextlib.suppress(FileNotFoundError):
+            path.unlink()
+        return
+    if path.name.startswith(f"dualbuild-{GPG_KIND}-") and shutil.which("gpgconf"):
+        # Its agent outlived the process that started it.
+        run.run(["gpgconf", "--homedir", os.fspath(path), "--kill", "all"], check=False)
+    if path.name.startswith(f"dualbuild-{STORE_KIND}-"):
+        run.run(["umount", "-R", os.fspath(path / "root" / "overlay")], check=False)
+    shutil.rmtree(path, ignore_errors=True)

@@ -1,0 +1,53 @@
+"""What a killed dualbuild process left is found by the PID in its name, and only that is removed."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+from dualbuild import leftovers
+from dualbuild.files import scratch_directory, temporary_name
+from tests.unit.conftest import FakeRun
+
+GONE = 2**22  # PIDs are below pid_max, which is at most 2**22
+
+
+def test_only_what_dead_processes_left_is_removed(fake_run: FakeRun, tmp_path: Path) -> None:
+    dead = [
+        tmp_path / f"dualbuild-aci-{GONE}-x1y2",
+        tmp_path / f".dualbuild-{GONE}",
+        tmp_path / f".tmp-{GONE}-hello.docker.tar",
+        tmp_path / f"dualbuild-gpg-{GONE}-k3y",
+        tmp_path / f"dualbuild-store-{GONE}-st0",
+    ]
+    kept = [
+        tmp_path / f"dualbuild-aci-{os.getpid()}-mine",  # ours, in use
+        tmp_path / ".dualbuild-1",  # init is alive
+        tmp_path / f"dualbuild-aci-{GONE + 1}-nopid",  # not a PID at all
+        tmp_path / "dualbuild-notes",
+        tmp_path / "hello.docker.tar",
+    ]
+    for path in dead + kept:
+        if path.suffix == ".tar":
+            path.write_bytes(b"partial")
+        else:
+            (path / "inside").mkdir(parents=True)
+    outside = tmp_path / "elsewhere"
+    outside.mkdir()
+    (tmp_path / f".tmp-{GONE}-link").symlink_to(outside)  # a link is removed, never followed
+    removed = leftovers.reclaim([tmp_path, tmp_path])
+    assert sorted(removed) == sorted([*dead, tmp_path / f".tmp-{GONE}-link"])
+    assert all(not os.path.lexists(path) for path in removed)
+    assert all(path.exists() for path in [*kept, outside])
+    # A keyring's agent is stopped and a store's overlay unmounted before their folder goes.
+    assert ["gpgconf", "--homedir", os.fspath(dead[3]), "--kill", "all"] in fake_run.calls
+    assert ["umount", "-R", os.fspath(dead[4] / "root" / "overlay")] in fake_run.calls
+
+
+def test_the_names_dualbuild_gives_its_scratch_say_whose_it_is(tmp_path: Path) -> None:
+    with scratch_directory("push", tmp_path) as scratch:
+        assert leftovers.owner_pid(scratch.name) == os.getpid()
+        assert scratch.name.startswith(f"dualbuild-push-{os.getpid()}-")
+    assert leftovers.owner_pid(temporary_name(tmp_path / "x.aci").name) == os.getpid()
+    assert leftovers.owner_pid(f".dualbuild-{os.getpid()}") == os.getpid()
+    assert leftovers.owner_pid("dualbuild-1.0.0.aci") is None
