@@ -14,7 +14,7 @@ from tests.support import ROOT, require_tools
 
 # Examples whose bases are local files or a Debian bootstrap (Debian's mirror is reachable);
 # the others start from Docker Hub images, which no test machine here can pull.
-OFFLINE = ["hello", "scratch-static", "debian-service"]
+OFFLINE = ["hello", "scratch-static", pytest.param("debian-service", marks=pytest.mark.slow)]
 
 
 @pytest.mark.parametrize("example", OFFLINE)

@@ -53,6 +53,7 @@ def _leftovers(storage: StorageOptions, out: Path) -> list[str]:
     return found
 
 
+@pytest.mark.slow
 def test_random_interrupts_leave_nothing_behind(
     project: Path, cli_env: dict[str, str], buildah_storage: StorageOptions
 ) -> None:

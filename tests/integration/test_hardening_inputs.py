@@ -125,7 +125,7 @@ def test_publish_to_a_registry_that_never_answers_fails_naming_it(
     result = dualbuild(
         [
             "publish", str(built / "recipe.toml"), "--docker", f"{silent_registry}/team/hello",
-            "--no-tls-verify", "--timeout", "3s",
+            "--no-tls-verify", "--timeout", "1s",
         ],
         cli_env, timeout=300,
     )  # fmt: skip

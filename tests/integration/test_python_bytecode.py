@@ -6,6 +6,8 @@ import json
 import tarfile
 from pathlib import Path
 
+import pytest
+
 from tests.integration.helpers import Docker, dualbuild
 from tests.support import require_tools
 
@@ -36,6 +38,7 @@ IMPORTS = "import sys; sys.path.insert(0, '/opt/app'); import json, mod, six; pr
 JSON_PYC = "usr/lib/python3.11/json/__pycache__/__init__.cpython-311.pyc"
 
 
+@pytest.mark.slow
 def test_debian_python_imports_its_bytecode_without_recompiling(
     tmp_path: Path, cli_env: dict[str, str], docker: Docker
 ) -> None:

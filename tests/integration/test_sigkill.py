@@ -12,6 +12,8 @@ import subprocess
 import time
 from pathlib import Path
 
+import pytest
+
 from dualbuild.builder.buildah import StorageOptions
 from tests.integration.helpers import DUALBUILD, buildah, dualbuild
 from tests.integration.test_build_cli import RECIPE
@@ -44,6 +46,7 @@ def _left_by(pid: int, storage: StorageOptions, out: Path) -> list[str]:
     return found
 
 
+@pytest.mark.slow
 def test_sigkill_at_random_points_is_reclaimed_by_the_next_build(
     project: Path, cli_env: dict[str, str], buildah_storage: StorageOptions
 ) -> None:

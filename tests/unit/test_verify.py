@@ -159,7 +159,8 @@ def _manifest(layers: object) -> bytes:
 def test_a_malformed_docker_archive_is_a_difference_not_a_crash(
     tmp_path: Path, manifest: bytes, config: bytes, difference: str
 ) -> None:
-    root = build_rich_tree(tmp_path / "root", privileged=False)
+    root = tmp_path / "root"
+    (root / "etc").mkdir(parents=True)
     _, aci = emit_pair(tmp_path, root, root)
     docker = _tar_of(tmp_path / "bad.docker.tar", {"manifest.json": manifest, "c.json": config})
     differences = verify(docker, aci)
