@@ -5,7 +5,8 @@ Every scratch file or folder dualbuild makes says whose it is: temporary folders
 directory is ``.dualbuild-PID``, a file being written is ``.tmp-PID-NAME``
 (dualbuild.files.temporary_name). A process that is killed cannot remove them, and nobody
 else would; the next build (and ``dualbuild cache prune``) removes those whose process is
-gone, and only those. A temporary keyring of a dead process may still have its gpg-agent
+gone, and only those: scratch folders in the temporary folders, and staging folders and
+partial files only where dualbuild writes outputs. A temporary keyring of a dead process may still have its gpg-agent
 running: it is stopped first; a temporary buildah store has its overlay unmounted first.
 (buildah's own containers of a dead build are reclaimed in dualbuild.builder.buildah.)
 """
@@ -17,34 +18,47 @@ import os
 import re
 import shutil
 import tempfile
+from collections.abc import Sequence
 from pathlib import Path
 
 from dualbuild import run
 from dualbuild.log import log
 
-# Whose a name is: the PID after the prefix.
-_LEFT_BY = re.compile(r"(?:dualbuild-[a-z]+-|\.dualbuild-|\.tmp-)(\d+)(?:-.*)?")
+# Whose a name is: the PID after the prefix. Scratch folders, anywhere; staging folders and
+# partial files only where dualbuild writes outputs (other programs' names in /tmp are theirs).
+_SCRATCH = re.compile(r"dualbuild-[a-z]+-(\d+)-.*")
+_PARTIAL = re.compile(r"(?:\.dualbuild-|\.tmp-)(\d+)(?:-.*)?")
 # Where temporary buildah stores go (their overlay holds a mount while they are in use).
 STORE_DIR = Path(os.environ.get("TMPDIR", "/var/tmp"))
 GPG_KIND, STORE_KIND = "gpg", "store"
 
 
-def owner_pid(name: str) -> int | None:
-    """The PID a leftover's name says made it; None for a name that is not one of ours."""
-    match = _LEFT_BY.fullmatch(name)
+def owner_pid(name: str, *, partial: bool = True) -> int | None:
+    """The PID a leftover's name says made it; None for a name that is not one of ours.
+
+    Without ``partial`` only scratch folders count, not staging folders and partial files.
+    """
+    match = _SCRATCH.fullmatch(name) or (_PARTIAL.fullmatch(name) if partial else None)
     return int(match.group(1)) if match else None
 
 
-def reclaim(directories: list[Path]) -> list[Path]:
-    """Remove what dead dualbuild processes left in ``directories``; return what was removed."""
+def reclaim(scratch: Sequence[Path], outputs: Sequence[Path] = ()) -> list[Path]:
+    """Remove what dead dualbuild processes left; return what was removed.
+
+    Args:
+        scratch: Temporary folders: only ``dualbuild-KIND-PID-…`` there is ours.
+        outputs: Folders dualbuild writes outputs to (an output or cache directory, a site):
+            staging folders and partial files there are ours too.
+    """
     removed = []
-    for directory in dict.fromkeys(directories):
+    places = {**dict.fromkeys(scratch, False), **dict.fromkeys(outputs, True)}
+    for directory, partial in places.items():
         try:
             entries = list(os.scandir(directory))
         except OSError:
             continue
         for entry in entries:
-            pid = owner_pid(entry.name)
+            pid = owner_pid(entry.name, partial=partial)
             if pid is None or pid == os.getpid() or not run.process_gone(pid):
                 continue
             path = Path(entry.path)
@@ -54,9 +68,9 @@ def reclaim(directories: list[Path]) -> list[Path]:
     return removed
 
 
-def default_directories(*more: Path) -> list[Path]:
-    """Where dualbuild's scratch goes: temporary folders (keyrings: /tmp), stores, and ``more``."""
-    return [Path(tempfile.gettempdir()), Path("/tmp"), STORE_DIR, *more]
+def scratch_directories() -> list[Path]:
+    """Where dualbuild's scratch folders go: the temporary folders (keyrings: /tmp), the stores'."""
+    return [Path(tempfile.gettempdir()), Path("/tmp"), STORE_DIR]
 
 
 def _remove(path: Path) -> None:

@@ -27,7 +27,7 @@ from dualbuild.errors import BuildError, ReportError, SigningError
 from dualbuild.files import file_sha256, known_digests, remember_digest, remember_digests, scratch_directory
 from dualbuild.layer.tarwriter import Writable
 from dualbuild.layer.tree import stream
-from dualbuild.leftovers import default_directories, reclaim
+from dualbuild.leftovers import reclaim, scratch_directories
 from dualbuild.log import log, status
 from dualbuild.plan import BuildPlan, make_plan
 from dualbuild.recipe import load_recipe
@@ -77,7 +77,7 @@ def build_recipe(recipe: Recipe, request: BuildRequest) -> Report:
     plan = make_plan(recipe, settings.resolve(recipe, request.overrides, request.environ), sign=request.sign)
     _check_out_dir(plan.settings.out_dir)
     # What builds killed with SIGKILL left (their containers go when the session starts).
-    reclaim(default_directories(plan.settings.out_dir, plan.settings.cache_dir))
+    reclaim(scratch_directories(), outputs=[plan.settings.out_dir, plan.settings.cache_dir])
     key, warnings = _signing_key(plan, request.sign)
     for warning in warnings:
         log.warning("%s", warning)

@@ -22,7 +22,7 @@ from pathlib import Path
 from dualbuild import __version__
 from dualbuild.builder.buildah import Buildah
 from dualbuild.files import file_sha256, write_atomically
-from dualbuild.leftovers import default_directories, reclaim
+from dualbuild.leftovers import reclaim, scratch_directories
 from dualbuild.plan import PlannedStep, to_jsonable
 
 CACHE_REPOSITORY = "localhost/dualbuild-cache"
@@ -226,11 +226,10 @@ def prune(
     """
     buildah = buildah or Buildah()
     buildah.reclaim_dead_sessions()
-    reclaim(
-        scratch
-        if scratch is not None
-        else default_directories(cache_dir, cache_dir / "bootstrap", cache_dir / "configs")
-    )
+    if scratch is None:
+        reclaim(scratch_directories(), outputs=[cache_dir, cache_dir / "bootstrap", cache_dir / "configs"])
+    else:
+        reclaim(scratch)
     moment = time.time() if now is None else now
     removed = []
     for entry in cached(cache_dir, buildah):

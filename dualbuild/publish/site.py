@@ -129,7 +129,7 @@ class DirSite:
             self._created.append(directory)
         if target.parent not in self._swept:
             # Half-written files of a publish killed there (.tmp-PID-NAME) are served otherwise.
-            reclaim([target.parent])
+            reclaim([], outputs=[target.parent])
             self._swept.add(target.parent)
         return target
 

@@ -35,7 +35,7 @@ def test_only_what_dead_processes_left_is_removed(fake_run: FakeRun, tmp_path: P
     outside = tmp_path / "elsewhere"
     outside.mkdir()
     (tmp_path / f".tmp-{GONE}-link").symlink_to(outside)  # a link is removed, never followed
-    removed = leftovers.reclaim([tmp_path, tmp_path])
+    removed = leftovers.reclaim([tmp_path], outputs=[tmp_path])
     assert sorted(removed) == sorted([*dead, tmp_path / f".tmp-{GONE}-link"])
     assert all(not os.path.lexists(path) for path in removed)
     assert all(path.exists() for path in [*kept, outside])
@@ -51,3 +51,14 @@ def test_the_names_dualbuild_gives_its_scratch_say_whose_it_is(tmp_path: Path) -
     assert leftovers.owner_pid(temporary_name(tmp_path / "x.aci").name) == os.getpid()
     assert leftovers.owner_pid(f".dualbuild-{os.getpid()}") == os.getpid()
     assert leftovers.owner_pid("dualbuild-1.0.0.aci") is None
+
+
+def test_in_a_temporary_folder_only_scratch_folders_are_ours(fake_run: FakeRun, tmp_path: Path) -> None:
+    scratch = tmp_path / f"dualbuild-push-{GONE}-a1"
+    scratch.mkdir()
+    theirs = [tmp_path / f".tmp-{GONE}-something", tmp_path / f".dualbuild-{GONE}"]
+    for path in theirs:
+        path.write_text("another program's")
+    assert leftovers.reclaim([tmp_path]) == [scratch]
+    assert all(path.exists() for path in theirs)
+    assert fake_run.calls == []

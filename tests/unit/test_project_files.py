@@ -20,7 +20,9 @@ def test_ci_tests_the_newest_python_that_requires_python_claims() -> None:
 def test_ci_runs_the_readmes_test_command_with_debians_python() -> None:
     ci = (ROOT / ".ci" / "run").read_text()
     assert "debian=/usr/bin/python3" in ci
-    assert 'PYTHON="$1" VENV="$2" make test' in ci
+    assert 'PYTHON="$1" VENV="$2" PYTEST_ADDOPTS="${3:-}" make test' in ci
+    # The first run, with Debian's python3, is the whole suite: no pytest options.
+    assert 'run_suite "$debian" .venv-debian\n' in ci
     readme = (ROOT / "README.md").read_text().splitlines()
     assert readme[4].startswith("make test")
 
