@@ -1,14 +1,15 @@
 """What a dualbuild process killed with SIGKILL left behind, found by its PID and reclaimed.
 
 Every scratch file or folder dualbuild makes says whose it is: temporary folders are
-``dualbuild-KIND-PID-…`` (dualbuild.files.scratch_directory), a build's staging folder in the output
-directory is ``.dualbuild-PID``, a file being written is ``.tmp-PID-NAME``
+``dualbuild-KIND-PID-…`` (dualbuild.files.scratch_directory), a build's staging folder in
+the output directory is ``.dualbuild-PID``, a file being written is ``.tmp-PID-NAME``
 (dualbuild.files.temporary_name). A process that is killed cannot remove them, and nobody
 else would; the next build (and ``dualbuild cache prune``) removes those whose process is
-gone, and only those: scratch folders in the temporary folders, and staging folders and
-partial files only where dualbuild writes outputs. A temporary keyring of a dead process may still have its gpg-agent
-running: it is stopped first; a temporary buildah store has its overlay unmounted first.
-(buildah's own containers of a dead build are reclaimed in dualbuild.builder.buildah.)
+gone, and only those: scratch folders in the temporary folders, staging folders and partial
+files only where dualbuild writes outputs. A dead process's temporary keyring may still have
+its gpg-agent running: it is stopped first; a temporary buildah store has its overlay
+unmounted first. (buildah's own containers of a dead build are reclaimed in
+dualbuild.builder.buildah.)
 """
 
 from __future__ import annotations
