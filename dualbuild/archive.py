@@ -20,6 +20,8 @@ from typing import IO, cast
 from dualbuild import run
 from dualbuild.errors import BuildError
 
+DOCKER_ARCHIVE = "docker-archive"
+
 _GZIP_MAGIC = b"\x1f\x8b\x08"
 _ZSTD_MAGIC = b"\x28\xb5\x2f\xfd"
 _XZ_MAGICS = (b"\xfd7zXZ\x00", b"\x5d\x00\x00\x80")
@@ -102,3 +104,61 @@ def read_aci_manifest(aci: Path) -> dict[str, object]:
     except (tarfile.TarError, EOFError, OSError) as error:
         raise BuildError(f"ACI {aci.name} cannot be read: {error}") from None
     raise BuildError(f"ACI {aci.name}: no image manifest found")
+
+
+def check_one_image(archive: Path, kind: str) -> None:
+    """An image archive (``kind``: docker-archive or oci-archive) must hold one image, and its views agree.
+
+    Readers differ on an archive of several: skopeo, podman and buildah take the first
+    manifest.json entry, others the last. A docker-archive that is also an OCI layout (what
+    dualbuild and ``docker save`` write) must name the same config in both views.
+
+    Raises:
+        BuildError: it holds another number of images, or its views disagree (naming both).
+    """
+    try:
+        with tarfile.open(archive) as outer:
+            documents = {name: _json_member(outer, name) for name in ("manifest.json", "index.json")}
+            index = documents["index.json"]
+            descriptors = index.get("manifests") if isinstance(index, dict) else None
+            manifests = {str(d.get("digest")) for d in descriptors or [] if isinstance(d, dict)}
+            config_of_index = None
+            if len(manifests) == 1:
+                manifest = _json_member(
+                    outer, "blobs/sha256/" + next(iter(manifests)).removeprefix("sha256:")
+                )
+                config = manifest.get("config") if isinstance(manifest, dict) else None
+                config_of_index = str(config.get("digest", "")) if isinstance(config, dict) else None
+    except (OSError, tarfile.TarError, ValueError, RecursionError) as error:
+        raise BuildError(f"{kind} {archive.name}: cannot be read ({error})") from None
+    listed = documents["manifest.json"]
+    entries: list[object] = listed if isinstance(listed, list) else []
+    if kind == DOCKER_ARCHIVE:
+        count = len(entries)
+        if count != 1:
+            raise BuildError(
+                f"docker-archive {archive.name}: manifest.json lists {count} images; a base must be one",
+                hint="save the one image you mean (docker save IMAGE) and use that archive",
+            )
+        first = entries[0]
+        config_path = first.get("Config") if isinstance(first, dict) else None
+        if config_of_index is not None and not str(config_path).endswith(
+            config_of_index.removeprefix("sha256:")
+        ):
+            raise BuildError(
+                f"docker-archive {archive.name}: manifest.json names config {config_path}, but index.json's "
+                f"image has config {config_of_index}: the two views of the archive disagree"
+            )
+    elif len(manifests) != 1:
+        raise BuildError(
+            f"oci-archive {archive.name}: index.json names {len(manifests)} images; a base must be one",
+            hint="export the one image you mean into an archive of its own",
+        )
+
+
+def _json_member(outer: tarfile.TarFile, name: str) -> object:
+    try:
+        member = outer.extractfile(name)
+    except KeyError:
+        return None
+    return json.loads(member.read()) if member is not None else None

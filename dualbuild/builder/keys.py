@@ -13,6 +13,7 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 
+from dualbuild.archive import check_one_image
 from dualbuild.builder import bases
 from dualbuild.builder.buildah import Buildah
 from dualbuild.builder.cache import Position, base_key, copy_inputs, definition, step_key
@@ -115,6 +116,7 @@ def _key_stage(
             key = base_key("image", image_id)
         case ArchiveBase():
             base_file = bases.context_file(context, base.path, str(base.kind))
+            check_one_image(base_file, base.kind)
             key = base_key(str(base.kind), file_sha256(base_file))
         case RootfsBase():
             base_file = bases.rootfs_tarball(base, context)

@@ -19,7 +19,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import IO, TypeGuard
 
-from dualbuild.archive import decompressed_stream
+from dualbuild.archive import DOCKER_ARCHIVE, check_one_image, decompressed_stream
+from dualbuild.errors import BuildError
 from dualbuild.layer.tree import EntryType
 
 _CHUNK = 1 << 20
@@ -266,6 +267,11 @@ def verify(docker_tar: Path, aci: Path) -> list[str]:
     differences: list[str] = []
     try:
         with tarfile.open(docker_tar, mode="r:") as outer, aci.open("rb") as aci_file:
+            try:
+                # Readers take different views of an archive: they must all be of the one image.
+                check_one_image(docker_tar, DOCKER_ARCHIVE)
+            except BuildError as error:
+                differences.append(f"docker archive: {error.message}")
             image = _docker_image(outer, differences)
             if image is None:
                 return differences

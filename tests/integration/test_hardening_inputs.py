@@ -3,11 +3,13 @@
 from __future__ import annotations
 
 import contextlib
+import io
 import json
 import os
 import shutil
 import socket
 import subprocess
+import tarfile
 import threading
 from collections.abc import Iterator
 from pathlib import Path
@@ -133,3 +135,26 @@ def test_publish_to_a_registry_that_never_answers_fails_naming_it(
     assert f"{silent_registry}/team/hello" in result.stderr
     assert "retry 3 of 3" in result.stderr  # the bounded retries ran, each bounded by the timeout
     assert "Traceback" not in result.stderr
+
+
+def test_convert_refuses_an_archive_of_two_images(
+    tmp_path: Path, cli_env: dict[str, str], busybox_archives: dict[str, Path]
+) -> None:
+    """skopeo and buildah read the first manifest.json entry, verify read the last: no archive of two."""
+    source = busybox_archives["docker"]
+    two = tmp_path / "two.docker.tar"
+    with tarfile.open(source) as old, tarfile.open(two, "w") as new:
+        for member in old.getmembers():
+            data = old.extractfile(member).read() if member.isfile() else None  # type: ignore[union-attr]
+            if member.name == "manifest.json":
+                entries = json.loads(data or b"[]")
+                data = json.dumps([*entries, {**entries[0], "RepoTags": ["evil:1"]}]).encode()
+                member.size = len(data)
+            new.addfile(member, io.BytesIO(data) if data is not None else None)
+    result = dualbuild(
+        ["convert", str(two), "--name", "example.com/two", "--version", "1", "--out", str(tmp_path / "out")],
+        cli_env,
+    )
+    assert result.returncode == 1, result.stderr
+    assert "manifest.json lists 2 images; a base must be one" in result.stderr
+    assert not (tmp_path / "out").exists() or not any((tmp_path / "out").iterdir())
