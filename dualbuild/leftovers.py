@@ -43,6 +43,18 @@ def owner_pid(name: str, *, partial: bool = True) -> int | None:
     return int(match.group(1)) if match else None
 
 
+def left_by_dead_process(name: str, prefix: str) -> bool:
+    """Whether ``name`` is ``prefix`` + ``PID-…`` of another dualbuild process, which is gone.
+
+    How containers, run steps' state and network namespaces are named (their owners are
+    asked of buildah, runc and ip, not found in a folder by :func:`reclaim`).
+    """
+    if not name.startswith(prefix):
+        return False
+    pid, _, _ = name.removeprefix(prefix).partition("-")
+    return pid.isdigit() and int(pid) != os.getpid() and run.process_gone(int(pid))
+
+
 def reclaim(scratch: Sequence[Path], outputs: Sequence[Path] = ()) -> list[Path]:
     """Remove what dead dualbuild processes left; return what was removed.
 

@@ -241,7 +241,6 @@ def stream_stdin(
 class Helper:
     """A helper process that runs beside the build (a user-mode network stack); see start_helper."""
 
-    argv: list[str]
     process: subprocess.Popen[bytes]
     # Our end of the pipe whose closing tells the helper to exit: also when we are SIGKILLed.
     lifeline: int
@@ -283,7 +282,7 @@ def start_helper(argv_of: Callable[[int, int], Argv], *, ready_timeout: float = 
         raise
     os.close(exit_read)
     os.close(ready_write)
-    helper = Helper(args, process, exit_write)
+    helper = Helper(process, exit_write)
     try:
         ready = _read_with_timeout(ready_read, ready_timeout)
     except BaseException:

@@ -24,7 +24,7 @@ from dualbuild import run
 from dualbuild.builder.network import PrivateNetwork, reclaim_stale
 from dualbuild.errors import BuildError, CommandError, UsageError
 from dualbuild.files import scratch_prefix, write_atomically
-from dualbuild.leftovers import STORE_DIR, STORE_KIND
+from dualbuild.leftovers import STORE_DIR, STORE_KIND, left_by_dead_process
 from dualbuild.log import log
 from dualbuild.recipe.model import Network
 
@@ -319,13 +319,13 @@ class Buildah:
         """
         reclaim_stale()  # their private networks
         for root in RUNTIME_STATE_DIR.glob(f"{RUNTIME_PREFIX}*"):
-            if _dead_session(root.name.removeprefix(RUNTIME_PREFIX)):
+            if left_by_dead_process(root.name, RUNTIME_PREFIX):
                 log.debug("removing the run steps' state %s of a dualbuild process that is gone", root)
                 _remove_runtime_root(root)
         listed = run.run(self._argv("containers", "--json"), check=False)
         for container in _json_list(listed.stdout) if listed.returncode == 0 else []:
             name = str(container.get("containername", ""))
-            if name.startswith(NAME_PREFIX) and _dead_session(name.removeprefix(NAME_PREFIX)):
+            if left_by_dead_process(name, NAME_PREFIX):
                 log.debug("removing buildah container %s of a dualbuild process that is gone", name)
                 run.run(self._argv("rm", name), check=False)
         listed = run.run(
@@ -334,8 +334,9 @@ class Buildah:
         for image in _json_list(listed.stdout) if listed.returncode == 0 else []:
             names = image.get("names")
             for name in names if isinstance(names, list) else []:
-                short = str(name).removeprefix(f"localhost/{NAME_PREFIX}")
-                if str(name).endswith(":stage") and _dead_session(short):
+                if str(name).endswith(":stage") and left_by_dead_process(
+                    str(name), f"localhost/{NAME_PREFIX}"
+                ):
                     run.run(self._argv("rmi", "--force", str(name)), check=False)
 
     # --- isolation ----------------------------------------------------------------------------
@@ -421,12 +422,6 @@ def _remove_runtime_root(root: Path) -> None:
             for cgroup in glob.glob(pattern.format(id=glob.escape(state.name))):
                 _remove_cgroup(Path(cgroup))
     shutil.rmtree(root, ignore_errors=True)
-
-
-def _dead_session(rest: str) -> bool:
-    """Whether a name's session part (``PID-HEX…``, after the prefix) is of a process that is gone."""
-    pid, _, _ = rest.partition("-")
-    return pid.isdigit() and int(pid) != os.getpid() and run.process_gone(int(pid))
 
 
 def _json_list(text: str) -> list[dict[str, object]]:

@@ -16,18 +16,17 @@ from __future__ import annotations
 
 import contextlib
 import os
-import re
 import uuid
 from dataclasses import dataclass, field
 from pathlib import Path
 
 from dualbuild import run
 from dualbuild.errors import ToolNotFoundError
+from dualbuild.leftovers import left_by_dead_process
 from dualbuild.log import log
 
 NETNS_DIR = Path("/run/netns")
 NAME_PREFIX = "dualbuild-"
-_NAME = re.compile(rf"{NAME_PREFIX}(\d+)-[0-9a-f]+")
 # slirp4netns' largest MTU: fewer, bigger packets through the user-mode stack.
 SLIRP_MTU = "65520"
 
@@ -77,8 +76,7 @@ class PrivateNetwork:
 def reclaim_stale() -> None:
     """Remove the namespaces of dualbuild processes that are gone (killed before they could)."""
     for entry in NETNS_DIR.iterdir() if NETNS_DIR.is_dir() else []:
-        match = _NAME.fullmatch(entry.name)
-        if match is None or not run.process_gone(int(match.group(1))):
+        if not left_by_dead_process(entry.name, NAME_PREFIX):
             continue
         log.debug("removing the private network %s of a dualbuild process that is gone", entry.name)
         _delete(entry.name)
