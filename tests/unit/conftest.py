@@ -9,6 +9,7 @@ import subprocess
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import IO, Any
 
 import pytest
@@ -122,3 +123,17 @@ def fake_run(monkeypatch: pytest.MonkeyPatch) -> FakeRun:
     monkeypatch.setattr(run, "start_helper", fake.start_helper)
     monkeypatch.setattr(run, "find_tool", lambda name, _reason: f"/usr/bin/{name}")
     return fake
+
+
+@pytest.fixture
+def mounted(fake_run: FakeRun, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
+    """The folder ``buildah mount`` answers with: file steps write there, as on a mounted root.
+
+    Ownership changes are dropped (a unit test need not run as root).
+    """
+    for name in ("chown", "lchown", "fchown"):
+        monkeypatch.setattr(os, name, lambda *_args: None)
+    root = tmp_path / "mounted"
+    root.mkdir()
+    fake_run.answer("buildah", "mount", stdout=f"{root}\n")
+    return root

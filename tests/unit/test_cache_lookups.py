@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import os
 import tarfile
 from pathlib import Path
 
@@ -17,12 +16,8 @@ STEPS = 2000
 
 
 def test_a_long_recipe_is_looked_up_with_one_listing_per_stage(
-    fake_run: FakeRun, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+    fake_run: FakeRun, tmp_path: Path, mounted: Path
 ) -> None:
-    for name in ("chown", "lchown", "fchown"):
-        monkeypatch.setattr(os, name, lambda *_args: None)
-    mounted = tmp_path / "mounted"
-    mounted.mkdir()
     steps = "".join(f'  [[stages.steps]]\n  write = "/etc/f{n}"\n  content = "{n}"\n' for n in range(STEPS))
     with tarfile.open(tmp_path / "base.tar", "w") as base:
         base.addfile(tarfile.TarInfo("etc"))
@@ -31,7 +26,6 @@ def test_a_long_recipe_is_looked_up_with_one_listing_per_stage(
         f'[[stages]]\nname = "final"\nfrom = "rootfs:base.tar"\n{steps}'
         '[output]\nformats = ["docker"]\n'
     )
-    fake_run.answer("buildah", "mount", stdout=f"{mounted}\n")
     fake_run.answer("buildah", "images", stdout="[]")
     request = BuildRequest(
         recipe=tmp_path / "recipe.toml", sign=False, options=BuildOptions(cache=True, keep=False),
@@ -50,19 +44,18 @@ class _Everything:
 
 
 def test_a_cached_tree_pruned_between_the_lookup_and_its_use_is_rebuilt(
-    fake_run: FakeRun, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+    fake_run: FakeRun,
+    tmp_path: Path,
+    mounted: Path,
+    monkeypatch: pytest.MonkeyPatch,
+    caplog: pytest.LogCaptureFixture,
 ) -> None:
-    for name in ("chown", "lchown", "fchown"):
-        monkeypatch.setattr(os, name, lambda *_args: None)
-    mounted = tmp_path / "mounted"
-    mounted.mkdir()
     with tarfile.open(tmp_path / "base.tar", "w") as base:
         base.addfile(tarfile.TarInfo("etc"))
     (tmp_path / "recipe.toml").write_text(
         '[image]\nname = "example.com/t"\nversion = "1"\n[[stages]]\nfrom = "rootfs:base.tar"\n'
         '  [[stages.steps]]\n  write = "/etc/motd"\n  content = "hi"\n[output]\nformats = ["docker"]\n'
     )
-    fake_run.answer("buildah", "mount", stdout=f"{mounted}\n")
     # The listing said the tree is there; by the time it is used, a prune removed it.
     monkeypatch.setattr(stages, "cached_keys", lambda _buildah: _Everything())
 

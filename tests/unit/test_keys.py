@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-import os
 from pathlib import Path
 
 import pytest
@@ -46,15 +45,9 @@ def plan_in(tmp_path: Path, recipe_text: str = RECIPE) -> BuildPlan:
 
 
 @pytest.fixture
-def buildah(fake_run: FakeRun, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> FakeRun:
+def buildah(fake_run: FakeRun, mounted: Path) -> FakeRun:
     """buildah as far as a build of RECIPE needs it: a pull, a container, its mount, its config."""
-    # File steps give their files to root; as another user that is not ours to do here.
-    for name in ("chown", "lchown", "fchown"):
-        monkeypatch.setattr(os, name, lambda *_args: None)
-    mounted = tmp_path / "mounted"
-    mounted.mkdir()
     fake_run.answer("buildah", "pull", stdout="sha256:base\n")
-    fake_run.answer("buildah", "mount", stdout=f"{mounted}\n")
     config = {"OCIv1": {"config": {"Env": ["PATH=/usr/bin"], "Cmd": ["/bin/sh"]}}}
     fake_run.answer("buildah", "inspect", "--type", "container", stdout=json.dumps(config))
     fake_run.answer("buildah", "inspect", "--type", "image", returncode=1)

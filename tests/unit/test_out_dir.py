@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import os
 from pathlib import Path
 
 import pytest
@@ -37,13 +36,8 @@ def test_an_output_directory_below_a_file_is_a_clear_error_before_the_build(
     assert sorted(p.name for p in tmp_path.iterdir()) == ["a-file", "recipe.toml"]
 
 
-def _fake_build(fake_run: FakeRun, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> BuildRequest:
-    for name in ("chown", "lchown", "fchown"):
-        monkeypatch.setattr(os, name, lambda *_args: None)
-    mounted = tmp_path / "mounted"
-    mounted.mkdir()
+def _fake_build(tmp_path: Path, mounted: Path) -> BuildRequest:
     (mounted / "hello").write_text("hi")
-    fake_run.answer("buildah", "mount", stdout=f"{mounted}\n")
     (tmp_path / "recipe.toml").write_text(RECIPE + '[output]\nformats = ["docker", "oci"]\n')
     return BuildRequest(
         recipe=tmp_path / "recipe.toml", sign=False, options=BuildOptions(cache=False),
@@ -52,9 +46,9 @@ def _fake_build(fake_run: FakeRun, tmp_path: Path, monkeypatch: pytest.MonkeyPat
 
 
 def test_a_report_that_cannot_be_written_leaves_the_last_set_as_it_was(
-    fake_run: FakeRun, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+    tmp_path: Path, mounted: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    request = _fake_build(fake_run, tmp_path, monkeypatch)
+    request = _fake_build(tmp_path, mounted)
     build(request)
     dist = tmp_path / "dist"
     before = {path.name: path.read_bytes() for path in dist.iterdir()}
@@ -63,7 +57,7 @@ def test_a_report_that_cannot_be_written_leaves_the_last_set_as_it_was(
         "t-1-linux-amd64.oci.tar",
         "t-1-linux-amd64.report.json",
     ]
-    (tmp_path / "mounted" / "hello").write_text("changed")
+    (mounted / "hello").write_text("changed")
 
     def full_disk(path: Path, _report: object) -> None:
         raise BuildError(f"cannot write {path}: No space left on device")
@@ -78,9 +72,9 @@ def test_a_report_that_cannot_be_written_leaves_the_last_set_as_it_was(
 
 
 def test_the_old_report_is_gone_before_the_first_artifact_is_replaced(
-    fake_run: FakeRun, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+    tmp_path: Path, mounted: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    request = _fake_build(fake_run, tmp_path, monkeypatch)
+    request = _fake_build(tmp_path, mounted)
     build(request)
     report = tmp_path / "dist" / "t-1-linux-amd64.report.json"
     seen: list[bool] = []
@@ -92,7 +86,7 @@ def test_the_old_report_is_gone_before_the_first_artifact_is_replaced(
         return replace(self, target)
 
     monkeypatch.setattr(Path, "replace", watched)
-    (tmp_path / "mounted" / "hello").write_text("changed")
+    (mounted / "hello").write_text("changed")
     build(request)
     assert seen == [False, False]
     assert report.exists()

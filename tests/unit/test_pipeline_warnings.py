@@ -32,17 +32,12 @@ formats = ["docker"]
 
 
 def test_a_skipped_socket_is_a_warning_in_the_log_and_the_report(
-    fake_run: FakeRun, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+    fake_run: FakeRun, tmp_path: Path, mounted: Path, caplog: pytest.LogCaptureFixture
 ) -> None:
-    for name in ("chown", "lchown", "fchown"):
-        monkeypatch.setattr(os, name, lambda *_args: None)
-    mounted = tmp_path / "mounted"
-    mounted.mkdir()
     # A daemon a run step started left its socket in the tree.
     with socket.socket(socket.AF_UNIX) as server:
         server.bind(os.fspath(mounted / "control.sock"))
     fake_run.answer("buildah", "pull", stdout="sha256:base\n")
-    fake_run.answer("buildah", "mount", stdout=f"{mounted}\n")
     fake_run.answer("buildah", "inspect", "--type", "container", stdout=json.dumps({"OCIv1": {"config": {}}}))
     (tmp_path / "recipe.toml").write_text(RECIPE)
     request = BuildRequest(
