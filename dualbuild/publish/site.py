@@ -1,15 +1,15 @@
 """Where an ACI discovery site lives: a directory, or an http(s) URL that takes PUT and DELETE.
 
 Both behave alike for publish: read a file, write one atomically, remove one; a directory can
-also hold symbolic links (a tag's files link to its version's, served without a copy). HTTP requests
-are retried on transient failures (5xx, resets), never follow redirects (so credentials are
-not sent elsewhere), and take basic-auth credentials from the environment or netrc.
+also hold symbolic links (a tag's files link to its version's, served without a copy), and
+follows none planted inside it (dualbuild.publish.dirsite). HTTP requests are retried on
+transient failures (5xx, resets), never follow redirects (so credentials are not sent
+elsewhere), and take basic-auth credentials from the environment or netrc.
 """
 
 from __future__ import annotations
 
 import base64
-import errno
 import http.client
 import ipaddress
 import netrc
@@ -26,9 +26,8 @@ from typing import Protocol
 
 from dualbuild import __version__
 from dualbuild.errors import UsageError
-from dualbuild.files import atomic_output, atomic_path
-from dualbuild.leftovers import reclaim
 from dualbuild.log import log
+from dualbuild.publish.dirsite import DirSite as DirSite  # one of the two kinds open_site gives
 from dualbuild.publish.retry import RetryPolicy, with_retries
 
 USER_ENV = "DUALBUILD_ACI_USER"
@@ -65,85 +64,6 @@ class Site(Protocol):
 
     def readlink(self, path: str) -> str | None:
         """What the symbolic link at ``path`` reads; None when ``path`` is not one."""
-
-
-class DirSite:
-    """A directory a web server serves; files appear atomically with mode 0644."""
-
-    def __init__(self, root: Path) -> None:
-        self.root = root
-        self._created: list[Path] = []
-        self._swept: set[Path] = set()
-
-    @property
-    def location(self) -> str:
-        """The directory."""
-        return str(self.root)
-
-    def fetch(self, path: str, dest: Path) -> bool:
-        """Copy the file at ``path`` to ``dest``; False when there is none."""
-        source = self.root / path
-        if not source.is_file():
-            return False
-        shutil.copyfile(source, dest)
-        return True
-
-    def put(self, path: str, source: Path, content_type: str) -> None:  # noqa: ARG002 - files have no type
-        """Write ``source`` at ``path`` under a temporary name, then rename it into place.
-
-        The rename replaces whatever ``path`` is, a symbolic link included, never writing
-        through it.
-        """
-        target = self._parents_made(path)
-        # Web servers run as another user: the files must be world-readable.
-        with source.open("rb") as data, atomic_output(target, mode=0o644) as out:
-            shutil.copyfileobj(data, out)
-
-    @property
-    def links(self) -> bool:
-        """A directory holds symbolic links: a tag is a link to its version, not a copy."""
-        return True
-
-    def symlink(self, path: str, text: str) -> None:
-        """Create the link under a temporary name, then rename it over ``path``."""
-        target = self._parents_made(path)
-        with atomic_path(target) as temporary:
-            os.symlink(text, temporary)
-
-    def readlink(self, path: str) -> str | None:
-        """What the link at ``path`` reads; None when it is a file or absent."""
-        try:
-            return os.readlink(self.root / path)
-        except (FileNotFoundError, NotADirectoryError):
-            return None
-        except OSError as error:
-            if error.errno == errno.EINVAL:  # not a symbolic link
-                return None
-            raise
-
-    def _parents_made(self, path: str) -> Path:
-        target = self.root / path
-        missing = [d for d in (target.parent, *target.parent.parents) if not d.exists()]
-        for directory in reversed(missing):
-            directory.mkdir()
-            self._created.append(directory)
-        if target.parent not in self._swept:
-            # Half-written files of a publish killed there (.tmp-PID-NAME) are served otherwise.
-            reclaim([], outputs=[target.parent])
-            self._swept.add(target.parent)
-        return target
-
-    def delete(self, path: str) -> None:
-        """Remove ``path``."""
-        (self.root / path).unlink(missing_ok=True)
-
-    def prune(self) -> None:
-        """Remove the directories this run created, when empty again."""
-        for directory in reversed(self._created):
-            try:
-                directory.rmdir()
-            except OSError:
-                continue
 
 
 class HttpStatusError(Exception):
