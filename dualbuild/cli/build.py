@@ -175,8 +175,11 @@ def convert_command(
 def verify_command(paths: tuple[Path, ...], keyring: Path | None) -> None:
     """Check built artifacts (files, or folders holding them).
 
-    For each build: the Docker tarball's digests and diff_ids, the ACI's layout and manifest,
-    the ACI's signature, and that both hold the same tree entry by entry.
+    For each build: the Docker tarball's digests and diff_ids, that its views of the image
+    (manifest.json, index.json and the OCI manifest, the legacy json) agree, the ACI's layout,
+    manifest and signature, that both hold the same tree entry by entry, and that the Docker
+    config says what the ACI's manifest says (exec, user, group, env, workdir, ports, volumes,
+    labels, annotations, platform).
     """
     sets = find_sets(list(paths))
     if not sets:

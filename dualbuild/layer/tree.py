@@ -391,6 +391,11 @@ def _id_file(tree: Tree, rel: str) -> list[list[str]]:
         if not stat.S_ISREG(os.fstat(file.fileno()).st_mode):
             return []
         text = file.read(_MAX_ID_FILE).decode("utf-8", "surrogateescape")
+    return id_records(text)
+
+
+def id_records(text: str) -> list[list[str]]:
+    """The records of an /etc/passwd or /etc/group text, first match first, each 4 fields or more."""
     records = []
     for line in text.splitlines():
         # Skip comments and NIS compat lines (+name / -name), as glibc's files backend does.

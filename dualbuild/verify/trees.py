@@ -4,8 +4,10 @@
 once, entry by entry, and compared on path, type, mode, owner, content hash, link target,
 device numbers and carried xattrs. The Docker side's own identities are recomputed on the
 way: every layer's diff_id and the config digest (= the image ID), and for the OCI layout
-view the manifest and blob digests. Memory stays flat: only entries that have not been
-matched yet are held, and for two archives in the same order that is at most one each.
+view the manifest and blob digests; the archive's views must agree (``views``) and its
+config must say what the ACI's manifest says (``configs``). Memory stays flat: only entries
+that have not been matched yet are held, and for two archives in the same order that is at
+most one each.
 """
 
 from __future__ import annotations
@@ -19,9 +21,11 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import IO, TypeGuard
 
-from dualbuild.archive import DOCKER_ARCHIVE, check_one_image, decompressed_stream
+from dualbuild.archive import DOCKER_ARCHIVE, check_one_image, decompressed_stream, read_aci_manifest
 from dualbuild.errors import BuildError
 from dualbuild.layer.tree import EntryType
+from dualbuild.verify.configs import IdFiles, compare_with_aci
+from dualbuild.verify.views import ListedImage, check_views
 
 _CHUNK = 1 << 20
 _TYPES = {
@@ -79,11 +83,13 @@ class _HashingReader(io.RawIOBase):
         return self.hasher.hexdigest()
 
 
-def read_entries(source: IO[bytes], *, prefix: str = "") -> Iterator[ArchivedEntry]:
+def read_entries(
+    source: IO[bytes], *, prefix: str = "", ids: IdFiles | None = None
+) -> Iterator[ArchivedEntry]:
     """Stream the entries of a tar, hashing each file's content; names lose ``prefix``.
 
     Entries outside ``prefix`` (an ACI's ``manifest`` and the ``rootfs`` directory itself)
-    are not yielded.
+    are not yielded. ``ids`` keeps /etc/passwd and /etc/group as they pass.
     """
     with tarfile.open(fileobj=source, mode="r|") as tar:
         for member in tar:
@@ -99,10 +105,17 @@ def read_entries(source: IO[bytes], *, prefix: str = "") -> Iterator[ArchivedEnt
             if kind is EntryType.FILE:
                 content = tar.extractfile(member)
                 hasher = hashlib.sha256()
+                kept: list[bytes] | None = [] if ids is not None and ids.wants(name, member.size) else None
                 if content is not None:
                     while data := content.read(_CHUNK):
                         hasher.update(data)
+                        if kept is not None:
+                            kept.append(data)
                 digest = hasher.hexdigest()
+                if ids is not None and kept is not None:
+                    ids.add_file(name, b"".join(kept))
+            elif kind is EntryType.SYMLINK and ids is not None:
+                ids.add_link(name, member.linkname)
             link = member.linkname
             if kind is EntryType.HARDLINK:
                 link = link.removeprefix("./").removeprefix(prefix)
@@ -183,6 +196,9 @@ class _DockerImage:
     config_path: str
     layer_paths: tuple[str, ...]
     diff_ids: tuple[str, ...]
+    config: dict[str, object]
+    repo_tags: tuple[str, ...]
+    annotations: dict[str, str]
 
 
 def _docker_image(outer: tarfile.TarFile, differences: list[str]) -> _DockerImage | None:
@@ -206,6 +222,7 @@ def _docker_image(outer: tarfile.TarFile, differences: list[str]) -> _DockerImag
     item = manifest[0]
     config_path = item.get("Config") if isinstance(item, dict) else None
     layers = item.get("Layers") if isinstance(item, dict) else None
+    repo_tags = item.get("RepoTags") if isinstance(item, dict) else None
     if not isinstance(config_path, str) or not _strings(layers):
         differences.append("docker archive: manifest.json's image needs a Config path and a list of Layers")
         return None
@@ -218,13 +235,24 @@ def _docker_image(outer: tarfile.TarFile, differences: list[str]) -> _DockerImag
     config = _json_of(config_bytes, config_path, differences)
     rootfs = config.get("rootfs") if isinstance(config, dict) else None
     diff_ids = rootfs.get("diff_ids") if isinstance(rootfs, dict) else None
-    if not _strings(diff_ids):
+    if not isinstance(config, dict) or not _strings(diff_ids):
         differences.append(f"docker archive: config {config_path} has no rootfs.diff_ids list")
         return None
     if len(diff_ids) != len(layers):
         differences.append(f"docker archive: {len(layers)} layers but {len(diff_ids)} diff_ids")
     _check_oci_layout(outer, differences)
-    return _DockerImage(config_path=config_path, layer_paths=tuple(layers), diff_ids=tuple(diff_ids))
+    listed = ListedImage(
+        config_path=config_path, layer_paths=tuple(layers), config_bytes=config_bytes, config=config
+    )
+    annotations = check_views(outer, listed, differences)
+    return _DockerImage(
+        config_path=config_path,
+        layer_paths=tuple(layers),
+        diff_ids=tuple(diff_ids),
+        config=config,
+        repo_tags=tuple(repo_tags) if _strings(repo_tags) else (),
+        annotations=annotations,
+    )
 
 
 def _json_of(raw: bytes, name: str, differences: list[str]) -> object:
@@ -254,7 +282,7 @@ def _check_oci_layout(outer: tarfile.TarFile, differences: list[str]) -> None:
 
 
 def verify(docker_tar: Path, aci: Path) -> list[str]:
-    """Compare a Docker tarball and an ACI entry by entry and recheck the Docker digests.
+    """Compare a Docker tarball and an ACI: their trees, their configs, the Docker digests and views.
 
     Args:
         docker_tar: The ``.docker.tar`` holding one image with one layer (what dualbuild
@@ -262,7 +290,8 @@ def verify(docker_tar: Path, aci: Path) -> list[str]:
         aci: The ``.aci``, plain or gzip.
 
     Returns:
-        One line per difference; empty when both hold the same tree and the digests match.
+        One line per difference; empty when both hold the same tree, the Docker config says
+        what the ACI manifest says and the digests and the archive's views agree.
     """
     differences: list[str] = []
     try:
@@ -281,10 +310,11 @@ def verify(docker_tar: Path, aci: Path) -> list[str]:
             if blob is None:
                 return [*differences, f"docker archive: layer {image.layer_paths[0]} is missing"]
             layer = _HashingReader(decompressed_stream(blob), "sha256")
+            ids = IdFiles()
             differences.extend(
                 compare_entries(
                     read_entries(io.BufferedReader(layer, _CHUNK)),
-                    read_entries(decompressed_stream(aci_file), prefix="rootfs/"),
+                    read_entries(decompressed_stream(aci_file), prefix="rootfs/", ids=ids),
                     ("Docker layer", "ACI"),
                 )
             )
@@ -293,6 +323,16 @@ def verify(docker_tar: Path, aci: Path) -> list[str]:
                 differences.append(
                     f"docker archive: the layer's diff_id is {diff_id}, the config says {image.diff_ids[0]}"
                 )
+            differences.extend(_config_differences(image, aci, ids))
     except (OSError, EOFError, tarfile.TarError, ValueError, KeyError) as exc:
         differences.append(f"cannot read the artifacts: {exc}")
     return differences
+
+
+def _config_differences(image: _DockerImage, aci: Path, ids: IdFiles) -> list[str]:
+    """The Docker config against the ACI's manifest (the ACI's own tree gave ``ids``)."""
+    try:
+        manifest = read_aci_manifest(aci)
+    except BuildError as error:
+        return [f"ACI manifest: {error.message}"]
+    return compare_with_aci(image.config, image.annotations, list(image.repo_tags), manifest, ids)
