@@ -17,7 +17,9 @@ from __future__ import annotations
 import contextlib
 import os
 import re
+import shlex
 import shutil
+import signal
 import tempfile
 from collections.abc import Sequence
 from pathlib import Path
@@ -31,7 +33,9 @@ _SCRATCH = re.compile(r"dualbuild-[a-z]+-(\d+)-.*")
 _PARTIAL = re.compile(r"(?:\.dualbuild-|\.tmp-)(\d+)(?:-.*)?")
 # Where temporary buildah stores go (their overlay holds a mount while they are in use).
 STORE_DIR = Path(os.environ.get("TMPDIR", "/var/tmp"))
-GPG_KIND, STORE_KIND = "gpg", "store"
+GPG_KIND, STORE_KIND, BUILDAH_TMP_KIND = "gpg", "store", "buildah"
+PROC = Path("/proc")
+MOUNTINFO = PROC / "self" / "mountinfo"
 
 
 def owner_pid(name: str, *, partial: bool = True) -> int | None:
@@ -51,8 +55,44 @@ def left_by_dead_process(name: str, prefix: str) -> bool:
     """
     if not name.startswith(prefix):
         return False
-    pid, _, _ = name.removeprefix(prefix).partition("-")
-    return pid.isdigit() and int(pid) != os.getpid() and run.process_gone(int(pid))
+    pid, dash, _ = name.removeprefix(prefix).partition("-")
+    return bool(dash) and pid.isdigit() and int(pid) != os.getpid() and run.process_gone(int(pid))
+
+
+def kill_commands_of_dead_processes(name_prefix: str) -> int:
+    """Kill the commands a dead dualbuild process started that still run; return how many.
+
+    SIGKILL does not reach a child: a ``buildah from --name`` in flight would make its
+    container after the next build reclaimed the dead one's. Such a command names something
+    of the dead process in its argv (``name_prefix`` + PID, as containers and stage images
+    are named) or runs with a TMPDIR of its scratch folders.
+    """
+    killed = 0
+    for entry in os.scandir(PROC):
+        if not entry.name.isdigit() or int(entry.name) == os.getpid():
+            continue
+        try:
+            argv = Path(entry.path, "cmdline").read_bytes().split(b"\0")
+            environ = Path(entry.path, "environ").read_bytes().split(b"\0")
+        except OSError:
+            continue
+        names = [os.fsdecode(arg).removeprefix("localhost/") for arg in argv[1:]]
+        tmpdirs = [
+            os.fsdecode(item).removeprefix("TMPDIR=") for item in environ if item.startswith(b"TMPDIR=")
+        ]
+        if any(left_by_dead_process(name, name_prefix) for name in names) or any(
+            _scratch_of_dead_process(os.path.basename(tmpdir)) for tmpdir in tmpdirs
+        ):
+            log.debug("killing %s, started by a dualbuild process that is gone", shlex.join(names[:3]))
+            with contextlib.suppress(ProcessLookupError, PermissionError):
+                os.kill(int(entry.name), signal.SIGKILL)
+                killed += 1
+    return killed
+
+
+def _scratch_of_dead_process(name: str) -> bool:
+    pid = owner_pid(name, partial=False)
+    return pid is not None and pid != os.getpid() and run.process_gone(pid)
 
 
 def reclaim(scratch: Sequence[Path], outputs: Sequence[Path] = ()) -> list[Path]:
@@ -94,6 +134,28 @@ def _remove(path: Path) -> None:
     if path.name.startswith(f"dualbuild-{GPG_KIND}-") and shutil.which("gpgconf"):
         # Its agent outlived the process that started it.
         run.run(["gpgconf", "--homedir", os.fspath(path), "--kill", "all"], check=False)
-    if path.name.startswith(f"dualbuild-{STORE_KIND}-"):
-        run.run(["umount", "-R", os.fspath(path / "root" / "overlay")], check=False)
+    # A mount a killed process left inside (a temporary store's overlay, what buildah mounted
+    # in its temporary folders) is let go first: deleting through it would delete what it shows.
+    for mount in _mounts_below(path):
+        run.run(["umount", "-R", mount], check=False)
+    still = _mounts_below(path)
+    if still:
+        log.warning("left %s in place: %s is still mounted there", path, still[0])
+        return
     shutil.rmtree(path, ignore_errors=True)
+
+
+def _mounts_below(path: Path) -> list[str]:
+    """The mount points inside ``path``, outermost first."""
+    inside = os.fspath(path) + "/"
+    try:
+        lines = MOUNTINFO.read_text().splitlines()
+    except OSError:
+        return []
+    # mountinfo escapes space, tab, newline and backslash in octal.
+    points = [_unescaped(line.split(" ")[4]) for line in lines if len(line.split(" ")) > 4]
+    return sorted({point for point in points if point.startswith(inside)}, key=len)
+
+
+def _unescaped(field: str) -> str:
+    return re.sub(r"\\([0-7]{3})", lambda match: chr(int(match.group(1), 8)), field)

@@ -24,7 +24,13 @@ from dualbuild import run
 from dualbuild.builder.network import PrivateNetwork, reclaim_stale
 from dualbuild.errors import BuildError, CommandError, UsageError
 from dualbuild.files import scratch_prefix, write_atomically
-from dualbuild.leftovers import STORE_DIR, STORE_KIND, left_by_dead_process
+from dualbuild.leftovers import (
+    BUILDAH_TMP_KIND,
+    STORE_DIR,
+    STORE_KIND,
+    kill_commands_of_dead_processes,
+    left_by_dead_process,
+)
 from dualbuild.log import log
 from dualbuild.recipe.model import Network
 
@@ -37,6 +43,14 @@ ISOLATIONS: dict[str, tuple[str, ...]] = {
 }
 # chroot does not contain a run step (a classic breakout reaches the host): only when asked.
 PROBE_ORDER = ("oci", "runc")
+# What `buildah run` mounts over a step's tree, relative to its root. The runtime creates a
+# missing mount target itself (files with mode 0755, empty, root's; directories 0755), and the
+# step cannot write to it: what it writes there goes into the mounted file. /run holds the
+# mount of /run/.containerenv, which buildah removes again afterwards.
+MOUNTED_FILES = ("etc/hostname", "etc/hosts", "etc/resolv.conf")
+MOUNTED_DIRECTORIES = ("dev", "proc", "sys", "run")
+# With no network, the OCI runtimes get no hosts or resolv.conf mount: a step makes its own.
+_NOT_MOUNTED_WITHOUT_NETWORK = frozenset({"etc/hosts", "etc/resolv.conf"})
 NAME_PREFIX = "dualbuild-"
 # The label of images committed to outlive the build (cache entries).
 KEPT_LABEL = "io.dualbuild.kept"
@@ -99,6 +113,9 @@ class Buildah:
     session: str = field(default_factory=lambda: f"{os.getpid()}-{uuid.uuid4().hex[:8]}")
     # The OCI runtime's state of this session's run steps (runc --root), made on first use.
     runtime_root: Path | None = None
+    # buildah's own temporary folders (its TMPDIR), in a scratch folder of ours, made on first
+    # use: an interrupted buildah leaves `buildahNNN` folders in /var/tmp that nobody removes.
+    tmpdir: Path | None = None
     # Containers already labelled as kept (see commit_as).
     labelled: set[str] = field(default_factory=set)
     # The network of `network = "private"` steps, made on first use.
@@ -120,7 +137,16 @@ class Buildah:
         return [self.binary, *self.storage.argv(), *args]
 
     def _run(self, *args: str | os.PathLike[str], **kwargs: object) -> run.Result:
-        return run.run(self._argv(*args), **kwargs)  # type: ignore[arg-type]
+        return self._run_argv(self._argv(*args), **kwargs)
+
+    def _run_argv(self, argv: Sequence[str | os.PathLike[str]], **kwargs: object) -> run.Result:
+        """Run a buildah command line (perhaps behind a wrapper) with the session's TMPDIR."""
+        return run.run(argv, env=self._environment(), **kwargs)  # type: ignore[arg-type]
+
+    def _environment(self) -> dict[str, str]:
+        if self.tmpdir is None:
+            self.tmpdir = Path(tempfile.mkdtemp(prefix=scratch_prefix(BUILDAH_TMP_KIND), dir=STORE_DIR))
+        return {**os.environ, "TMPDIR": os.fspath(self.tmpdir)}
 
     # --- containers ---------------------------------------------------------------------------
 
@@ -156,6 +182,11 @@ class Buildah:
         self._run("from", "--quiet", "--pull=never", "--name", name, image, shield=True)
         return name
 
+    def remove_container(self, container: str) -> None:
+        """Remove a container this session made (unmounting it), before the session ends."""
+        self._run("rm", container, check=False)
+        self.containers.remove(container)
+
     def commit_as(self, container: str, image: str) -> None:
         """Commit a container to a named image that outlives the build (a cache entry).
 
@@ -181,7 +212,7 @@ class Buildah:
 
     def remove_image(self, image: str) -> bool:
         """Remove an image; False if buildah refused (in use, already gone)."""
-        return run.run(self._argv("rmi", image), check=False).returncode == 0
+        return self._run("rmi", image, check=False).returncode == 0
 
     def mount(self, container: str) -> Path:
         """Mount a container's root filesystem; returns the host path."""
@@ -223,18 +254,26 @@ class Buildah:
         args += self._runtime_flags(isolation)
         command = [*wrapper, *self._argv(*args, container, "--", *argv)]
         if isolation != "chroot":
-            run.run(command, on_line=on_line)
+            self._run_argv(command, on_line=on_line)
             return
         # No PID namespace, no cgroup of its own: what the step leaves running is found as
         # our orphans (we are their subreaper) and killed, as a container's end would.
         with run.orphans_adopted():
             before = run.children()
             try:
-                run.run(command, on_line=on_line)
+                self._run_argv(command, on_line=on_line)
             finally:
                 killed = run.kill_new_children(before)
                 if killed:
                     log.warning("killed %d process(es) the run step left running (chroot isolation)", killed)
+
+    def mount_targets(self, network: Network) -> tuple[str, ...]:
+        """The paths ``run_in`` with this network mounts over (see MOUNTED_FILES)."""
+        targets = MOUNTED_FILES + MOUNTED_DIRECTORIES
+        if network is Network.NONE and self.chosen_isolation() != "chroot":
+            # Under chroot, `unshare --net` gives buildah its default network set-up, mounts included.
+            return tuple(target for target in targets if target not in _NOT_MOUNTED_WITHOUT_NETWORK)
+        return targets
 
     def _runtime_flags(self, isolation: str) -> list[str]:
         """Keep the runtime's state of our run steps in a folder of this session's own.
@@ -297,13 +336,16 @@ class Buildah:
         self._remove_runtime_leftovers()
         self.private_network.close()
         for container in reversed(self.containers):
-            result = run.run(self._argv("rm", container), check=False)
+            result = self._run("rm", container, check=False)
             if result.returncode != 0 and "no container" not in result.tail.lower():
                 log.warning("could not remove buildah container %s: %s", container, result.tail)
         self.containers.clear()
         for image in reversed(self.images):
-            run.run(self._argv("rmi", "--force", image), check=False)
+            self._run("rmi", "--force", image, check=False)
         self.images.clear()
+        if self.tmpdir is not None:
+            shutil.rmtree(self.tmpdir, ignore_errors=True)
+            self.tmpdir = None
 
     def _remove_runtime_leftovers(self) -> None:
         """Delete what an interrupted run step left in our runtime state root, then the root."""
@@ -317,27 +359,27 @@ class Buildah:
         Their names carry the PID of the dualbuild process (``dualbuild-PID-…``): only those
         whose process is gone are touched. Never raises.
         """
+        if kill_commands_of_dead_processes(NAME_PREFIX):
+            time.sleep(0.2)  # let the kernel reap them, and their storage locks go
         reclaim_stale()  # their private networks
         for root in RUNTIME_STATE_DIR.glob(f"{RUNTIME_PREFIX}*"):
             if left_by_dead_process(root.name, RUNTIME_PREFIX):
                 log.debug("removing the run steps' state %s of a dualbuild process that is gone", root)
                 _remove_runtime_root(root)
-        listed = run.run(self._argv("containers", "--json"), check=False)
+        listed = self._run("containers", "--json", check=False)
         for container in _json_list(listed.stdout) if listed.returncode == 0 else []:
             name = str(container.get("containername", ""))
             if left_by_dead_process(name, NAME_PREFIX):
                 log.debug("removing buildah container %s of a dualbuild process that is gone", name)
-                run.run(self._argv("rm", name), check=False)
-        listed = run.run(
-            self._argv("images", "--json", "--filter", "reference=localhost/dualbuild-*"), check=False
-        )
+                self._run("rm", name, check=False)
+        listed = self._run("images", "--json", "--filter", "reference=localhost/dualbuild-*", check=False)
         for image in _json_list(listed.stdout) if listed.returncode == 0 else []:
             names = image.get("names")
             for name in names if isinstance(names, list) else []:
                 if str(name).endswith(":stage") and left_by_dead_process(
                     str(name), f"localhost/{NAME_PREFIX}"
                 ):
-                    run.run(self._argv("rmi", "--force", str(name)), check=False)
+                    self._run("rmi", "--force", str(name), check=False)
 
     # --- isolation ----------------------------------------------------------------------------
 
@@ -386,7 +428,7 @@ class Buildah:
                     "run", *ISOLATIONS[choice], "--network", "host", *self._runtime_flags(choice), container,
                     "--", "/busybox", "true",
                 )  # fmt: skip
-                if run.run(argv, check=False).returncode == 0:
+                if self._run_argv(argv, check=False).returncode == 0:
                     break
             else:
                 raise BuildError(
@@ -395,7 +437,7 @@ class Buildah:
                     " (--isolation chroot runs steps without containment)",
                 )
         finally:
-            run.run(self._argv("rm", container), check=False)
+            self._run("rm", container, check=False)
             self.containers.remove(container)
         log.info("isolation: %s (probed; override with --isolation)", choice)
         path = self._probe_file()

@@ -5,7 +5,9 @@ is the hash of the previous key, the step after substitution (with its env and w
 ``copy``, the path, type, mode and content of every input file. ``run`` steps are keyed by their
 definition, as Docker does: a command that fetches from the network is not re-run unless its
 text changes. The tree at each position is kept as a buildah image tagged with its key, except
-position 0 of ``rootfs:`` and bootstrap bases, which is extracted again instead.
+position 0 of ``rootfs:`` and bootstrap bases, which is extracted again instead. A tree's digest
+is kept beside it (``trees/KEY``) and checked before the tree is reused: one damaged in buildah's
+store is built again.
 """
 
 from __future__ import annotations
@@ -91,6 +93,58 @@ class Position:
     parent: str
     definition: str
     inputs: Mapping[str, str]
+
+
+def tree_digest(root: Path) -> str:
+    """A digest of what a cached tree holds, taken at its commit and checked when it is reused.
+
+    Each entry's path, type, mode, owner, size (not a directory's), whole-second mtime (what a
+    layer keeps), link target and device number: a file removed, added, replaced, truncated or
+    rewritten (its mtime moves) changes it. The bytes are not read: that would cost a read of
+    the whole tree at every step. Sockets are left out (a layer cannot hold one).
+    """
+    hasher = hashlib.sha256()
+    pending = [root]
+    while pending:
+        directory = pending.pop()
+        with os.scandir(directory) as listing:
+            entries = sorted(listing, key=lambda entry: entry.name)
+        for entry in entries:
+            info = entry.stat(follow_symlinks=False)
+            if stat.S_ISSOCK(info.st_mode):
+                continue
+            is_directory = stat.S_ISDIR(info.st_mode)
+            target = os.readlink(entry.path) if stat.S_ISLNK(info.st_mode) else ""
+            fields = (
+                os.path.relpath(entry.path, root), oct(info.st_mode), str(info.st_uid), str(info.st_gid),
+                "" if is_directory else str(info.st_size), str(info.st_mtime_ns // 10**9), target,
+                str(info.st_rdev) if stat.S_ISCHR(info.st_mode) or stat.S_ISBLK(info.st_mode) else "",
+            )  # fmt: skip
+            for part in fields:
+                hasher.update(part.encode("utf-8", "surrogateescape") + b"\0")
+            if is_directory:
+                pending.append(Path(entry.path))
+    return hasher.hexdigest()
+
+
+def tree_digest_file(cache_dir: Path, key: str) -> Path:
+    """Where the digest of the cached tree ``key`` is kept."""
+    return cache_dir / "trees" / key
+
+
+def record_tree_digest(cache_dir: Path, key: str, digest: str) -> None:
+    """Keep the digest of a tree just committed as ``key`` (see tree_digest)."""
+    path = tree_digest_file(cache_dir, key)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    write_atomically(path, digest.encode())
+
+
+def recorded_tree_digest(cache_dir: Path, key: str) -> str | None:
+    """The digest recorded when ``key`` was committed; None if none was (or it is unreadable)."""
+    try:
+        return tree_digest_file(cache_dir, key).read_text().strip() or None
+    except (OSError, UnicodeDecodeError):
+        return None
 
 
 class StepIndex:
@@ -227,7 +281,8 @@ def prune(
     buildah = buildah or Buildah()
     buildah.reclaim_dead_sessions()
     if scratch is None:
-        reclaim(scratch_directories(), outputs=[cache_dir, cache_dir / "bootstrap", cache_dir / "configs"])
+        outputs = [cache_dir, *(cache_dir / folder for folder in ("bootstrap", "configs", "trees"))]
+        reclaim(scratch_directories(), outputs=outputs)
     else:
         reclaim(scratch)
     moment = time.time() if now is None else now
@@ -239,5 +294,7 @@ def prune(
             (cache_dir / "bootstrap" / entry.key).unlink(missing_ok=True)
             removed.append(entry)
         elif buildah.remove_image(cache_image(entry.key) if entry.key else entry.image_id):
+            if entry.key:
+                tree_digest_file(cache_dir, entry.key).unlink(missing_ok=True)
             removed.append(entry)
     return removed

@@ -12,8 +12,9 @@ from __future__ import annotations
 import json
 import os
 import shlex
+import stat
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -21,7 +22,15 @@ from pathlib import Path
 from dualbuild import run
 from dualbuild.builder import bases, filesteps
 from dualbuild.builder.buildah import Buildah, StorageOptions
-from dualbuild.builder.cache import Position, StepIndex, cache_image, cached_keys
+from dualbuild.builder.cache import (
+    Position,
+    StepIndex,
+    cache_image,
+    cached_keys,
+    record_tree_digest,
+    recorded_tree_digest,
+    tree_digest,
+)
 from dualbuild.builder.context import buildah_ignore_file
 from dualbuild.builder.keys import KeyedPlan, KeyedStage, key_plan
 from dualbuild.errors import BuildError, CommandError
@@ -45,9 +54,8 @@ from dualbuild.recipe.model import (
     WriteStep,
 )
 
-# What `buildah run` leaves in a tree (mount points, files it bind-mounts over); removed again
-# after a step when the step did not create them itself and they are still empty.
-_RUN_LEFTOVERS = ("etc/hostname", "etc/hosts", "etc/resolv.conf", "dev", "proc", "sys", "run")
+# The mode the runtime gives a mount target file it creates (runc, and buildah's chroot).
+_MOUNT_STUB_MODE = 0o755
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -194,17 +202,19 @@ class _StageBuilder:
         positions = self.keyed.positions
         hit = self._last_cached(positions)
         container = self._from_cache(positions[hit].key) if hit is not None else None
-        if container is not None:
+        root = self._intact(positions[hit].key, container) if hit is not None and container else None
+        if container is not None and root is not None:
             inherited = self._inherited_on_hit(positions[0].key)
         else:
             hit = None
             container, inherited = self._start()
+            root = self.buildah.mount(container)
             self._remember_inherited(positions[0].key, container)
-            self._keep(container, positions, 0)
+            self._keep(container, root, positions, 0)
         last = len(positions) - 1
         state = _Stage(
             container=container,
-            root=self.buildah.mount(container),
+            root=root,
             inherited=inherited,
             key=self.keyed.key,
             cached=(self.options.cache and hit == last) or (self.options.keep and self._kept(last)),
@@ -248,7 +258,7 @@ class _StageBuilder:
                 raise BuildError(
                     f"{label} step {step.number}/{len(steps)}: {error.message}", hint=error.hint
                 ) from None
-            self._keep(container, positions, step.number)
+            self._keep(container, root, positions, step.number)
             seconds = time.monotonic() - began
             log.debug("%s took %.2fs", header, seconds)
             self.timings.append(
@@ -276,6 +286,27 @@ class _StageBuilder:
             )
             return None
 
+    def _intact(self, key: str, container: str) -> Path | None:
+        """The mounted root of a cached tree that still holds what was committed; else None.
+
+        A tree damaged in buildah's store (or one with no digest recorded) is not trusted: its
+        container and image are removed and the stage runs again.
+        """
+        root = self.buildah.mount(container)
+        recorded = recorded_tree_digest(self.plan.settings.cache_dir, key)
+        if recorded is not None and tree_digest(root) == recorded:
+            return root
+        log.warning(
+            "the cached tree %s %s; the stage runs again",
+            key[:12],
+            "differs from what was committed"
+            if recorded
+            else "has no digest recorded (an older dualbuild made it)",
+        )
+        self.buildah.remove_container(container)
+        self.buildah.remove_image(cache_image(key))
+        return None
+
     def _last_cached(self, positions: tuple[Position, ...]) -> int | None:
         if not self.options.cache:
             return None
@@ -300,9 +331,12 @@ class _StageBuilder:
         # (BENCHMARKS.md, finding 6): its position 0 is not kept.
         return number > 0 or not isinstance(self.stage.base, (RootfsBase, BootstrapBase))
 
-    def _keep(self, container: str, positions: tuple[Position, ...], number: int) -> None:
+    def _keep(self, container: str, root: Path, positions: tuple[Position, ...], number: int) -> None:
         if self.options.keep and self._kept(number):
-            self.buildah.commit_as(container, cache_image(positions[number].key))
+            key = positions[number].key
+            digest = tree_digest(root)
+            self.buildah.commit_as(container, cache_image(key))
+            record_tree_digest(self.plan.settings.cache_dir, key, digest)
 
     def _start(self) -> tuple[str, ImageConfig]:
         base, label = self.stage.base, self.stage.name
@@ -373,12 +407,13 @@ def _run_step(
     match step:
         case RunStep():
             argv = ["/bin/sh", "-c", step.command] if isinstance(step.command, str) else list(step.command)
-            present = {item for item in _RUN_LEFTOVERS if os.path.lexists(root / item)}
+            targets = buildah.mount_targets(step.network)
+            absent = [item for item in targets if not os.path.lexists(root / item)]
             buildah.run_in(
                 state.container, argv, user=step.user, workdir=workdir, env=planned.env,
                 network=step.network, on_line=on_output,
             )  # fmt: skip
-            _remove_run_leftovers(root, present)
+            _remove_mount_stubs(root, absent)
         case CopyStep():
             dest = filesteps.container_path(step.to, workdir) + ("/" if step.to.endswith("/") else "")
             if step.from_stage is not None:
@@ -410,15 +445,29 @@ def _run_step(
                 filesteps.remove_path(root, filesteps.container_path(path, workdir))
 
 
-def _remove_run_leftovers(root: Path, present_before: set[str]) -> None:
-    for item in _RUN_LEFTOVERS:
-        if item in present_before:
-            continue
+def _remove_mount_stubs(root: Path, absent_before: Sequence[str]) -> None:
+    """Remove the mount targets the runtime made for a step, and nothing the step made itself.
+
+    Only paths that were absent before the step and were mounted over during it are looked
+    at, so the step could not write there (a file it made under ``network = "none"``, where
+    hosts and resolv.conf are not mounted, stays). A file must still be the runtime's: empty,
+    root's, mode 0755; a directory empty.
+    """
+    for item in absent_before:
         path = root / item
         try:
-            if path.is_dir() and not path.is_symlink() and not any(path.iterdir()):
-                path.rmdir()
-            elif path.is_file() and not path.is_symlink() and path.stat().st_size == 0:
+            info = path.lstat()
+            if stat.S_ISDIR(info.st_mode):
+                if not any(path.iterdir()):
+                    path.rmdir()
+            elif (
+                stat.S_ISREG(info.st_mode)
+                and info.st_size == 0
+                and info.st_uid == 0
+                and stat.S_IMODE(info.st_mode) == _MOUNT_STUB_MODE
+            ):
                 path.unlink()
+        except FileNotFoundError:
+            continue
         except OSError as error:
             log.debug("could not remove %s left by buildah run: %s", item, error)

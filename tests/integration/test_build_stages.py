@@ -134,6 +134,27 @@ def test_multi_stage_recipe_with_every_step_kind(builder: Builder, context: Path
     assert not builder.containers()
 
 
+def test_mount_stubs_go_and_files_a_step_made_stay(builder: Builder, context: Path) -> None:
+    # With no network, buildah mounts no hosts or resolv.conf: what the step makes there is its own.
+    recipe = write_recipe(
+        context,
+        '[[stages]]\nfrom = "rootfs:busybox.tar"\n'
+        '  [[stages.steps]]\n  run = "touch /etc/resolv.conf /etc/hosts"\n  network = "none"\n'
+        '  [[stages.steps]]\n  run = "true"\n'
+        '  [[stages.steps]]\n  run = "true"\n  network = "host"\n',
+    )
+    with builder.build(recipe) as built:
+        root = built.rootfs
+        for name in ("resolv.conf", "hosts"):
+            info = os.lstat(root / "etc" / name)
+            assert (info.st_size, stat.S_IMODE(info.st_mode)) == (0, 0o644)
+        # The runtime's own mount targets (hostname in every step; /run, which busybox.tar
+        # lacks, for /run/.containerenv) do not reach the image; the base's /dev stays.
+        assert not os.path.lexists(root / "etc" / "hostname")
+        assert not os.path.lexists(root / "run")
+        assert (root / "dev").is_dir()
+
+
 def test_docker_archive_base_config_is_inherited_and_app_overrides(
     builder: Builder, context: Path, busybox_archives: dict[str, Path]
 ) -> None:
@@ -352,6 +373,36 @@ def test_rootfs_base_is_extracted_again_not_cached(builder: Builder, context: Pa
     rootfs_key = base_key("rootfs", file_sha256(context / "busybox.tar"))
     assert not builder.cached(rootfs_key)
     assert builder.cached(builder.final_key(recipe))
+    assert not builder.containers()
+
+
+def test_a_cached_tree_damaged_in_the_store_is_built_again(
+    builder: Builder, context: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    recipe = write_recipe(
+        context,
+        '[[stages]]\nfrom = "rootfs:busybox.tar"\n'
+        '  [[stages.steps]]\n  run = "echo cached > /marker; echo kept > /other"\n',
+    )
+    with builder.build(recipe):
+        pass
+    key = builder.final_key(recipe)
+    assert builder.cached(key)
+    # The step's layer in buildah's store loses a file (a disk error, a hand in the store).
+    assert builder.storage.root is not None
+    damaged = list(builder.storage.root.glob("overlay/*/diff/marker"))
+    assert damaged
+    for path in damaged:
+        path.unlink()
+    with builder.build(recipe) as built:
+        assert (built.rootfs / "marker").read_text() == "cached\n"
+    warnings = [r.getMessage() for r in caplog.records if r.levelname == "WARNING"]
+    assert any(f"the cached tree {key[:12]} differs from what was committed" in w for w in warnings), warnings
+    # Built again and committed again: the next build trusts it.
+    caplog.clear()
+    with builder.build(recipe) as built:
+        assert (built.rootfs / "marker").read_text() == "cached\n"
+    assert not [r for r in caplog.records if r.levelname == "WARNING"]
     assert not builder.containers()
 
 

@@ -1,13 +1,16 @@
-"""Planning a build and looking its steps up in the cache cost no process per step."""
+"""Planning a build and looking its steps up in the cache cost no process per step; tree digests."""
 
 from __future__ import annotations
 
+import os
+import socket
 import tarfile
 from pathlib import Path
 
 import pytest
 
 from dualbuild.builder import stages
+from dualbuild.builder.cache import tree_digest
 from dualbuild.builder.stages import BuildOptions
 from dualbuild.pipeline import BuildRequest, build
 from tests.unit.conftest import FakeRun
@@ -73,3 +76,28 @@ def test_a_cached_tree_pruned_between_the_lookup_and_its_use_is_rebuilt(
     assert report.step_timings[0].cached is False  # run again, not taken from the cache
     assert (mounted / "etc" / "motd").read_text() == "hi"
     assert any("was removed meanwhile" in record.getMessage() for record in caplog.records)
+
+
+def test_a_tree_digest_sees_what_a_layer_keeps_and_only_that(tmp_path: Path) -> None:
+    root = tmp_path / "root"
+    (root / "etc").mkdir(parents=True)
+    (root / "etc" / "motd").write_text("hi")
+    (root / "link").symlink_to("etc/motd")
+    os.utime(root / "etc" / "motd", ns=(0, 1_700_000_000_400_000_000))
+    digest = tree_digest(root)
+    # What a commit does not keep: sub-second mtimes, sockets.
+    os.utime(root / "etc" / "motd", ns=(0, 1_700_000_000_900_000_000))
+    listener = socket.socket(socket.AF_UNIX)
+    listener.bind(os.fspath(root / "etc" / "sock"))
+    listener.close()
+    assert tree_digest(root) == digest
+    changes = [
+        lambda: (root / "etc" / "motd").chmod(0o600),
+        lambda: (root / "etc" / "motd").write_text("hI"),  # same size, new mtime
+        lambda: (root / "link").unlink(),
+        lambda: (root / "etc" / "new").touch(),
+    ]
+    for change in changes:
+        change()
+        assert tree_digest(root) != digest
+        digest = tree_digest(root)

@@ -5,6 +5,8 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
+import pytest
+
 from dualbuild import leftovers
 from dualbuild.files import scratch_directory, temporary_name
 from tests.unit.conftest import FakeRun
@@ -12,7 +14,9 @@ from tests.unit.conftest import FakeRun
 GONE = 2**22  # PIDs are below pid_max, which is at most 2**22
 
 
-def test_only_what_dead_processes_left_is_removed(fake_run: FakeRun, tmp_path: Path) -> None:
+def test_only_what_dead_processes_left_is_removed(
+    fake_run: FakeRun, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
     dead = [
         tmp_path / f"dualbuild-aci-{GONE}-x1y2",
         tmp_path / f".dualbuild-{GONE}",
@@ -35,13 +39,33 @@ def test_only_what_dead_processes_left_is_removed(fake_run: FakeRun, tmp_path: P
     outside = tmp_path / "elsewhere"
     outside.mkdir()
     (tmp_path / f".tmp-{GONE}-link").symlink_to(outside)  # a link is removed, never followed
+    store_overlay = dead[4] / "root" / "overlay"
+    mountinfo = tmp_path / "mountinfo"
+    mountinfo.write_text(
+        f"36 35 98:0 / /mnt1 rw - ext3 /dev/root rw\n37 35 0:5 / {store_overlay} rw - overlay x rw\n"
+    )
+    monkeypatch.setattr(leftovers, "MOUNTINFO", mountinfo)
+    fake_run.answer("umount", behaviour=lambda argv: (mountinfo.write_text(""), (0, "", ""))[1])
     removed = leftovers.reclaim([tmp_path], outputs=[tmp_path])
     assert sorted(removed) == sorted([*dead, tmp_path / f".tmp-{GONE}-link"])
     assert all(not os.path.lexists(path) for path in removed)
     assert all(path.exists() for path in [*kept, outside])
     # A keyring's agent is stopped and a store's overlay unmounted before their folder goes.
     assert ["gpgconf", "--homedir", os.fspath(dead[3]), "--kill", "all"] in fake_run.calls
-    assert ["umount", "-R", os.fspath(dead[4] / "root" / "overlay")] in fake_run.calls
+    assert fake_run.of("umount") == [["umount", "-R", os.fspath(store_overlay)]]
+
+
+def test_a_folder_that_stays_mounted_is_left_in_place(
+    fake_run: FakeRun, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    dead = tmp_path / f"dualbuild-buildah-{GONE}-t1"
+    (dead / "buildah123" / "mnt").mkdir(parents=True)
+    mountinfo = tmp_path / "mountinfo"
+    mountinfo.write_text(f"37 35 0:5 / {dead / 'buildah123' / 'mnt'} rw - tmpfs x rw\n")
+    monkeypatch.setattr(leftovers, "MOUNTINFO", mountinfo)
+    leftovers.reclaim([tmp_path])
+    assert fake_run.of("umount") == [["umount", "-R", os.fspath(dead / "buildah123" / "mnt")]]
+    assert (dead / "buildah123" / "mnt").is_dir()  # never deleted through a mount
 
 
 def test_the_names_dualbuild_gives_its_scratch_say_whose_it_is(tmp_path: Path) -> None:
@@ -62,3 +86,23 @@ def test_in_a_temporary_folder_only_scratch_folders_are_ours(fake_run: FakeRun, 
     assert leftovers.reclaim([tmp_path]) == [scratch]
     assert all(path.exists() for path in theirs)
     assert fake_run.calls == []
+
+
+def test_commands_a_dead_build_started_are_killed(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    def process(pid: int, argv: list[str], environ: list[str]) -> None:
+        (tmp_path / str(pid)).mkdir()
+        (tmp_path / str(pid) / "cmdline").write_bytes(b"\0".join(map(os.fsencode, argv)) + b"\0")
+        (tmp_path / str(pid) / "environ").write_bytes(b"\0".join(map(os.fsencode, environ)) + b"\0")
+
+    process(101, ["buildah", "from", "--name", f"dualbuild-{GONE}-ab12cd34-0-final", "scratch"], [])
+    process(102, ["buildah", "pull", "x"], [f"TMPDIR=/var/tmp/dualbuild-buildah-{GONE}-q1"])
+    process(103, ["buildah", "from", "--name", f"dualbuild-{os.getpid()}-ab12cd34-0-final", "scratch"], [])
+    process(104, ["buildah", "pull", "x"], [f"TMPDIR=/var/tmp/dualbuild-buildah-{os.getpid()}-q2"])
+    process(105, ["sleep", f"dualbuild-{GONE}"], ["TMPDIR=/tmp"])  # no "-" after the PID: not a name
+    (tmp_path / "self").mkdir()
+    killed: list[int] = []
+    monkeypatch.setattr(leftovers, "PROC", tmp_path)
+    monkeypatch.setattr(leftovers.os, "kill", lambda pid, signal: killed.append(pid))
+    monkeypatch.setattr(leftovers.run, "process_gone", lambda pid: pid == GONE)
+    assert leftovers.kill_commands_of_dead_processes("dualbuild-") == 2
+    assert sorted(killed) == [101, 102]

@@ -553,3 +553,22 @@ def test_kept_trees_are_labelled_and_prune_finds_the_ones_that_lost_their_name(
         ["rmi", "localhost/dualbuild-cache:k1"],
         ["rmi", "lost"],
     ]
+
+
+@pytest.mark.parametrize(
+    ("isolation", "network", "mounted"),
+    [
+        ("runc", Network.PRIVATE, True),
+        ("runc", Network.HOST, True),
+        ("runc", Network.NONE, False),
+        ("oci", Network.NONE, False),
+        # chroot runs buildah in `unshare --net`: buildah sets up (and mounts) its default network.
+        ("chroot", Network.NONE, True),
+    ],
+)
+def test_hosts_and_resolv_conf_are_mount_targets_only_with_a_network(
+    isolation: str, network: Network, mounted: bool
+) -> None:
+    targets = Buildah(isolation=isolation).mount_targets(network)
+    assert {"etc/hostname", "dev", "proc", "sys", "run"} <= set(targets)
+    assert ("etc/resolv.conf" in targets, "etc/hosts" in targets) == (mounted, mounted)
