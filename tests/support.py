@@ -7,7 +7,9 @@ import os
 import shutil
 import socket
 import stat
+import subprocess
 import tarfile
+import time
 from pathlib import Path
 
 import pytest
@@ -19,6 +21,9 @@ SDE = 1_700_000_000
 CAPABILITY = bytes.fromhex("0100000200200000000000000000000000000000")
 LONG_PATH = "d" * 60 + "/" + "e" * 60 + "/" + "f" * 78  # 200 characters
 NON_UTF8 = b"caf\xe9"
+# Bounds a wait that only a hang exceeds: a loaded 2-core machine may take many times the
+# usual, and a test's verdict must not depend on that. Never a measure of speed.
+HANG_SECONDS = 300
 
 
 def require(condition: bool, reason: str) -> None:
@@ -45,6 +50,18 @@ def free_port() -> int:
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))
         return int(sock.getsockname()[1])
+
+
+def wait_until_listening(port: int, process: subprocess.Popen[bytes]) -> bool:
+    """Wait for ``process`` to accept connections on 127.0.0.1:``port``; False if it exited first."""
+    deadline = time.monotonic() + HANG_SECONDS
+    while process.poll() is None and time.monotonic() < deadline:
+        try:
+            socket.create_connection(("127.0.0.1", port), timeout=HANG_SECONDS).close()
+            return True
+        except OSError:
+            time.sleep(0.05)
+    return False
 
 
 def supports_user_xattrs(directory: Path) -> bool:

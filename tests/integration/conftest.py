@@ -6,7 +6,6 @@ from __future__ import annotations
 import os
 import shutil
 import signal
-import socket
 import subprocess
 import sys
 import tempfile
@@ -19,7 +18,7 @@ import pytest
 from dualbuild.builder.buildah import StorageOptions
 from dualbuild.gpg import gpg_env, stop_agent
 from tests.integration.helpers import Builder, Docker, buildah
-from tests.support import ROOT, free_port, require_root, require_tools
+from tests.support import HANG_SECONDS, ROOT, free_port, require_root, require_tools, wait_until_listening
 
 
 @pytest.fixture(scope="session")
@@ -90,19 +89,13 @@ def registry(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
     log = (base / "registry.log").open("wb")
     process = subprocess.Popen(["docker-registry", "serve", str(config)], stdout=log, stderr=log)
     address = f"127.0.0.1:{port}"
-    deadline = time.monotonic() + 20
-    while time.monotonic() < deadline:
-        try:
-            with socket.create_connection(("127.0.0.1", port), timeout=0.5):
-                break
-        except OSError:
-            time.sleep(0.05)
-    else:
+    if not wait_until_listening(port, process):
         process.kill()
-        pytest.fail("docker-registry did not start")
+        process.wait()
+        pytest.fail(f"docker-registry did not start:\n{(base / 'registry.log').read_text()[-3000:]}")
     yield address
     process.terminate()
-    process.wait(timeout=10)
+    process.wait(timeout=HANG_SECONDS)
     log.close()
 
 
@@ -180,11 +173,11 @@ def docker() -> Iterator[Docker]:
 
     def run(*args: str, check: bool = True) -> subprocess.CompletedProcess[str]:
         return subprocess.run(
-            ["docker", "-H", sock, *args], check=check, capture_output=True, text=True, timeout=120
+            ["docker", "-H", sock, *args], check=check, capture_output=True, text=True, timeout=HANG_SECONDS
         )
 
     try:
-        deadline = time.monotonic() + 60
+        deadline = time.monotonic() + HANG_SECONDS
         while run("info", check=False).returncode != 0:
             if daemon.poll() is not None or time.monotonic() > deadline:
                 pytest.fail(f"dockerd did not start:\n{(base / 'dockerd.log').read_text()[-3000:]}")
@@ -193,7 +186,7 @@ def docker() -> Iterator[Docker]:
     finally:
         daemon.send_signal(signal.SIGTERM)
         try:
-            daemon.wait(timeout=60)
+            daemon.wait(timeout=HANG_SECONDS)
         except subprocess.TimeoutExpired:
             daemon.kill()
             daemon.wait()

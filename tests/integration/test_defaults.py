@@ -107,12 +107,12 @@ def _probe(port: int, network: str | None) -> str:
     name = network or "default"
     return f"""
   [[stages.steps]]
-  run = '''printf 'GET / HTTP/1.0\\r\\n\\r\\n' | nc -w 3 127.0.0.1 {port} | head -1 > /probe-{name}
+  run = '''printf 'GET / HTTP/1.0\\r\\n\\r\\n' | nc -w 60 127.0.0.1 {port} | head -1 > /probe-{name}
     ip -o link | grep -c . > /links-{name}
     if [ {name} != host ]; then
       (nc -l -p 7070 -e echo served-on-loopback &)
-      for try in 1 2 3 4 5 6 7 8 9 10; do
-        nc -w 3 127.0.0.1 7070 < /dev/null > /loopback-{name} && [ -s /loopback-{name} ] && break
+      for try in $(seq 600); do
+        nc -w 60 127.0.0.1 7070 < /dev/null > /loopback-{name} && [ -s /loopback-{name} ] && break
         sleep 0.5
       done
     fi'''{setting}

@@ -33,7 +33,7 @@ from dualbuild.gpg import gpg_env, stop_agent
 from dualbuild.publish.flow import publish
 from dualbuild.publish.retry import RetryPolicy
 from dualbuild.publish.types import PublishRequest
-from tests.support import free_port, require_tools
+from tests.support import HANG_SECONDS, free_port, require_tools, wait_until_listening
 
 DUALBUILD = str(Path(sys.executable).parent / "dualbuild")
 # Runs the CLI with `publish` registered, whether or not cli.py does it already.
@@ -145,7 +145,7 @@ def dualbuild_publish(
     options = ["-vv"] if verbose else []
     return subprocess.run(
         [sys.executable, "-c", CLI, *options, "publish", *args], env=env, capture_output=True, text=True,
-        timeout=120, check=False,
+        timeout=HANG_SECONDS, check=False,
     )  # fmt: skip
 
 
@@ -543,16 +543,12 @@ def auth_registry(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
     with (base / "registry.log").open("wb") as log:
         process = subprocess.Popen(["docker-registry", "serve", str(config)], stdout=log, stderr=log)
         try:
-            for _ in range(400):
-                try:
-                    socket.create_connection(("127.0.0.1", port), timeout=0.5).close()
-                    break
-                except OSError:
-                    threading.Event().wait(0.05)
+            if not wait_until_listening(port, process):
+                pytest.fail(f"docker-registry did not start:\n{(base / 'registry.log').read_text()[-3000:]}")
             yield f"127.0.0.1:{port}"
         finally:
             process.terminate()
-            process.wait(timeout=10)
+            process.wait(timeout=HANG_SECONDS)
 
 
 def test_registry_credentials_come_from_the_authfile_and_are_never_shown(

@@ -24,7 +24,7 @@ from dualbuild.layer.tarwriter import (
     tarfile_entry_header,
 )
 from dualbuild.layer.tree import Entry, EntryType, Tree, snapshot
-from tests.support import SDE, build_rich_tree
+from tests.support import HANG_SECONDS, SDE, build_rich_tree
 
 PROPERTY = settings(max_examples=1000, deadline=None, suppress_health_check=list(HealthCheck))
 PREFIXES = ["", "rootfs/"]
@@ -134,9 +134,9 @@ def test_every_subscriber_gets_exactly_the_layer_a_lone_emitter_writes(tree: Tre
     subscriptions = {"a": feed.subscribe(""), "b": feed.subscribe("rootfs/"), "c": feed.subscribe("")}
     out: dict[str, bytes] = {}
     workers = [collect(subscription, out, name) for name, subscription in subscriptions.items()]
-    run_feed(feed).join(30)
+    run_feed(feed).join(HANG_SECONDS)
     for worker in workers:
-        worker.join(30)
+        worker.join(HANG_SECONDS)
     plain = layer_bytes(DirectLayer(tree, prefix="", mtime_clamp=SDE))
     prefixed = layer_bytes(DirectLayer(tree, prefix="rootfs/", mtime_clamp=SDE))
     assert out["a"] == out["c"] == plain
@@ -152,8 +152,8 @@ def test_a_subscriber_that_gives_up_does_not_stop_the_others(tree: Tree) -> None
     out: dict[str, bytes] = {}
     worker = collect(stayer, out, "stayer")
     producer = run_feed(feed)
-    producer.join(30)
-    worker.join(30)
+    producer.join(HANG_SECONDS)
+    worker.join(HANG_SECONDS)
     assert not producer.is_alive()
     assert (
         hashlib.sha256(out["stayer"]).digest()
@@ -167,9 +167,9 @@ def test_a_producer_error_reaches_every_subscriber(tree: Tree) -> None:
     subscriptions = [feed.subscribe(""), feed.subscribe("rootfs/")]
     out: dict[str, bytes] = {}
     workers = [collect(s, out, str(n)) for n, s in enumerate(subscriptions)]
-    run_feed(feed).join(30)
+    run_feed(feed).join(HANG_SECONDS)
     for worker in workers:
-        worker.join(30)
+        worker.join(HANG_SECONDS)
     for text in out.values():
         assert b"/file changed while the image was being written" in text
 

@@ -6,7 +6,6 @@ import errno
 import hashlib
 import os
 import threading
-import time
 from pathlib import Path
 
 import pytest
@@ -20,6 +19,7 @@ from dualbuild.files import (
     remember_digests,
     write_atomically,
 )
+from tests.support import HANG_SECONDS
 
 
 def test_a_file_being_written_is_flushed_to_the_disk_before_it_is_finished(
@@ -39,7 +39,7 @@ def test_a_file_being_written_is_flushed_to_the_disk_before_it_is_finished(
     with files.atomic_output(dest) as file:
         file.write(os.urandom(4 << 20))
         file.flush()
-        assert flushed.wait(timeout=30), "the writeback thread never flushed the file"
+        assert flushed.wait(timeout=HANG_SECONDS), "the writeback thread never flushed the file"
         assert not dest.exists()
     assert dest.stat().st_size == 4 << 20
 
@@ -47,13 +47,18 @@ def test_a_file_being_written_is_flushed_to_the_disk_before_it_is_finished(
 def test_a_flush_error_in_the_writeback_thread_is_raised(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
+    # The block ends only once the writeback thread has met the error: the final fsync does
+    # not report it again, so the error must come from the thread, however late it runs.
+    failed = threading.Event()
+
     def failing(fd: int) -> None:
+        failed.set()
         raise OSError(errno.EIO, "Input/output error")
 
     def emit() -> None:
         with files.atomic_output(tmp_path / "image.aci") as file:
             file.write(b"x")
-            time.sleep(0.2)
+            assert failed.wait(timeout=HANG_SECONDS), "the writeback thread never flushed the file"
 
     monkeypatch.setattr(os, "fdatasync", failing)
     with pytest.raises(OSError, match="Input/output error"):
