@@ -50,6 +50,11 @@ class RecipeError(DualbuildError):
         self.problems = tuple(problems)
         super().__init__("\n".join(str(p) for p in self.problems))
 
+    @classmethod
+    def of(cls, problem: Problem) -> RecipeError:
+        """The error of one problem."""
+        return cls([problem])
+
 
 class UsageError(DualbuildError):
     """A command-line value is invalid (not a recipe key). Exit 2."""

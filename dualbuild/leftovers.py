@@ -33,7 +33,9 @@ _SCRATCH = re.compile(r"dualbuild-[a-z]+-(\d+)-.*")
 _PARTIAL = re.compile(r"(?:\.dualbuild-|\.tmp-)(\d+)(?:-.*)?")
 # Where temporary buildah stores go (their overlay holds a mount while they are in use).
 STORE_DIR = Path(os.environ.get("TMPDIR", "/var/tmp"))
-GPG_KIND, STORE_KIND, BUILDAH_TMP_KIND = "gpg", "store", "buildah"
+GPG_KIND, STORE_KIND, BUILDAH_TMP_KIND, SECRETS_KIND = "gpg", "store", "buildah", "secrets"
+# Where secrets are written for a run step's mount: memory, never a disk.
+SECRETS_SCRATCH = Path("/dev/shm") if os.path.isdir("/dev/shm") else Path(tempfile.gettempdir())
 PROC = Path("/proc")
 MOUNTINFO = PROC / "self" / "mountinfo"
 
@@ -122,8 +124,8 @@ def reclaim(scratch: Sequence[Path], outputs: Sequence[Path] = ()) -> list[Path]
 
 
 def scratch_directories() -> list[Path]:
-    """Where dualbuild's scratch folders go: the temporary folders (keyrings: /tmp), the stores'."""
-    return [Path(tempfile.gettempdir()), Path("/tmp"), STORE_DIR]
+    """Where dualbuild's scratch folders go: the temporary folders (keyrings: /tmp), the stores', secrets'."""
+    return [Path(tempfile.gettempdir()), Path("/tmp"), STORE_DIR, SECRETS_SCRATCH]
 
 
 def _remove(path: Path) -> None:

@@ -20,6 +20,7 @@ from pathlib import Path
 
 from dualbuild import __version__, gpg, run, settings
 from dualbuild.builder.buildah import temporary_storage
+from dualbuild.builder.secrets import check_secrets, secret_ids
 from dualbuild.builder.stages import BuildOptions, BuildSession, StepTiming, build_session
 from dualbuild.emit import run_emitters
 from dualbuild.emit.artifact import Artifact, ImageSpec
@@ -76,6 +77,8 @@ def build_recipe(recipe: Recipe, request: BuildRequest) -> Report:
     began = time.monotonic()
     plan = make_plan(recipe, settings.resolve(recipe, request.overrides, request.environ), sign=request.sign)
     _check_out_dir(plan.settings.out_dir)
+    # A secret's variable is read from dualbuild's own environment, as the steps will get it.
+    check_secrets(secret_ids(plan), plan.settings.secrets, plan.settings.context, os.environ)
     # What builds killed with SIGKILL left (their containers go when the session starts).
     reclaim(scratch_directories(), outputs=[plan.settings.out_dir, plan.settings.cache_dir])
     key, warnings = _signing_key(plan, request.sign)

@@ -230,7 +230,8 @@ def plan_to_dict(plan: BuildPlan) -> dict[str, object]:
 
 def _jsonable_fields(value: object) -> dict[str, object]:
     assert dataclasses.is_dataclass(value)
-    return {f.name: getattr(value, f.name) for f in dataclasses.fields(value)}
+    # A field left out of equality (where a value was written) is not part of what it is.
+    return {f.name: getattr(value, f.name) for f in dataclasses.fields(value) if f.compare}
 
 
 def to_jsonable(value: object) -> object:

@@ -8,17 +8,37 @@ recipe's value wins over ``$SOURCE_DATE_EPOCH``, since a recipe that pins its da
 from __future__ import annotations
 
 import os
-from collections.abc import Mapping
-from dataclasses import dataclass
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
 from pathlib import Path
 
 from dualbuild.errors import Problem, RecipeError
-from dualbuild.recipe.model import DEFAULT_SOURCE_DATE_EPOCH, MAX_SOURCE_DATE_EPOCH, Recipe
+from dualbuild.recipe.model import DEFAULT_SOURCE_DATE_EPOCH, MAX_SOURCE_DATE_EPOCH, Recipe, RunStep
 
 SIGN_KEY_ENV = "DUALBUILD_SIGN_KEY"
 PASSPHRASE_ENV = "DUALBUILD_SIGN_PASSPHRASE"
 ISOLATION_ENV = "DUALBUILD_ISOLATION"
 SOURCE_DATE_EPOCH_ENV = "SOURCE_DATE_EPOCH"
+
+
+@dataclass(frozen=True, kw_only=True)
+class SecretSource:
+    """Where a secret's bytes come from: a file or a variable of dualbuild's environment.
+
+    ``named`` says who named it, for an error found when the build starts: the recipe's
+    file, key and line, or the command line (then ``line`` is None).
+    """
+
+    id: str
+    file: Path | None = None
+    env: str | None = None
+    named: str = "--secret"
+    key: str = ""
+    line: int | None = None
+
+    def problem(self, message: str, hint: str) -> Problem:
+        """A problem with this secret, where it was named."""
+        return Problem(file=self.named, key=self.key, message=message, line=self.line, hint=hint)
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -29,6 +49,7 @@ class Overrides:
     out_dir: Path | None = None
     sign_key: str | None = None
     isolation: str | None = None
+    secrets: tuple[SecretSource, ...] = ()
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -44,6 +65,7 @@ class Settings:
         passphrase: The signing key's passphrase ($DUALBUILD_SIGN_PASSPHRASE), if set.
         isolation: How run steps are isolated, if chosen (else probed).
         cache_dir: Where the step index, bootstrap bases and probe results are kept.
+        secrets: Where each secret the run steps read comes from (--secret, else the recipe).
     """
 
     context: Path
@@ -54,6 +76,7 @@ class Settings:
     passphrase: str | None
     isolation: str | None
     cache_dir: Path
+    secrets: Mapping[str, SecretSource] = field(default_factory=dict)
 
     def __repr__(self) -> str:
         # Never show the passphrase, not even in a debug dump.
@@ -64,12 +87,14 @@ def resolve(recipe: Recipe, overrides: Overrides, environ: Mapping[str, str]) ->
     """Every setting of a build of ``recipe``.
 
     Raises:
-        RecipeError: $SOURCE_DATE_EPOCH is not a non-negative integer.
+        RecipeError: $SOURCE_DATE_EPOCH is not a non-negative integer; two steps name one
+            secret with different sources.
     """
     recipe_dir = recipe.path.parent
     out_dir = overrides.out_dir if overrides.out_dir is not None else recipe_dir / recipe.output.dir
+    context = (overrides.context if overrides.context is not None else recipe_dir).absolute()
     return Settings(
-        context=(overrides.context if overrides.context is not None else recipe_dir).absolute(),
+        context=context,
         out_dir=out_dir.absolute(),
         source_date_epoch=_source_date_epoch(recipe, environ),
         sign_key=overrides.sign_key or environ.get(SIGN_KEY_ENV) or recipe.sign.key,
@@ -77,7 +102,32 @@ def resolve(recipe: Recipe, overrides: Overrides, environ: Mapping[str, str]) ->
         passphrase=environ.get(PASSPHRASE_ENV),
         isolation=overrides.isolation or environ.get(ISOLATION_ENV) or None,
         cache_dir=cache_dir(environ),
+        secrets=_secrets(recipe, context, overrides.secrets),
     )
+
+
+def _secrets(recipe: Recipe, context: Path, given: Sequence[SecretSource]) -> dict[str, SecretSource]:
+    """Each secret id the run steps name, with its source: --secret first, then the recipe."""
+    sources: dict[str, SecretSource] = {}
+    problems = []
+    for stage in recipe.stages:
+        for step in stage.steps:
+            for secret in step.secrets if isinstance(step, RunStep) else ():
+                source = SecretSource(
+                    id=secret.id, file=context / secret.src if secret.src is not None else None,
+                    env=secret.env, named=str(recipe.path), key=secret.key, line=secret.line,
+                )  # fmt: skip
+                earlier = sources.setdefault(secret.id, source)
+                if (earlier.file, earlier.env) != (source.file, source.env):
+                    problems.append(
+                        source.problem(
+                            f"secret {secret.id!r} comes from elsewhere in {earlier.key}",
+                            "one id, one secret: give both steps the same src or env, or another id",
+                        )
+                    )
+    if problems:
+        raise RecipeError(problems)
+    return {**sources, **{source.id: source for source in given}}
 
 
 def cache_dir(environ: Mapping[str, str]) -> Path:

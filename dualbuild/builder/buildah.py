@@ -6,12 +6,9 @@ which the build calls on success, failure and interruption alike.
 
 from __future__ import annotations
 
-import contextlib
-import glob
 import json
 import os
 import shutil
-import signal
 import tempfile
 import time
 import uuid
@@ -21,7 +18,16 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from dualbuild import run
+from dualbuild.builder import runtime
 from dualbuild.builder.network import PrivateNetwork, reclaim_stale
+from dualbuild.builder.runtime import (
+    MOUNTED_DIRECTORIES,
+    MOUNTED_FILES,
+    NOT_MOUNTED_WITHOUT_NETWORK,
+    RUNTIME_PREFIX,
+    Bind,
+    remove_runtime_root,
+)
 from dualbuild.errors import BuildError, CommandError, UsageError
 from dualbuild.files import scratch_prefix, write_atomically
 from dualbuild.leftovers import (
@@ -43,24 +49,10 @@ ISOLATIONS: dict[str, tuple[str, ...]] = {
 }
 # chroot does not contain a run step (a classic breakout reaches the host): only when asked.
 PROBE_ORDER = ("oci", "runc")
-# What `buildah run` mounts over a step's tree, relative to its root. The runtime creates a
-# missing mount target itself (files with mode 0755, empty, root's; directories 0755), and the
-# step cannot write to it: what it writes there goes into the mounted file. /run holds the
-# mount of /run/.containerenv, which buildah removes again afterwards.
-MOUNTED_FILES = ("etc/hostname", "etc/hosts", "etc/resolv.conf")
-MOUNTED_DIRECTORIES = ("dev", "proc", "sys", "run")
-# With no network, the OCI runtimes get no hosts or resolv.conf mount: a step makes its own.
-_NOT_MOUNTED_WITHOUT_NETWORK = frozenset({"etc/hosts", "etc/resolv.conf"})
 NAME_PREFIX = "dualbuild-"
 # The label of images committed to outlive the build (cache entries).
 KEPT_LABEL = "io.dualbuild.kept"
-# OCI runtimes buildah may run a step with; what one leaves is found in our state root by each.
-RUNTIMES = ("runc", "crun")
-# Where the runtime's state of a session's run steps goes: a tmpfs, as runc asks.
-RUNTIME_STATE_DIR = Path("/run")
-RUNTIME_PREFIX = "dualbuild-runtime-"
-# Where cgroups of a container named ID live (v1 controllers, or the unified v2 tree).
-_CGROUPS = ("/sys/fs/cgroup/*/{id}", "/sys/fs/cgroup/{id}")
+TREE_LABEL = "io.dualbuild.tree"
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -116,8 +108,6 @@ class Buildah:
     # buildah's own temporary folders (its TMPDIR), in a scratch folder of ours, made on first
     # use: an interrupted buildah leaves `buildahNNN` folders in /var/tmp that nobody removes.
     tmpdir: Path | None = None
-    # Containers already labelled as kept (see commit_as).
-    labelled: set[str] = field(default_factory=set)
     # The network of `network = "private"` steps, made on first use.
     private_network: PrivateNetwork = field(default_factory=PrivateNetwork)
 
@@ -187,16 +177,30 @@ class Buildah:
         self._run("rm", container, check=False)
         self.containers.remove(container)
 
-    def commit_as(self, container: str, image: str) -> None:
+    def commit_as(self, container: str, image: str, *, tree_digest: str) -> None:
         """Commit a container to a named image that outlives the build (a cache entry).
 
         The image carries KEPT_LABEL: when another build commits the same name, this one loses
-        it, and the label is how it is found again (list_images(dangling=True)).
+        it, and the label is how it is found again (list_images(dangling=True)). It carries
+        the digest of its tree (TREE_LABEL), checked before the tree is used again: with the
+        image, not beside it, so that a store and its digests cannot part.
         """
-        if container not in self.labelled:
-            self._run("config", "--label", f"{KEPT_LABEL}=true", container)
-            self.labelled.add(container)
+        self._run(
+            "config", "--label", f"{KEPT_LABEL}=true", "--label", f"{TREE_LABEL}={tree_digest}", container
+        )
         self._run("commit", "--quiet", container, image)
+
+    def image_label(self, image: str, name: str) -> str | None:
+        """A label of a local image; None if it has none (or the image is gone)."""
+        result = self._run("inspect", "--type", "image", image, check=False)
+        try:
+            labels = (
+                json.loads(result.stdout)["OCIv1"]["config"]["Labels"] if result.returncode == 0 else None
+            )
+        except (ValueError, KeyError, TypeError):
+            return None
+        value = labels.get(name) if isinstance(labels, dict) else None
+        return value if isinstance(value, str) else None
 
     def list_images(self, repository: str, *, dangling: bool = False) -> list[dict[str, object]]:
         """Images of a repository as ``buildah images --json`` describes them.
@@ -228,8 +232,12 @@ class Buildah:
         env: Mapping[str, str],
         network: Network,
         on_line: Callable[[str], None],
+        binds: Sequence[Bind] = (),
     ) -> None:
-        """``buildah run``: a command in the container, output streamed line by line."""
+        """``buildah run``: a command in the container, output streamed line by line.
+
+        ``binds`` are host files and folders mounted for this command only (secrets, caches).
+        """
         isolation = self.chosen_isolation()
         args: list[str] = ["run", *ISOLATIONS[isolation]]
         wrapper: list[str] = []
@@ -251,6 +259,8 @@ class Buildah:
             args += ["--workingdir", workdir]
         for name, value in env.items():
             args += ["--env", f"{name}={value}"]
+        for bind in binds:
+            args += ["--mount", bind.option()]
         args += self._runtime_flags(isolation)
         command = [*wrapper, *self._argv(*args, container, "--", *argv)]
         if isolation != "chroot":
@@ -267,12 +277,18 @@ class Buildah:
                 if killed:
                     log.warning("killed %d process(es) the run step left running (chroot isolation)", killed)
 
-    def mount_targets(self, network: Network) -> tuple[str, ...]:
-        """The paths ``run_in`` with this network mounts over (see MOUNTED_FILES)."""
-        targets = MOUNTED_FILES + MOUNTED_DIRECTORIES
+    def mount_targets(self, network: Network, binds: Sequence[Bind] = ()) -> tuple[str, ...]:
+        """The paths ``run_in`` with this network and these binds mounts over (see MOUNTED_FILES).
+
+        Each bind's target comes with the folders above it, which the runtime makes when missing.
+        """
+        targets: tuple[str, ...] = MOUNTED_FILES + MOUNTED_DIRECTORIES
+        for bind in binds:
+            parts = bind.target.strip("/").split("/")
+            targets += tuple("/".join(parts[: end + 1]) for end in range(len(parts)))
         if network is Network.NONE and self.chosen_isolation() != "chroot":
             # Under chroot, `unshare --net` gives buildah its default network set-up, mounts included.
-            return tuple(target for target in targets if target not in _NOT_MOUNTED_WITHOUT_NETWORK)
+            return tuple(target for target in targets if target not in NOT_MOUNTED_WITHOUT_NETWORK)
         return targets
 
     def _runtime_flags(self, isolation: str) -> list[str]:
@@ -285,7 +301,7 @@ class Buildah:
         if isolation == "chroot":
             return []
         if self.runtime_root is None:
-            base = RUNTIME_STATE_DIR if os.access(RUNTIME_STATE_DIR, os.W_OK) else None
+            base = runtime.RUNTIME_STATE_DIR if os.access(runtime.RUNTIME_STATE_DIR, os.W_OK) else None
             self.runtime_root = Path(tempfile.mkdtemp(prefix=f"{RUNTIME_PREFIX}{self.session}-", dir=base))
         return ["--runtime-flag", f"root={self.runtime_root}"]
 
@@ -350,7 +366,7 @@ class Buildah:
     def _remove_runtime_leftovers(self) -> None:
         """Delete what an interrupted run step left in our runtime state root, then the root."""
         if self.runtime_root is not None:
-            _remove_runtime_root(self.runtime_root)
+            remove_runtime_root(self.runtime_root)
             self.runtime_root = None
 
     def reclaim_dead_sessions(self) -> None:
@@ -362,10 +378,10 @@ class Buildah:
         if kill_commands_of_dead_processes(NAME_PREFIX):
             time.sleep(0.2)  # let the kernel reap them, and their storage locks go
         reclaim_stale()  # their private networks
-        for root in RUNTIME_STATE_DIR.glob(f"{RUNTIME_PREFIX}*"):
+        for root in runtime.RUNTIME_STATE_DIR.glob(f"{RUNTIME_PREFIX}*"):
             if left_by_dead_process(root.name, RUNTIME_PREFIX):
                 log.debug("removing the run steps' state %s of a dualbuild process that is gone", root)
-                _remove_runtime_root(root)
+                remove_runtime_root(root)
         listed = self._run("containers", "--json", check=False)
         for container in _json_list(listed.stdout) if listed.returncode == 0 else []:
             name = str(container.get("containername", ""))
@@ -447,49 +463,9 @@ class Buildah:
         return choice
 
 
-def _remove_runtime_root(root: Path) -> None:
-    """Delete the runtime's containers in a state root (killing what runs there), then the root."""
-    for name in RUNTIMES:
-        binary = shutil.which(name)
-        if binary is None:
-            continue
-        listed = run.run([binary, "--root", root, "list", "-q"], check=False)
-        for container_id in listed.stdout.split() if listed.returncode == 0 else []:
-            log.debug("removing %s container %s left by an interrupted run step", name, container_id)
-            run.run([binary, "--root", root, "delete", "--force", container_id], check=False)
-    # A container killed before the runtime saved its state is unknown to it: its cgroups
-    # (and any process still in them) go by the state folder's name.
-    for state in root.iterdir() if root.is_dir() else []:
-        for pattern in _CGROUPS:
-            for cgroup in glob.glob(pattern.format(id=glob.escape(state.name))):
-                _remove_cgroup(Path(cgroup))
-    shutil.rmtree(root, ignore_errors=True)
-
-
 def _json_list(text: str) -> list[dict[str, object]]:
     try:
         data = json.loads(text or "[]")
     except ValueError:
         return []
     return [item for item in data if isinstance(item, dict)] if isinstance(data, list) else []
-
-
-def _remove_cgroup(cgroup: Path) -> None:
-    """Kill what is left in a cgroup of ours, then remove it (an empty cgroup is an rmdir)."""
-    try:
-        pids = [int(pid) for pid in (cgroup / "cgroup.procs").read_text().split()]
-    except (OSError, ValueError):
-        pids = []
-    for pid in pids:
-        with contextlib.suppress(ProcessLookupError, PermissionError):
-            os.kill(pid, signal.SIGKILL)
-    for attempt in range(50):
-        try:
-            cgroup.rmdir()
-            return
-        except FileNotFoundError:
-            return
-        except OSError:
-            # Busy until the killed processes are reaped by the kernel.
-            time.sleep(0.02 * (attempt + 1) if attempt < 10 else 0.2)
-    log.warning("could not remove the cgroup %s of an interrupted run step", cgroup)

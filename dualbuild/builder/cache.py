@@ -6,8 +6,8 @@ is the hash of the previous key, the step after substitution (with its env and w
 definition, as Docker does: a command that fetches from the network is not re-run unless its
 text changes. The tree at each position is kept as a buildah image tagged with its key, except
 position 0 of ``rootfs:`` and bootstrap bases, which is extracted again instead. A tree's digest
-is kept beside it (``trees/KEY``) and checked before the tree is reused: one damaged in buildah's
-store is built again.
+is a label of its image, checked before the tree is reused: one damaged in buildah's store is
+built again.
 """
 
 from __future__ import annotations
@@ -22,10 +22,12 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from dualbuild import __version__
+from dualbuild.builder import cachemounts
 from dualbuild.builder.buildah import Buildah
 from dualbuild.files import file_sha256, write_atomically
 from dualbuild.leftovers import reclaim, scratch_directories
 from dualbuild.plan import PlannedStep, to_jsonable
+from dualbuild.recipe.model import RunStep
 
 CACHE_REPOSITORY = "localhost/dualbuild-cache"
 
@@ -74,8 +76,15 @@ def base_key(kind: str, identity: str) -> str:
 
 
 def definition(step: PlannedStep) -> str:
-    """Hash of a step as it will run: its substituted definition, env and workdir."""
+    """Hash of a step as it will run: its substituted definition, env and workdir.
+
+    Of a secret only its id and where it is mounted: where its bytes come from (a file, a
+    variable, --secret) is not the step's business, and the bytes never are.
+    """
     data = {"step": to_jsonable(step.step), "env": dict(step.env), "workdir": step.workdir}
+    if isinstance(step.step, RunStep) and step.step.secrets:
+        assert isinstance(data["step"], dict)
+        data["step"]["secrets"] = [{"id": secret.id, "path": secret.path} for secret in step.step.secrets]
     return _digest(json.dumps(data, sort_keys=True))
 
 
@@ -125,26 +134,6 @@ def tree_digest(root: Path) -> str:
             if is_directory:
                 pending.append(Path(entry.path))
     return hasher.hexdigest()
-
-
-def tree_digest_file(cache_dir: Path, key: str) -> Path:
-    """Where the digest of the cached tree ``key`` is kept."""
-    return cache_dir / "trees" / key
-
-
-def record_tree_digest(cache_dir: Path, key: str, digest: str) -> None:
-    """Keep the digest of a tree just committed as ``key`` (see tree_digest)."""
-    path = tree_digest_file(cache_dir, key)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    write_atomically(path, digest.encode())
-
-
-def recorded_tree_digest(cache_dir: Path, key: str) -> str | None:
-    """The digest recorded when ``key`` was committed; None if none was (or it is unreadable)."""
-    try:
-        return tree_digest_file(cache_dir, key).read_text().strip() or None
-    except (OSError, UnicodeDecodeError):
-        return None
 
 
 class StepIndex:
@@ -199,14 +188,22 @@ class StepIndex:
         write_atomically(self.path, json.dumps(self.positions, indent=1, sort_keys=True).encode())
 
 
+# The image_id column of a cache directory of run steps (cache = [...]) in a listing.
+MOUNT_ENTRY = "cache-mount"
+
+
 @dataclass(frozen=True, kw_only=True)
 class CacheEntry:
-    """One cached tree: its image id, key, creation time (Unix seconds) and size as buildah says."""
+    """One cached tree: its image id, key, creation time (Unix seconds) and size as buildah says.
+
+    Bootstrap tarballs and the cache directories of run steps (``directory``) are listed too.
+    """
 
     image_id: str
     key: str
     created: int
     size: str
+    directory: cachemounts.CacheDirectory | None = None
 
 
 def list_entries(images: Sequence[Mapping[str, object]]) -> list[CacheEntry]:
@@ -244,7 +241,7 @@ def cached_keys(buildah: Buildah) -> set[str]:
 
 
 def cached(cache_dir: Path, buildah: Buildah | None = None) -> list[CacheEntry]:
-    """Every cached tree in buildah's store, and every bootstrap tarball, oldest first.
+    """Every cached tree in buildah's store, bootstrap tarball and run steps' cache directory, oldest first.
 
     Trees that lost their name to another build committing the same key are listed too (with
     no key), so that prune removes them.
@@ -252,6 +249,13 @@ def cached(cache_dir: Path, buildah: Buildah | None = None) -> list[CacheEntry]:
     buildah = buildah or Buildah()
     entries = list_entries(buildah.list_images(CACHE_REPOSITORY))
     entries += list_entries(buildah.list_images(CACHE_REPOSITORY, dangling=True))
+    for directory in cachemounts.listing(cache_dir):
+        entries.append(
+            CacheEntry(
+                image_id=MOUNT_ENTRY, key=f"{directory.id} ({directory.arch})", created=directory.last_used,
+                size=f"{directory.size / 1e6:.1f} MB", directory=directory,
+            )
+        )  # fmt: skip
     for tarball in sorted((cache_dir / "bootstrap").glob("*.tar")):
         info = tarball.stat()
         entries.append(
@@ -281,7 +285,7 @@ def prune(
     buildah = buildah or Buildah()
     buildah.reclaim_dead_sessions()
     if scratch is None:
-        outputs = [cache_dir, *(cache_dir / folder for folder in ("bootstrap", "configs", "trees"))]
+        outputs = [cache_dir, *(cache_dir / folder for folder in ("bootstrap", "configs"))]
         reclaim(scratch_directories(), outputs=outputs)
     else:
         reclaim(scratch)
@@ -293,8 +297,9 @@ def prune(
         if entry.image_id == "bootstrap":
             (cache_dir / "bootstrap" / entry.key).unlink(missing_ok=True)
             removed.append(entry)
+        elif entry.directory is not None:
+            if cachemounts.remove(entry.directory):
+                removed.append(entry)
         elif buildah.remove_image(cache_image(entry.key) if entry.key else entry.image_id):
-            if entry.key:
-                tree_digest_file(cache_dir, entry.key).unlink(missing_ok=True)
             removed.append(entry)
     return removed

@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import glob
 import os
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -30,11 +30,13 @@ class ContextFilter:
         context: The build context.
         rules: The ignore file's patterns (none without an ignore file).
         out_dir: The output directory relative to the context, when it lies inside it.
+        secret_files: The files of build secrets that lie inside the context, relative to it.
     """
 
     context: Path
     rules: IgnoreRules = field(default_factory=IgnoreRules)
     out_dir: str | None = None
+    secret_files: frozenset[str] = frozenset()
 
     def in_out_dir(self, relative: str) -> bool:
         """Whether ``relative`` is the output directory or inside it."""
@@ -46,6 +48,8 @@ class ContextFilter:
         """Why ``relative`` (a ``/``-separated path in the context) is left out; None if it is not."""
         if self.in_out_dir(relative):
             return f"it is in the output directory {self.out_dir}/, which is never part of the build context"
+        if relative in self.secret_files:
+            return "it is a build secret's file, which is never copied into the image"
         pattern = self.rules.deciding(relative)
         if pattern is None:
             return None
@@ -72,8 +76,8 @@ class ContextCopy:
     excluded: tuple[str, ...] = ()
 
 
-def load_filter(context: Path, out_dir: Path) -> ContextFilter:
-    """The context's ignore file (``.dualbuildignore``, else ``.dockerignore``) and output directory.
+def load_filter(context: Path, out_dir: Path, secret_files: Sequence[Path] = ()) -> ContextFilter:
+    """The context's ignore file (``.dualbuildignore``, else ``.dockerignore``), output directory and secrets.
 
     Raises:
         RecipeError: the ignore file has a line Docker would refuse too (exit 2).
@@ -89,7 +93,10 @@ def load_filter(context: Path, out_dir: Path) -> ContextFilter:
                     [Problem(file=os.fspath(path), key="", line=error.line, message=error.message)]
                 ) from None
             break
-    return ContextFilter(context=context, rules=rules, out_dir=_inside(context, out_dir))
+    secrets = frozenset(inside for path in secret_files if (inside := _inside(context, path)) is not None)
+    return ContextFilter(
+        context=context, rules=rules, out_dir=_inside(context, out_dir), secret_files=secrets
+    )
 
 
 def _inside(context: Path, path: Path) -> str | None:
@@ -145,6 +152,10 @@ def select(context_filter: ContextFilter, sources: tuple[str, ...]) -> ContextCo
             raise BuildError(
                 f"copy: {source!r} is excluded from the build context: " + "; ".join(reasons), hint=hint
             )
+    # What the build writes into the context later (the output folder, made and staged in
+    # before a copy runs) is left out whether it exists now or not; secrets' files always.
+    always = [context_filter.out_dir, *sorted(context_filter.secret_files)]
+    excluded.extend(item for item in always if item is not None and item not in excluded)
     return ContextCopy(sources=tuple(copied), entries=tuple(entries), excluded=tuple(excluded))
 
 

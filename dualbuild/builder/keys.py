@@ -9,6 +9,7 @@ date and then drives the build, which therefore pulls, hashes and checks nothing
 
 from __future__ import annotations
 
+import os
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
@@ -16,8 +17,9 @@ from pathlib import Path
 from dualbuild.archive import check_one_image
 from dualbuild.builder import bases
 from dualbuild.builder.buildah import Buildah
-from dualbuild.builder.cache import Position, base_key, copy_inputs, definition, step_key
+from dualbuild.builder.cache import CopyInput, Position, base_key, copy_inputs, definition, step_key
 from dualbuild.builder.context import ContextCopy, ContextFilter, load_filter, select
+from dualbuild.builder.secrets import read_secret, secret_digest
 from dualbuild.files import file_sha256
 from dualbuild.plan import BuildPlan, PlannedStage
 from dualbuild.recipe.model import (
@@ -27,6 +29,7 @@ from dualbuild.recipe.model import (
     CopyStep,
     RegistryBase,
     RootfsBase,
+    RunStep,
     ScratchBase,
     StageBase,
 )
@@ -87,7 +90,8 @@ def key_plan(
     context_filter = None
     if any(_copies_from_context(stage) for stage in plan.stages):
         # Read only when a copy needs it: a recipe that copies nothing never trips over the file.
-        context_filter = load_filter(plan.settings.context, plan.settings.out_dir)
+        secret_files = [source.file for source in plan.settings.secrets.values() if source.file is not None]
+        context_filter = load_filter(plan.settings.context, plan.settings.out_dir, secret_files)
     keyed: dict[str, KeyedStage] = {}
     for stage in plan.stages:
         keyed[stage.name] = _key_stage(
@@ -142,6 +146,8 @@ def _key_stage(
                 assert context_filter is not None
                 sources[step.number] = select(context_filter, step.step.sources)
                 inputs = copy_inputs(context, sources[step.number].entries)
+        elif isinstance(step.step, RunStep) and step.step.rebuild_on_secret_change:
+            inputs = [_secret_input(plan, secret.id) for secret in step.step.secrets]
         step_definition = definition(step)
         positions.append(
             Position(
@@ -153,6 +159,17 @@ def _key_stage(
         )
     return KeyedStage(
         stage=stage, positions=tuple(positions), image_id=image_id, base_file=base_file, sources=sources
+    )
+
+
+def _secret_input(plan: BuildPlan, secret_id: str) -> CopyInput:
+    """A secret as a step's input: an HMAC only this machine can make, never its bytes."""
+    data = read_secret(plan.settings.secrets[secret_id], plan.settings.context, os.environ)
+    return CopyInput(
+        path=f"secret:{secret_id}",
+        kind="secret",
+        mode=0,
+        content=secret_digest(plan.settings.cache_dir, data),
     )
 
 

@@ -12,27 +12,26 @@ from __future__ import annotations
 import json
 import os
 import shlex
-import stat
 import time
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 
 from dualbuild import run
 from dualbuild.builder import bases, filesteps
-from dualbuild.builder.buildah import Buildah, StorageOptions
+from dualbuild.builder.buildah import TREE_LABEL, Buildah, StorageOptions
 from dualbuild.builder.cache import (
     Position,
     StepIndex,
     cache_image,
     cached_keys,
-    record_tree_digest,
-    recorded_tree_digest,
     tree_digest,
 )
 from dualbuild.builder.context import buildah_ignore_file
 from dualbuild.builder.keys import KeyedPlan, KeyedStage, key_plan
+from dualbuild.builder.runstep import RunMounts, run_command
+from dualbuild.builder.secrets import SecretFiles
 from dualbuild.errors import BuildError, CommandError
 from dualbuild.files import write_atomically
 from dualbuild.imageconfig import ImageConfig, apply_app, from_docker_config
@@ -53,9 +52,6 @@ from dualbuild.recipe.model import (
     SymlinkStep,
     WriteStep,
 )
-
-# The mode the runtime gives a mount target file it creates (runc, and buildah's chroot).
-_MOUNT_STUB_MODE = 0o755
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -114,6 +110,7 @@ class BuildSession:
     buildah: Buildah
     index: StepIndex
     keyed: KeyedPlan
+    mounts: RunMounts
 
     def build(self) -> BuiltImage:
         """Build every stage; the final tree stays mounted until the session ends.
@@ -131,8 +128,9 @@ class BuildSession:
         try:
             for keyed in self.keyed.stages:
                 builder = _StageBuilder(
-                    self.buildah, self.plan, keyed, built, self.options, self.index, on_output, timings
-                )
+                    self.buildah, self.plan, keyed, built, self.options, self.index, self.mounts, on_output,
+                    timings,
+                )  # fmt: skip
                 built[keyed.stage.name] = builder.build()
         finally:
             # What the stages built so far keyed explains the next build's misses, failed or not.
@@ -162,6 +160,7 @@ def build_session(plan: BuildPlan, options: BuildOptions) -> Iterator[BuildSessi
         storage=options.storage, isolation=settings.isolation, cache_dir=settings.cache_dir,
         authfile=options.authfile,
     )  # fmt: skip
+    secret_files = SecretFiles(sources=settings.secrets, context=settings.context)
     try:
         buildah.reclaim_dead_sessions()
         keyed = key_plan(
@@ -169,10 +168,16 @@ def build_session(plan: BuildPlan, options: BuildOptions) -> Iterator[BuildSessi
             on_output=options.on_output or output_line,
         )  # fmt: skip
         index = StepIndex(settings.cache_dir, plan.recipe.path)
-        yield BuildSession(plan=plan, options=options, buildah=buildah, index=index, keyed=keyed)
+        mounts = RunMounts(
+            secret_files=secret_files, cache_dir=settings.cache_dir, arch=str(plan.recipe.image.arch)
+        )
+        yield BuildSession(
+            plan=plan, options=options, buildah=buildah, index=index, keyed=keyed, mounts=mounts
+        )
     finally:
         with run.deferred_interrupts():
             buildah.cleanup()
+            secret_files.close()
 
 
 def _stage_label(plan: BuildPlan, stage: PlannedStage) -> str:
@@ -189,6 +194,7 @@ class _StageBuilder:
     built: dict[str, _Stage]
     options: BuildOptions
     index: StepIndex
+    mounts: RunMounts
     on_output: Callable[[str], None]
     timings: list[StepTiming]
 
@@ -246,6 +252,7 @@ class _StageBuilder:
                         state,
                         step,
                         self.built,
+                        self.mounts,
                         self.on_output,
                     )
             except CommandError as error:
@@ -293,7 +300,7 @@ class _StageBuilder:
         container and image are removed and the stage runs again.
         """
         root = self.buildah.mount(container)
-        recorded = recorded_tree_digest(self.plan.settings.cache_dir, key)
+        recorded = self.buildah.image_label(cache_image(key), TREE_LABEL)
         if recorded is not None and tree_digest(root) == recorded:
             return root
         log.warning(
@@ -333,10 +340,9 @@ class _StageBuilder:
 
     def _keep(self, container: str, root: Path, positions: tuple[Position, ...], number: int) -> None:
         if self.options.keep and self._kept(number):
-            key = positions[number].key
-            digest = tree_digest(root)
-            self.buildah.commit_as(container, cache_image(key))
-            record_tree_digest(self.plan.settings.cache_dir, key, digest)
+            self.buildah.commit_as(
+                container, cache_image(positions[number].key), tree_digest=tree_digest(root)
+            )
 
     def _start(self) -> tuple[str, ImageConfig]:
         base, label = self.stage.base, self.stage.name
@@ -401,19 +407,13 @@ def _run_step(
     state: _Stage,
     planned: PlannedStep,
     built: dict[str, _Stage],
+    mounts: RunMounts,
     on_output: Callable[[str], None],
 ) -> None:
     step, workdir, root = planned.step, planned.workdir, state.root
     match step:
         case RunStep():
-            argv = ["/bin/sh", "-c", step.command] if isinstance(step.command, str) else list(step.command)
-            targets = buildah.mount_targets(step.network)
-            absent = [item for item in targets if not os.path.lexists(root / item)]
-            buildah.run_in(
-                state.container, argv, user=step.user, workdir=workdir, env=planned.env,
-                network=step.network, on_line=on_output,
-            )  # fmt: skip
-            _remove_mount_stubs(root, absent)
+            run_command(buildah, state.container, root, planned, mounts, on_output)
         case CopyStep():
             dest = filesteps.container_path(step.to, workdir) + ("/" if step.to.endswith("/") else "")
             if step.from_stage is not None:
@@ -443,31 +443,3 @@ def _run_step(
         case RemoveStep():
             for path in step.paths:
                 filesteps.remove_path(root, filesteps.container_path(path, workdir))
-
-
-def _remove_mount_stubs(root: Path, absent_before: Sequence[str]) -> None:
-    """Remove the mount targets the runtime made for a step, and nothing the step made itself.
-
-    Only paths that were absent before the step and were mounted over during it are looked
-    at, so the step could not write there (a file it made under ``network = "none"``, where
-    hosts and resolv.conf are not mounted, stays). A file must still be the runtime's: empty,
-    root's, mode 0755; a directory empty.
-    """
-    for item in absent_before:
-        path = root / item
-        try:
-            info = path.lstat()
-            if stat.S_ISDIR(info.st_mode):
-                if not any(path.iterdir()):
-                    path.rmdir()
-            elif (
-                stat.S_ISREG(info.st_mode)
-                and info.st_size == 0
-                and info.st_uid == 0
-                and stat.S_IMODE(info.st_mode) == _MOUNT_STUB_MODE
-            ):
-                path.unlink()
-        except FileNotFoundError:
-            continue
-        except OSError as error:
-            log.debug("could not remove %s left by buildah run: %s", item, error)

@@ -18,6 +18,7 @@ from dualbuild.cli.options import (
     recipe_argument,
     recipe_options,
     registry_options,
+    secret_option,
     sign_options,
 )
 from dualbuild.convert import ConvertRequest, convert
@@ -26,7 +27,7 @@ from dualbuild.pipeline import BuildRequest, check_reproducible
 from dualbuild.pipeline import build as run_build
 from dualbuild.plan import BuildPlan, make_plan, plan_to_dict
 from dualbuild.recipe import load_recipe
-from dualbuild.recipe.model import Format
+from dualbuild.recipe.model import Format, RunStep
 from dualbuild.recipe.schema import RECIPE_SCHEMA
 from dualbuild.report import Report, report_json
 from dualbuild.verify.sets import find_sets, verify_set
@@ -73,7 +74,14 @@ def plan_text(planned: BuildPlan) -> str:
         lines.append(
             f"[{stage.number}/{len(planned.stages)} {stage.name}]{final} from {stage.base.describe()}"
         )
-        lines.extend(f"  step {step.number}/{len(stage.steps)} {step.summary}" for step in stage.steps)
+        for step in stage.steps:
+            lines.append(f"  step {step.number}/{len(stage.steps)} {step.summary}")
+            if isinstance(step.step, RunStep) and (step.step.secrets or step.step.cache):
+                mounted = [f"secret {secret.id} at {secret.path}" for secret in step.step.secrets]
+                mounted += [
+                    f"cache {mount.id or mount.target} at {mount.target}" for mount in step.step.cache
+                ]
+                lines.append(f"    mounts: {', '.join(mounted)}")
     lines.append(f"source_date_epoch: {planned.settings.source_date_epoch}")
     lines.append("artifacts:")
     lines.extend(f"  {path}" for path in planned.artifacts.all())
@@ -92,6 +100,7 @@ def plan_text(planned: BuildPlan) -> str:
 )
 @registry_options("registry bases")
 @keyring_option("Public key(s) that must have signed an aci: base.")
+@secret_option
 @click.option(
     "--no-cache",
     is_flag=True,

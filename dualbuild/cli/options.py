@@ -17,7 +17,8 @@ import click
 from dualbuild.builder.stages import BuildOptions
 from dualbuild.errors import UsageError
 from dualbuild.pipeline import BuildRequest
-from dualbuild.settings import Overrides
+from dualbuild.recipe.mounts import SECRET_ID
+from dualbuild.settings import Overrides, SecretSource
 
 F = TypeVar("F", bound=Callable[..., Any])
 
@@ -80,6 +81,58 @@ def keyring_option(help_text: str) -> Callable[[F], F]:
 
 json_option = click.option("--json", "as_json", is_flag=True, help="Print the report as JSON on stdout.")
 
+secret_option = click.option(
+    "--secret",
+    "secrets",
+    multiple=True,
+    metavar="id=ID,src=FILE|env=VAR",
+    help="A build secret for the run steps that name ID: a file, or a variable of this environment"
+    " (overrides the recipe's src/env for that id; never stored).",
+)
+
+
+def parse_secrets(values: tuple[str, ...]) -> tuple[SecretSource, ...]:
+    """``--secret id=ID,src=FILE`` / ``id=ID,env=VAR`` values (BuildKit's and buildah's spelling).
+
+    ``type=file|env`` may say which; ``source`` stands for ``src``; without src or env, the
+    variable named ID is read, as BuildKit does. The last one of an id wins.
+
+    Raises:
+        UsageError: a value is not such a list.
+    """
+    sources: dict[str, SecretSource] = {}
+    for value in values:
+        fields: dict[str, str] = {}
+        for item in value.split(","):
+            name, sep, text = item.partition("=")
+            name = {"source": "src"}.get(name.strip(), name.strip())
+            if not sep or name not in ("id", "src", "env", "type") or name in fields:
+                raise UsageError(
+                    f"--secret {value!r} is not id=ID,src=FILE or id=ID,env=VAR",
+                    hint="e.g. --secret id=npmrc,src=$HOME/.npmrc or --secret id=token,env=API_TOKEN",
+                )
+            fields[name] = text
+        secret_id, kind = fields.get("id", ""), fields.get("type")
+        if not SECRET_ID.fullmatch(secret_id):
+            raise UsageError(
+                f"--secret {value!r}: {secret_id!r} is not a secret id", hint="letters, digits, _ . -"
+            )
+        if "src" in fields and "env" in fields:
+            raise UsageError(f"--secret {value!r} names both a file and a variable", hint="give src or env")
+        if (
+            kind not in (None, "file", "env")
+            or (kind == "file" and "src" not in fields)
+            or (kind == "env" and "src" in fields)
+        ):
+            raise UsageError(
+                f"--secret {value!r}: type={kind} does not fit", hint="type=file with src, type=env"
+            )
+        if "src" in fields:
+            sources[secret_id] = SecretSource(id=secret_id, file=Path(fields["src"]).absolute())
+        else:
+            sources[secret_id] = SecretSource(id=secret_id, env=fields.get("env") or secret_id)
+    return tuple(sources.values())
+
 
 def parse_build_args(values: tuple[str, ...]) -> dict[str, str]:
     """``--build-arg KEY=VALUE`` values as a mapping (the last one of a key wins).
@@ -106,6 +159,7 @@ def build_request(recipe: Path, given: Mapping[str, Any]) -> BuildRequest:
             out_dir=given.get("out"),
             sign_key=given.get("sign_key"),
             isolation=given.get("isolation"),
+            secrets=parse_secrets(given.get("secrets", ())),
         ),
         sign=not given.get("no_sign", False),
         options=BuildOptions(

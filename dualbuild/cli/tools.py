@@ -19,8 +19,8 @@ from dualbuild.sign.keys import create_key, export_public_key
 def cache() -> None:
     """Inspect and prune the step cache.
 
-    The cache holds buildah images named localhost/dualbuild-cache, and Debian bootstrap
-    tarballs under the cache folder (~/.cache/dualbuild).
+    The cache holds buildah images named localhost/dualbuild-cache, Debian bootstrap tarballs
+    and the run steps' cache folders (cache = [...]) under the cache folder (~/.cache/dualbuild).
     """
 
 
@@ -40,7 +40,12 @@ def cache_prune(older_than: str | None) -> None:
     if older_than is not None and seconds is None:
         raise UsageError(f"--older-than {older_than!r} is not an age", hint="e.g. 30m, 12h, 7d, 2w")
     removed = prune(settings.cache_dir(os.environ), older_than=seconds)
-    click.echo(f"removed {len(removed)} cached tree{'s' if len(removed) != 1 else ''}")
+    folders = sum(1 for entry in removed if entry.directory is not None)
+    trees = len(removed) - folders
+    click.echo(
+        f"removed {trees} cached tree{'s' if trees != 1 else ''}"
+        + (f" and {folders} cache folder{'s' if folders != 1 else ''}" if folders else "")
+    )
 
 
 @click.group()

@@ -85,6 +85,48 @@ class Network(enum.StrEnum):
     NONE = "none"
 
 
+class CacheSharing(enum.StrEnum):
+    """How builds running at once use one cache mount."""
+
+    SHARED = "shared"
+    LOCKED = "locked"
+
+
+# Where a secret is mounted when its step names no target (BuildKit's and buildah's place).
+SECRETS_DIR = "/run/secrets"
+
+
+@dataclass(frozen=True, kw_only=True)
+class SecretMount:
+    """A secret a run step reads as a file, on a mount that never reaches the tree.
+
+    ``src`` (a file in the build context) or ``env`` (a variable of dualbuild's environment)
+    says where it comes from in the recipe; ``--secret`` may say otherwise. ``key`` and
+    ``line`` say where the recipe names it, for errors found when the build starts.
+    """
+
+    id: str
+    src: str | None = None
+    env: str | None = None
+    target: str | None = None
+    key: str = field(default="", compare=False)
+    line: int | None = field(default=None, compare=False)
+
+    @property
+    def path(self) -> str:
+        """Where the step finds it."""
+        return self.target or f"{SECRETS_DIR}/{self.id}"
+
+
+@dataclass(frozen=True, kw_only=True)
+class CacheMount:
+    """A directory kept between builds on this machine, mounted at ``target`` for one run step."""
+
+    target: str
+    id: str | None = None
+    sharing: CacheSharing = CacheSharing.SHARED
+
+
 class ArchiveKind(enum.StrEnum):
     """Image archives a stage can start from."""
 
@@ -190,6 +232,10 @@ class RunStep:
     workdir: str | None = None
     env: Mapping[str, str] = field(default_factory=dict)
     network: Network = Network.PRIVATE
+    secrets: tuple[SecretMount, ...] = ()
+    cache: tuple[CacheMount, ...] = ()
+    # A changed secret reruns the step (keyed by a digest only this machine can make).
+    rebuild_on_secret_change: bool = False
 
     @property
     def action(self) -> str:

@@ -10,6 +10,7 @@ import re
 
 from dualbuild.recipe.load import MMDEBSTRAP_VARIANTS
 from dualbuild.recipe.model import MAX_SOURCE_DATE_EPOCH, Arch, Format
+from dualbuild.recipe.mounts import SECRET_ID
 from dualbuild.recipe.rules import (
     AC_IDENTIFIER,
     AC_NAME,
@@ -84,6 +85,52 @@ _STEP_VARIANTS: list[dict[str, object]] = [
                 enum=["private", "host", "none"],
                 default="private",
             ),
+            "secrets": {
+                "type": "array",
+                "description": "Secrets this step reads as files (mode 0400, on a mount that never reaches a"
+                " layer, a cache key, a log or the report); --secret id=ID,src=FILE|env=VAR overrides.",
+                "items": _table(
+                    "One secret.",
+                    {
+                        "id": _string("Its name: the file /run/secrets/ID.", pattern=_pattern(SECRET_ID)),
+                        "src": _string("A file in the build context holding it."),
+                        "env": _string("A variable of dualbuild's environment holding it."),
+                        "target": _string(
+                            "Where the step finds it instead of /run/secrets/ID.", pattern=_ABSOLUTE
+                        ),
+                    },
+                    ("id",),
+                ),
+            },
+            "cache": {
+                "type": "array",
+                "description": "Directories kept between builds on this machine, mounted for this step only;"
+                " never in a layer or a cache key (dualbuild cache ls / prune).",
+                "items": {
+                    "oneOf": [
+                        _string("The directory in the container.", pattern=_ABSOLUTE),
+                        _table(
+                            "One cache directory.",
+                            {
+                                "target": _string("The directory in the container.", pattern=_ABSOLUTE),
+                                "id": _string("Its name on this machine (default: the target and the arch)."),
+                                "sharing": _string(
+                                    "shared: builds at once use it together; locked: one at a time.",
+                                    enum=["shared", "locked"],
+                                    default="shared",
+                                ),
+                            },
+                            ("target",),
+                        ),
+                    ]
+                },
+            },
+            "rebuild_on_secret_change": {
+                "type": "boolean",
+                "description": "Run the step again when a secret changes (keyed by a digest only this"
+                " machine can make, never the secret).",
+                "default": False,
+            },
         },
         ("run",),
     ),

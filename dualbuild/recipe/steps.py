@@ -12,6 +12,7 @@ from dualbuild.recipe.model import (
     SymlinkStep,
     WriteStep,
 )
+from dualbuild.recipe.mounts import read_cache, read_secrets
 from dualbuild.recipe.positions import KeyPath
 from dualbuild.recipe.reader import Reader, describe_value
 from dualbuild.recipe.rules import ENV_NAME, MODE, OWNER, check_context_path
@@ -24,7 +25,7 @@ MAX_ARGUMENT_BYTES = 128 * 1024 - 1
 MAX_ID = 2**32 - 2
 # Keys each action takes besides itself.
 ACTION_KEYS: dict[str, tuple[str, ...]] = {
-    "run": ("user", "workdir", "env", "network"),
+    "run": ("user", "workdir", "env", "network", "secrets", "cache", "rebuild_on_secret_change"),
     "copy": ("to", "from", "owner", "mode", "workdir"),
     "write": ("content", "mode", "owner", "workdir"),
     "mkdir": ("parents", "owner", "mode", "workdir"),
@@ -35,6 +36,9 @@ _KEY_HINTS = {
     "user": 'user applies to run steps; for files use owner = "UID:GID"',
     "env": "env applies to run steps",
     "network": "network applies to run steps",
+    "secrets": "secrets are mounted for run steps only",
+    "cache": "cache directories are mounted for run steps only",
+    "rebuild_on_secret_change": "rebuild_on_secret_change applies to run steps",
     "owner": "owner applies to copy, write and mkdir steps",
     "mode": "mode applies to copy, write and mkdir steps",
 }
@@ -118,9 +122,17 @@ def _read_run(reader: Reader, value: dict[str, object], path: KeyPath, workdir: 
             )
         elif text is not None:
             network = Network(text)
-    if command is None:
+    secrets = read_secrets(reader, value["secrets"], (*path, "secrets")) if "secrets" in value else ()
+    cache = read_cache(reader, value["cache"], (*path, "cache")) if "cache" in value else ()
+    rebuild = False
+    if "rebuild_on_secret_change" in value:
+        rebuild = bool(reader.boolean(value["rebuild_on_secret_change"], (*path, "rebuild_on_secret_change")))
+    if command is None or secrets is None or cache is None:
         return None
-    return RunStep(command=command, user=user, workdir=workdir, env=env or {}, network=network)
+    return RunStep(
+        command=command, user=user, workdir=workdir, env=env or {}, network=network, secrets=secrets,
+        cache=cache, rebuild_on_secret_change=rebuild,
+    )  # fmt: skip
 
 
 def _read_copy(

@@ -209,9 +209,10 @@ def test_copying_the_context_leaves_out_what_the_ignore_file_says_and_the_output
 def test_dockerignore_is_read_only_without_a_dualbuildignore(tmp_path: Path) -> None:
     context = make_context(tmp_path, {".dockerignore": "*.txt\n", "a.txt": "", "b.md": ""})
     assert load_filter(context, tmp_path / "out").rules.file == ".dockerignore"
-    assert select(load_filter(context, tmp_path / "out"), (".",)).excluded == ("a.txt",)
+    # (The output folder inside the context is left out even before it exists.)
+    assert select(load_filter(context, tmp_path / "out"), (".",)).excluded == ("a.txt", "out")
     (context / ".dualbuildignore").write_text("*.md\n")
-    assert select(load_filter(context, tmp_path / "out"), (".",)).excluded == ("b.md",)
+    assert select(load_filter(context, tmp_path / "out"), (".",)).excluded == ("b.md", "out")
 
 
 def test_the_output_directory_is_left_out_without_an_ignore_file_and_only_inside(tmp_path: Path) -> None:
@@ -220,6 +221,8 @@ def test_the_output_directory_is_left_out_without_an_ignore_file_and_only_inside
     # Given as --out with a detour, or outside the context: nothing in the context is left out.
     assert select(load_filter(context, context / "sub" / ".." / "out"), (".",)).excluded == ("out",)
     assert select(load_filter(context, tmp_path / "elsewhere"), (".",)).excluded == ()
+    # Not made yet (a first build makes it before its copy steps run): left out all the same.
+    assert select(load_filter(context, context / "later"), (".",)).excluded == ("later",)
     assert load_filter(context, context / ".." / "dist").out_dir is None
 
 

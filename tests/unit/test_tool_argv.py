@@ -19,6 +19,7 @@ from dualbuild import run as run_module
 from dualbuild.builder import bases
 from dualbuild.builder import buildah as buildah_module
 from dualbuild.builder import network as network_module
+from dualbuild.builder import runtime as runtime_module
 from dualbuild.builder.buildah import Buildah, StorageOptions
 from dualbuild.builder.cache import cache_image, prune
 from dualbuild.builder.tarballs import extract_checked
@@ -49,7 +50,7 @@ SIGN = [
 @pytest.fixture(autouse=True)
 def runtime_state(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
     """The runtime's state of run steps goes to the test's folder, not /run."""
-    monkeypatch.setattr(buildah_module, "RUNTIME_STATE_DIR", tmp_path)
+    monkeypatch.setattr(runtime_module, "RUNTIME_STATE_DIR", tmp_path)
     return tmp_path
 
 
@@ -534,13 +535,19 @@ def test_kept_trees_are_labelled_and_prune_finds_the_ones_that_lost_their_name(
     fake_run: FakeRun, tmp_path: Path
 ) -> None:
     buildah = Buildah()
-    buildah.commit_as("c1", cache_image("k1"))
-    buildah.commit_as("c1", cache_image("k2"))
+    buildah.commit_as("c1", cache_image("k1"), tree_digest="d1")
+    buildah.commit_as("c1", cache_image("k2"), tree_digest="d2")
+    labels = ["--label", "io.dualbuild.kept=true", "--label"]
     assert [call[1:] for call in fake_run.of("buildah")] == [
-        ["config", "--label", "io.dualbuild.kept=true", "c1"],  # once per container
+        ["config", *labels, "io.dualbuild.tree=d1", "c1"],
         ["commit", "--quiet", "c1", "localhost/dualbuild-cache:k1"],
+        ["config", *labels, "io.dualbuild.tree=d2", "c1"],  # each tree its own digest
         ["commit", "--quiet", "c1", "localhost/dualbuild-cache:k2"],
     ]
+    fake_run.answer("buildah", "inspect", stdout=json.dumps({"OCIv1": {"config": {"Labels": {"a": "b"}}}}))
+    assert buildah.image_label(cache_image("k1"), "a") == "b"
+    assert buildah.image_label(cache_image("k1"), "io.dualbuild.tree") is None
+    fake_run.calls.clear()
     named = [{"id": "named", "names": ["localhost/dualbuild-cache:k1"], "created": 1}]
     lost = [{"id": "lost", "names": None, "created": 2}]  # another build committed k1 after it
     fake_run.answer("buildah", "images", "reference=localhost/dualbuild-cache", stdout=json.dumps(named))
