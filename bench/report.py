@@ -40,7 +40,7 @@ def render(results: Mapping[str, Any]) -> str:
     out += _machine(results)
     out += _targets(results)
     if "full_job" in results:
-        out += _full_job(results["full_job"])
+        out += _full_job(results["full_job"], results.get("seed_pipeline"))
     if "exports" in results:
         out += _exports(results["exports"], results.get("trees", {}))
     if "rebuild" in results:
@@ -77,6 +77,11 @@ def _targets(results: Mapping[str, Any]) -> list[str]:
             f"| (a) | {TARGETS['a'][0]} (minbase) | {_s(full['dualbuild']['median'])} | "
             f"{_s(full['existing']['median'])} | {full['ratio']:.2f} | ≤ {TARGETS['a'][1]} | "
             f"{_verdict(full['ratio'], TARGETS['a'][1])} |"
+        )
+    if full and "seed" in full:
+        rows.append(
+            f"| (a) | full job vs the seed pipeline (minbase) | {_s(full['dualbuild']['median'])} | "
+            f"{_s(full['seed']['median'])} | {full['ratio_seed']:.2f} | — | information |"
         )
     exports = results.get("exports", {})
     for name, data in exports.items():
@@ -120,8 +125,25 @@ def _phase_text(phases: Mapping[str, float]) -> str:
     return ", ".join(f"{name} {seconds:.2f}" for name, seconds in phases.items())
 
 
-def _full_job(full: Mapping[str, Any]) -> list[str]:
+def _full_job(full: Mapping[str, Any], left_out: str | None) -> list[str]:
     sizes = full.get("sizes", {})
+    seed_rows = []
+    if "seed" in full:
+        seed_rows.append(
+            f"| `bench/seed-pipeline.sh` | {_runs(full['seed'])} | {_phase_text(full['seed_phases'])} |"
+        )
+    seed_text = ""
+    if "seed" in full:
+        tools = full.get("seed_tools", {})
+        seed_text = (
+            f" The seed pipeline ({tools.get('docker2aci', 'docker2aci')}, dockerd "
+            f"{tools.get('docker', '?')} with {tools.get('storage_driver', '?')}): "
+            f"dualbuild / seed = {full['ratio_seed']:.2f}, "
+            f"dualbuild / (buildah + actool) = {full['ratio']:.2f}; seed artifact sizes "
+            f"{json.dumps(sizes.get('seed', {}))}."
+        )
+    elif left_out:
+        seed_text = f" {left_out[0].upper()}{left_out[1:]}."
     return [
         "### (a) Full job: minbase rootfs + one write step → Docker tarball + signed ACI",
         "",
@@ -130,9 +152,10 @@ def _full_job(full: Mapping[str, Any]) -> list[str]:
         f"| `dualbuild build --no-cache` | {_runs(full['dualbuild'])} | "
         f"{_phase_text(full['dualbuild_phases'])} |",
         f"| `bench/existing-tools.sh` | {_runs(full['existing'])} | {_phase_text(full['existing_phases'])} |",
+        *seed_rows,
         "",
         f"Artifact sizes (bytes): dualbuild {json.dumps(sizes.get('dualbuild', {}))}; "
-        f"existing tools {json.dumps(sizes.get('existing', {}))}.",
+        f"existing tools {json.dumps(sizes.get('existing', {}))}.{seed_text}",
         "",
     ]
 

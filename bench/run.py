@@ -5,7 +5,10 @@ Measurements (pick with --measure; each is run --runs times, alternating with it
 
   a        full job: `dualbuild build --no-cache` of recipe {from = "rootfs:minbase.tar", one
            write step} → Docker tarball + signed ACI, vs bench/existing-tools.sh (buildah
-           from/add/commit/push docker-archive, actool build on a copy, gpg --detach-sign)
+           from/add/commit/push docker-archive, actool build on a copy, gpg --detach-sign) and,
+           given docker2aci (--docker2aci), vs bench/seed-pipeline.sh, the seed's way (issue 19):
+           DOCKER_BUILDKIT=0 docker build --no-cache + docker save + docker2aci + gpg, against
+           a private dockerd
   b        export phase (tree walk + emitters + signature, dualbuild's API in a child process)
            vs `tar -c | pigz -p2 >/dev/null` of the same tree: this machine's I/O + gzip floor
   c        Docker only vs Docker + ACI + signature: the price of the second format
@@ -20,12 +23,14 @@ Generated trees and tarballs are cached in --cache-dir; a rerun only measures. R
 
 Everything runs against a private buildah store (CONTAINERS_STORAGE_CONF) and a throwaway
 GNUPGHOME with an RSA key, both removed at the end. Needs root, buildah, gpg, pigz, actool,
-mmdebstrap (unless --minbase-tar seeds the cache).
+mmdebstrap (unless --minbase-tar seeds the cache); for the seed column also docker, dockerd and
+docker2aci (a binary, or its source checkout built with go into --cache-dir).
 """
 
 from __future__ import annotations
 
 import argparse
+import contextlib
 import hashlib
 import json
 import os
@@ -39,6 +44,7 @@ from collections.abc import Callable
 from pathlib import Path
 
 import report
+import seed
 import trees
 from benchenv import (
     BENCH,
@@ -110,14 +116,26 @@ def main() -> None:
         tarball = trees.ensure_minbase_tar(cache, seed=args.minbase_tar)
         results["minbase_tar"] = {"path": str(tarball), "bytes": tarball.stat().st_size}
 
+    docker2aci = None
+    if "a" in measures:
+        docker2aci = _docker2aci(args, cache)
+        if docker2aci is None:
+            log(seed.LEFT_OUT)
+            results["seed_pipeline"] = seed.LEFT_OUT
+
     bench = Bench(args=args, work=work)
     try:
-        with sandbox() as box:
+        with sandbox() as box, contextlib.ExitStack() as daemons:
             bench.box = box
             if tarball is not None:
                 project = bench.project(tarball)
             if "a" in measures:
-                results["full_job"] = bench.full_job(project)
+                pipeline = None
+                if docker2aci is not None and tarball is not None:
+                    dockerd = daemons.enter_context(seed.private_dockerd())
+                    pipeline = seed.SeedPipeline(docker2aci=docker2aci, dockerd=dockerd, work=work,
+                                                 tarball=tarball)  # fmt: skip
+                results["full_job"] = bench.full_job(project, pipeline)
             if needs_exports:
                 results["exports"] = {name: bench.exports(name, root) for name, root in roots.items()}
             if "rebuild" in measures:
@@ -164,6 +182,10 @@ def _parse_args() -> argparse.Namespace:
     parser.add_argument(
         "--profile", action="store_true", help="also sample one export per tree and one build with py-spy"
     )
+    parser.add_argument(
+        "--docker2aci", type=Path, help=f"docker2aci binary or source checkout for (a)'s seed column "
+        f"(default: ${seed.ENV_VAR}; without either the column is left out)",
+    )  # fmt: skip
     parser.add_argument("--py-spy", default=shutil.which("py-spy") or "py-spy", help="py-spy binary")
     args = parser.parse_args()
     if args.runs < 1:
@@ -171,6 +193,14 @@ def _parse_args() -> argparse.Namespace:
     if args.results is None:
         args.results = args.cache_dir.expanduser() / "results" / "latest.json"
     return args
+
+
+def _docker2aci(args: argparse.Namespace, cache: Path) -> Path | None:
+    given = seed.given_docker2aci(args.docker2aci)
+    if given is None:
+        return None
+    require_tools("docker", "dockerd")
+    return seed.ensure_docker2aci(given, cache)
 
 
 def _split(value: str, known: tuple[str, ...]) -> list[str]:
@@ -248,50 +278,64 @@ class Bench:
         )  # fmt: skip
         return result, json.loads(result.stdout)
 
-    def full_job(self, project: Path) -> dict[str, object]:
-        """(a): dualbuild build --no-cache vs bench/existing-tools.sh, alternating."""
-        ours: list[float] = []
-        theirs: list[float] = []
-        our_phases: list[dict[str, float]] = []
-        their_phases: list[dict[str, float]] = []
+    def full_job(self, project: Path, pipeline: seed.SeedPipeline | None = None) -> dict[str, object]:
+        """(a): dualbuild build --no-cache vs bench/existing-tools.sh [and the seed pipeline], in turn."""
+        sides = ["dualbuild", "existing", *(["seed"] if pipeline is not None else [])]
+        seconds: dict[str, list[float]] = {side: [] for side in sides}
+        phases: dict[str, list[dict[str, float]]] = {side: [] for side in sides}
         sizes: dict[str, object] = {}
         script = str(BENCH / "existing-tools.sh")
         tarball = str(project / "minbase.tar")
+
+        def one(side: str, out: Path) -> ChildResult:
+            if side == "dualbuild":
+                result, built = self.dualbuild(project, out, "--no-cache")
+                phases[side].append(build_phases(built, result.seconds))
+                sizes[side] = {k: v["size"] for k, v in built["artifacts"].items()}  # type: ignore[attr-defined]
+                return result
+            self._before_run()
+            if side == "existing":
+                result = run_child(
+                    ["bash", script, tarball, str(out), self.box.fingerprint], env=self.box.env()
+                )
+            else:
+                assert pipeline is not None
+                result = pipeline.run(out, key=self.box.fingerprint, env=self.box.env())
+            found = _phases(result.stderr)
+            found["other"] = result.seconds - sum(found.values())
+            phases[side].append(found)
+            sizes[side] = {p.name: p.stat().st_size for p in out.iterdir()}
+            return result
+
         for run in range(self.args.warmup):
             log(f"(a) warm-up {run + 1}/{self.args.warmup} (untimed): first use of the store and files")
-            self.dualbuild(project, self.work / "a-warmup-dualbuild", "--no-cache")
-            run_child(["bash", script, tarball, str(self.work / "a-warmup-existing"), self.box.fingerprint],
-                      env=self.box.env())  # fmt: skip
-            shutil.rmtree(self.work / "a-warmup-dualbuild")
-            shutil.rmtree(self.work / "a-warmup-existing")
+            for side in sides:
+                one(side, self.work / f"a-warmup-{side}")
+                shutil.rmtree(self.work / f"a-warmup-{side}")
+        for side in sides:
+            phases[side].clear()
         for run in range(self.runs):
-            for side in ("dualbuild", "existing") if run % 2 == 0 else ("existing", "dualbuild"):
+            for side in sides[run % len(sides) :] + sides[: run % len(sides)]:
                 out = self.work / f"a-{side}-{run}"
-                if side == "dualbuild":
-                    result, built = self.dualbuild(project, out, "--no-cache")
-                    ours.append(result.seconds)
-                    our_phases.append(build_phases(built, result.seconds))
-                    sizes["dualbuild"] = {k: v["size"] for k, v in built["artifacts"].items()}  # type: ignore[attr-defined]
-                else:
-                    self._before_run()
-                    result = run_child(
-                        ["bash", script, tarball, str(out), self.box.fingerprint], env=self.box.env()
-                    )
-                    theirs.append(result.seconds)
-                    phases = _phases(result.stderr)
-                    phases["other"] = result.seconds - sum(phases.values())
-                    their_phases.append(phases)
-                    sizes["existing"] = {p.name: p.stat().st_size for p in out.iterdir()}
+                result = one(side, out)
+                seconds[side].append(result.seconds)
                 log(f"(a) run {run + 1}/{self.runs} {side}: {result.seconds:.2f}s")
                 shutil.rmtree(out, ignore_errors=True)
-        return {
-            "dualbuild": summary(ours),
-            "existing": summary(theirs),
-            "ratio": statistics.median(ours) / statistics.median(theirs),
-            "dualbuild_phases": _median_phases(our_phases),
-            "existing_phases": _median_phases(their_phases),
+        ours = statistics.median(seconds["dualbuild"])
+        found: dict[str, object] = {
+            "dualbuild": summary(seconds["dualbuild"]),
+            "existing": summary(seconds["existing"]),
+            "ratio": ours / statistics.median(seconds["existing"]),
+            "dualbuild_phases": _median_phases(phases["dualbuild"]),
+            "existing_phases": _median_phases(phases["existing"]),
             "sizes": sizes,
         }
+        if pipeline is not None:
+            found["seed"] = summary(seconds["seed"])
+            found["ratio_seed"] = ours / statistics.median(seconds["seed"])
+            found["seed_phases"] = _median_phases(phases["seed"])
+            found["seed_tools"] = pipeline.facts()
+        return found
 
     # --- (b) (c) (d) (e) -----------------------------------------------------------------------
 
