@@ -54,12 +54,17 @@ def _leftovers(storage: StorageOptions, out: Path) -> list[str]:
     return found
 
 
+def _buildah_temporaries() -> set[Path]:
+    """What buildah and containers/storage make in TMPDIR (by default /var/tmp): buildahNNN, storageNNN."""
+    return {*STORE_DIR.glob("buildah*"), *STORE_DIR.glob("storage*")}
+
+
 @pytest.mark.slow
 def test_random_interrupts_leave_nothing_behind(
     project: Path, cli_env: dict[str, str], buildah_storage: StorageOptions
 ) -> None:
     (project / "recipe.toml").write_text(SLOW_RECIPE)
-    buildah_temporaries = set(STORE_DIR.glob("buildah*"))
+    buildah_temporaries = _buildah_temporaries()
     chooser = random.Random(int(os.environ.get("DUALBUILD_INTERRUPT_SEED", "20261128")))
     rounds = int(os.environ.get("DUALBUILD_INTERRUPT_ROUNDS", "20"))
     # Signals land within the time one build takes on this machine, measured first.
@@ -100,7 +105,7 @@ def test_random_interrupts_leave_nothing_behind(
         assert not _leftovers(buildah_storage, out), (attempt, _leftovers(buildah_storage, out))
         attempt += 1
     # buildah's own temporary folders (TMPDIR) go with the build's scratch folder.
-    assert set(STORE_DIR.glob("buildah*")) <= buildah_temporaries
+    assert _buildah_temporaries() <= buildah_temporaries
 
 
 @pytest.mark.parametrize("signum", [signal.SIGINT, signal.SIGTERM])
