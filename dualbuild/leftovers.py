@@ -17,7 +17,6 @@ from __future__ import annotations
 import contextlib
 import os
 import re
-import shlex
 import shutil
 import signal
 import tempfile
@@ -34,10 +33,13 @@ _PARTIAL = re.compile(r"(?:\.dualbuild-|\.tmp-)(\d+)(?:-.*)?")
 # Where temporary buildah stores go (their overlay holds a mount while they are in use).
 STORE_DIR = Path(os.environ.get("TMPDIR", "/var/tmp"))
 GPG_KIND, STORE_KIND, BUILDAH_TMP_KIND, SECRETS_KIND = "gpg", "store", "buildah", "secrets"
-# Where secrets are written for a run step's mount: memory, never a disk.
+# Where secrets are written for a run step's mount: memory where there is a /dev/shm.
 SECRETS_SCRATCH = Path("/dev/shm") if os.path.isdir("/dev/shm") else Path(tempfile.gettempdir())
 PROC = Path("/proc")
 MOUNTINFO = PROC / "self" / "mountinfo"
+# The commands a build starts that may outlive it (and so be killed for it): buildah, the OCI
+# runtimes and wrappers it runs steps through.
+COMMANDS = frozenset({"buildah", "runc", "crun", "nsenter", "unshare", "skopeo"})
 
 
 def owner_pid(name: str, *, partial: bool = True) -> int | None:
@@ -65,36 +67,52 @@ def kill_commands_of_dead_processes(name_prefix: str) -> int:
     """Kill the commands a dead dualbuild process started that still run; return how many.
 
     SIGKILL does not reach a child: a ``buildah from --name`` in flight would make its
-    container after the next build reclaimed the dead one's. Such a command names something
-    of the dead process in its argv (``name_prefix`` + PID, as containers and stage images
-    are named) or runs with a TMPDIR of its scratch folders.
+    container after the next build reclaimed the dead one's. Such a command is one of the
+    tools dualbuild starts (``COMMANDS``), of our user, and names something of the dead process
+    in its argv (``name_prefix`` + PID + its session, as containers and stage images are
+    named) or runs with a TMPDIR that is its buildah scratch folder. Nothing else is touched.
     """
+    session = re.compile(re.escape(name_prefix) + r"(\d+)-[0-9a-f]{8}-")
     killed = 0
     for entry in os.scandir(PROC):
         if not entry.name.isdigit() or int(entry.name) == os.getpid():
             continue
         try:
+            if os.stat(entry.path).st_uid != os.geteuid():
+                continue
             argv = Path(entry.path, "cmdline").read_bytes().split(b"\0")
+            if os.path.basename(os.fsdecode(argv[0])) not in COMMANDS:
+                continue
             environ = Path(entry.path, "environ").read_bytes().split(b"\0")
         except OSError:
             continue
-        names = [os.fsdecode(arg).removeprefix("localhost/") for arg in argv[1:]]
-        tmpdirs = [
-            os.fsdecode(item).removeprefix("TMPDIR=") for item in environ if item.startswith(b"TMPDIR=")
+        owners = [
+            int(match.group(1))
+            for arg in argv[1:]
+            if (match := session.match(os.fsdecode(arg).removeprefix("localhost/")))
         ]
-        if any(left_by_dead_process(name, name_prefix) for name in names) or any(
-            _scratch_of_dead_process(os.path.basename(tmpdir)) for tmpdir in tmpdirs
-        ):
-            log.debug("killing %s, started by a dualbuild process that is gone", shlex.join(names[:3]))
+        tmpdirs = [
+            Path(os.fsdecode(item.removeprefix(b"TMPDIR=")))
+            for item in environ
+            if item.startswith(b"TMPDIR=")
+        ]
+        owners += [
+            pid
+            for tmpdir in tmpdirs
+            if tmpdir.parent == STORE_DIR
+            and tmpdir.name.startswith(f"dualbuild-{BUILDAH_TMP_KIND}-")
+            and (pid := owner_pid(tmpdir.name, partial=False)) is not None
+        ]
+        if any(pid != os.getpid() and run.process_gone(pid) for pid in owners):
+            log.debug(
+                "killing process %s (%s), started by a dualbuild process that is gone",
+                entry.name,
+                os.path.basename(os.fsdecode(argv[0])),
+            )
             with contextlib.suppress(ProcessLookupError, PermissionError):
                 os.kill(int(entry.name), signal.SIGKILL)
                 killed += 1
     return killed
-
-
-def _scratch_of_dead_process(name: str) -> bool:
-    pid = owner_pid(name, partial=False)
-    return pid is not None and pid != os.getpid() and run.process_gone(pid)
 
 
 def reclaim(scratch: Sequence[Path], outputs: Sequence[Path] = ()) -> list[Path]:
@@ -128,6 +146,14 @@ def scratch_directories() -> list[Path]:
     return [Path(tempfile.gettempdir()), Path("/tmp"), STORE_DIR, SECRETS_SCRATCH]
 
 
+def remove_scratch(path: Path) -> None:
+    """Remove a scratch folder (or file), never deleting through a mount inside it.
+
+    What a tool left mounted there is unmounted first; if that fails the folder stays.
+    """
+    _remove(path)
+
+
 def _remove(path: Path) -> None:
     if path.is_symlink() or not path.is_dir():
         with contextlib.suppress(FileNotFoundError):
@@ -149,7 +175,8 @@ def _remove(path: Path) -> None:
 
 def _mounts_below(path: Path) -> list[str]:
     """The mount points inside ``path``, outermost first."""
-    inside = os.fspath(path) + "/"
+    # mountinfo names mount points by their real path.
+    inside = os.path.realpath(path) + "/"
     try:
         lines = MOUNTINFO.read_text().splitlines()
     except OSError:

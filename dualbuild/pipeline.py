@@ -19,7 +19,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from dualbuild import __version__, gpg, run, settings
-from dualbuild.builder.buildah import temporary_storage
+from dualbuild.builder.buildah import NAME_PREFIX, temporary_storage
 from dualbuild.builder.secrets import check_secrets, secret_ids
 from dualbuild.builder.stages import BuildOptions, BuildSession, StepTiming, build_session
 from dualbuild.emit import run_emitters
@@ -28,7 +28,7 @@ from dualbuild.errors import BuildError, ReportError, SigningError
 from dualbuild.files import file_sha256, known_digests, remember_digest, remember_digests, scratch_directory
 from dualbuild.layer.tarwriter import Writable
 from dualbuild.layer.tree import stream
-from dualbuild.leftovers import reclaim, scratch_directories
+from dualbuild.leftovers import kill_commands_of_dead_processes, reclaim, scratch_directories
 from dualbuild.log import log, status
 from dualbuild.plan import BuildPlan, make_plan
 from dualbuild.recipe import load_recipe
@@ -79,7 +79,9 @@ def build_recipe(recipe: Recipe, request: BuildRequest) -> Report:
     _check_out_dir(plan.settings.out_dir)
     # A secret's variable is read from dualbuild's own environment, as the steps will get it.
     check_secrets(secret_ids(plan), plan.settings.secrets, plan.settings.context, os.environ)
-    # What builds killed with SIGKILL left (their containers go when the session starts).
+    # What builds killed with SIGKILL left (their containers go when the session starts); first
+    # the commands they started that still run, which would write in their folders meanwhile.
+    kill_commands_of_dead_processes(NAME_PREFIX)
     reclaim(scratch_directories(), outputs=[plan.settings.out_dir, plan.settings.cache_dir])
     key, warnings = _signing_key(plan, request.sign)
     for warning in warnings:

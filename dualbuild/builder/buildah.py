@@ -36,6 +36,7 @@ from dualbuild.leftovers import (
     STORE_KIND,
     kill_commands_of_dead_processes,
     left_by_dead_process,
+    remove_scratch,
 )
 from dualbuild.log import log
 from dualbuild.recipe.model import Network
@@ -190,9 +191,9 @@ class Buildah:
         )
         self._run("commit", "--quiet", container, image)
 
-    def image_label(self, image: str, name: str) -> str | None:
-        """A label of a local image; None if it has none (or the image is gone)."""
-        result = self._run("inspect", "--type", "image", image, check=False)
+    def label(self, name: str, *, container: str) -> str | None:
+        """A label of a container's config (its image's, as it was made from it); None if none."""
+        result = self._run("inspect", "--type", "container", container, check=False)
         try:
             labels = (
                 json.loads(result.stdout)["OCIv1"]["config"]["Labels"] if result.returncode == 0 else None
@@ -360,7 +361,7 @@ class Buildah:
             self._run("rmi", "--force", image, check=False)
         self.images.clear()
         if self.tmpdir is not None:
-            shutil.rmtree(self.tmpdir, ignore_errors=True)
+            remove_scratch(self.tmpdir)
             self.tmpdir = None
 
     def _remove_runtime_leftovers(self) -> None:

@@ -12,12 +12,13 @@ built again.
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 import os
 import stat
 import time
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -246,9 +247,9 @@ def cached(cache_dir: Path, buildah: Buildah | None = None) -> list[CacheEntry]:
     Trees that lost their name to another build committing the same key are listed too (with
     no key), so that prune removes them.
     """
-    buildah = buildah or Buildah()
-    entries = list_entries(buildah.list_images(CACHE_REPOSITORY))
-    entries += list_entries(buildah.list_images(CACHE_REPOSITORY, dangling=True))
+    with _session(buildah) as session:
+        entries = list_entries(session.list_images(CACHE_REPOSITORY))
+        entries += list_entries(session.list_images(CACHE_REPOSITORY, dangling=True))
     for directory in cachemounts.listing(cache_dir):
         entries.append(
             CacheEntry(
@@ -282,24 +283,37 @@ def prune(
     What killed builds left goes first (their containers, and scratch in ``scratch``: by
     default the temporary folders and the cache's own).
     """
-    buildah = buildah or Buildah()
-    buildah.reclaim_dead_sessions()
-    if scratch is None:
-        outputs = [cache_dir, *(cache_dir / folder for folder in ("bootstrap", "configs"))]
-        reclaim(scratch_directories(), outputs=outputs)
-    else:
-        reclaim(scratch)
-    moment = time.time() if now is None else now
-    removed = []
-    for entry in cached(cache_dir, buildah):
-        if older_than is not None and moment - entry.created < older_than:
-            continue
-        if entry.image_id == "bootstrap":
-            (cache_dir / "bootstrap" / entry.key).unlink(missing_ok=True)
-            removed.append(entry)
-        elif entry.directory is not None:
-            if cachemounts.remove(entry.directory):
+    with _session(buildah) as session:
+        session.reclaim_dead_sessions()
+        if scratch is None:
+            outputs = [cache_dir, *(cache_dir / folder for folder in ("bootstrap", "configs", "index"))]
+            reclaim(scratch_directories(), outputs=[*outputs, cache_dir / cachemounts.MOUNTS_DIR])
+        else:
+            reclaim(scratch)
+        moment = time.time() if now is None else now
+        removed = []
+        for entry in cached(cache_dir, session):
+            if older_than is not None and moment - entry.created < older_than:
+                continue
+            if entry.image_id == "bootstrap":
+                (cache_dir / "bootstrap" / entry.key).unlink(missing_ok=True)
                 removed.append(entry)
-        elif buildah.remove_image(cache_image(entry.key) if entry.key else entry.image_id):
-            removed.append(entry)
-    return removed
+            elif entry.directory is not None:
+                if cachemounts.remove(entry.directory):
+                    removed.append(entry)
+            elif session.remove_image(cache_image(entry.key) if entry.key else entry.image_id):
+                removed.append(entry)
+        return removed
+
+
+@contextlib.contextmanager
+def _session(given: Buildah | None) -> Iterator[Buildah]:
+    """The given buildah session, or one of our own, cleaned up after (its TMPDIR goes)."""
+    if given is not None:
+        yield given
+        return
+    made = Buildah()
+    try:
+        yield made
+    finally:
+        made.cleanup()

@@ -22,6 +22,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from dualbuild.files import write_atomically
+from dualbuild.log import log
 from dualbuild.recipe.model import CacheMount, CacheSharing
 
 MOUNTS_DIR = "mounts"
@@ -53,7 +54,8 @@ def held(cache_dir: Path, mounts: Sequence[CacheMount], arch: str) -> Iterator[l
         mounted = []
         for mount in mounts:
             directory = directory_of(cache_dir, mount, arch)
-            directory.parent.mkdir(parents=True, exist_ok=True)
+            # Only root's: steps write in these folders as root (setuid files, whatever a tool keeps).
+            directory.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
             # A "locked" cache waits for the build that has it, as BuildKit's does.
             lock = _lock(directory, fcntl.LOCK_EX if mount.sharing is CacheSharing.LOCKED else fcntl.LOCK_SH)
             stack.callback(os.close, lock)
@@ -92,8 +94,11 @@ def remove(entry: CacheDirectory) -> bool:
             fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except BlockingIOError:
             return False
-        entry.path.with_suffix(".json").unlink(missing_ok=True)
         shutil.rmtree(entry.path, ignore_errors=True)
+        if entry.path.exists():
+            log.warning("could not remove all of the cache folder %s (%s)", entry.path, entry.id)
+            return False  # still listed, so a later prune tries again
+        entry.path.with_suffix(".json").unlink(missing_ok=True)
         _lock_file(entry.path).unlink(missing_ok=True)
         return True
     finally:

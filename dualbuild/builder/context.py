@@ -93,10 +93,23 @@ def load_filter(context: Path, out_dir: Path, secret_files: Sequence[Path] = ())
                     [Problem(file=os.fspath(path), key="", line=error.line, message=error.message)]
                 ) from None
             break
-    secrets = frozenset(inside for path in secret_files if (inside := _inside(context, path)) is not None)
+    # By name and where its links lead: a secret named through a link is the file it reaches.
+    secrets = frozenset(inside for path in secret_files for inside in _inside_by_name_and_link(context, path))
     return ContextFilter(
         context=context, rules=rules, out_dir=_inside(context, out_dir), secret_files=secrets
     )
+
+
+def _inside_by_name_and_link(context: Path, path: Path) -> set[str]:
+    """Each way ``path`` lies inside ``context``: as named, and once its symlinks resolve."""
+    found = set()
+    for base, target in (
+        (Path(os.path.normpath(context.absolute())), Path(os.path.normpath(path.absolute()))),
+        (Path(os.path.realpath(context)), Path(os.path.realpath(path))),
+    ):
+        if target != base and target.is_relative_to(base):
+            found.add(target.relative_to(base).as_posix())
+    return found
 
 
 def _inside(context: Path, path: Path) -> str | None:
@@ -147,6 +160,8 @@ def select(context_filter: ContextFilter, sources: tuple[str, ...]) -> ContextCo
         if len(left_out) == len(matches):
             if context_filter.in_out_dir(left_out[0]):
                 hint = "build into an output directory outside the context (--out), or copy something else"
+            elif left_out[0] in context_filter.secret_files:
+                hint = "a build secret's file is never copied into the image: copy another file"
             else:
                 hint = f"remove it from the copy step, or end {context_filter.rules.file} with !{left_out[0]}"
             raise BuildError(

@@ -90,7 +90,16 @@ def key_plan(
     context_filter = None
     if any(_copies_from_context(stage) for stage in plan.stages):
         # Read only when a copy needs it: a recipe that copies nothing never trips over the file.
+        # The recipe's secret files stay out even where --secret gives the secret from elsewhere.
         secret_files = [source.file for source in plan.settings.secrets.values() if source.file is not None]
+        secret_files += [
+            plan.settings.context / secret.src
+            for stage in plan.stages
+            for step in stage.steps
+            if isinstance(step.step, RunStep)
+            for secret in step.step.secrets
+            if secret.src is not None
+        ]
         context_filter = load_filter(plan.settings.context, plan.settings.out_dir, secret_files)
     keyed: dict[str, KeyedStage] = {}
     for stage in plan.stages:

@@ -54,21 +54,24 @@ def run_command(
     mounts: RunMounts,
     on_output: Callable[[str], None],
 ) -> None:
-    """Run a run step's command in ``container`` (its tree mounted at ``root``)."""
+    """Run a run step's command in ``container`` (its tree mounted at ``root``).
+
+    Raises:
+        CommandError: the command failed.
+        BuildError: a bind cannot be made.
+        RecipeError: a secret's file or variable went since the build was checked.
+    """
     step = planned.step
     assert isinstance(step, RunStep)
     argv = ["/bin/sh", "-c", step.command] if isinstance(step.command, str) else list(step.command)
     with mounts.binds(step) as binds:
         targets = buildah.mount_targets(step.network, binds)
         absent = [item for item in dict.fromkeys(targets) if _absent(root, item)]
-        try:
-            buildah.run_in(
-                container, argv, user=step.user, workdir=planned.workdir, env=planned.env,
-                network=step.network, on_line=on_output, binds=binds,
-            )  # fmt: skip
-        finally:
-            # A failed step's tree may be kept for debugging: without the stubs too.
-            remove_mount_stubs(root, absent)
+        buildah.run_in(
+            container, argv, user=step.user, workdir=planned.workdir, env=planned.env,
+            network=step.network, on_line=on_output, binds=binds,
+        )  # fmt: skip
+        remove_mount_stubs(root, absent)
 
 
 def remove_mount_stubs(root: Path, absent_before: Sequence[str]) -> None:

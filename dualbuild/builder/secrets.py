@@ -1,7 +1,8 @@
 """Build secrets: checked before the build, mounted for one run step, never written to the tree.
 
 A secret's bytes are read from its file or variable only when a step needs them, written to a
-file of mode 0400 in a scratch folder on a memory filesystem (/dev/shm), bind-mounted read-only
+file of mode 0400 in a scratch folder on a memory filesystem (/dev/shm; the temporary folder
+on a system without one), bind-mounted read-only
 for that step, and removed with the build (or, after SIGKILL, by the next one: the folder is
 ``dualbuild-secrets-PID-…``). They never enter a cache key: a step that asks to rerun when a
 secret changes is keyed by an HMAC under a key only this machine holds, so the key says nothing
@@ -22,8 +23,8 @@ from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from dualbuild.errors import Problem, RecipeError
-from dualbuild.files import scratch_prefix, write_atomically
+from dualbuild.errors import BuildError, Problem, RecipeError
+from dualbuild.files import scratch_prefix, temporary_name, write_atomically
 from dualbuild.leftovers import SECRETS_KIND, SECRETS_SCRATCH
 from dualbuild.plan import BuildPlan
 from dualbuild.recipe.model import RunStep
@@ -32,6 +33,7 @@ from dualbuild.settings import SecretSource
 # BuildKit's limit: a secret is a token or a config file, never a payload.
 MAX_SECRET_BYTES = 500 * 1024
 _DIGEST_KEY = "secret-digest.key"
+_KEY_BYTES = 32
 
 
 def secret_ids(plan: BuildPlan) -> set[str]:
@@ -133,19 +135,29 @@ def secret_digest(cache_dir: Path, data: bytes) -> str:
 
 
 def _digest_key(cache_dir: Path) -> bytes:
+    """This machine's key: made once, whole (linked into place), never replaced while it is good."""
     path = cache_dir / _DIGEST_KEY
-    with contextlib.suppress(FileNotFoundError):
-        return path.read_bytes()
-    cache_dir.mkdir(parents=True, exist_ok=True)
-    key = random_source.token_bytes(32)
-    with contextlib.suppress(FileExistsError):
-        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC, 0o600)
-        with os.fdopen(fd, "wb") as file:
-            file.write(key)
-            file.flush()
-            os.fsync(file.fileno())
-        return key
-    return path.read_bytes()  # another build made it first
+    for _ in range(3):
+        with contextlib.suppress(FileNotFoundError):
+            key = path.read_bytes()
+            if len(key) == _KEY_BYTES:
+                return key
+            path.unlink()  # cut short (a full disk, an old bug): the next one makes it again
+        cache_dir.mkdir(parents=True, exist_ok=True)
+        temporary = temporary_name(path)
+        fd = os.open(temporary, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_NOFOLLOW | os.O_CLOEXEC, 0o600)
+        try:
+            with os.fdopen(fd, "wb") as file:
+                file.write(random_source.token_bytes(_KEY_BYTES))
+                file.flush()
+                os.fsync(file.fileno())
+            with contextlib.suppress(FileExistsError):  # another build made it first: theirs counts
+                os.link(temporary, path)
+        finally:
+            temporary.unlink(missing_ok=True)
+    raise BuildError(
+        f"cannot make the secret digest key {path}", hint="check that the cache folder is writable"
+    )
 
 
 @dataclass
@@ -158,7 +170,11 @@ class SecretFiles:
     folder: Path | None = None
 
     def path(self, secret_id: str) -> Path:
-        """A file of mode 0400 holding the secret."""
+        """A file of mode 0400 holding the secret.
+
+        Raises:
+            RecipeError: its file or variable went since the build was checked.
+        """
         if self.folder is None:
             SECRETS_SCRATCH.mkdir(parents=True, exist_ok=True)
             self.folder = Path(tempfile.mkdtemp(prefix=scratch_prefix(SECRETS_KIND), dir=SECRETS_SCRATCH))

@@ -176,8 +176,10 @@ def build_session(plan: BuildPlan, options: BuildOptions) -> Iterator[BuildSessi
         )
     finally:
         with run.deferred_interrupts():
-            buildah.cleanup()
-            secret_files.close()
+            try:
+                buildah.cleanup()
+            finally:
+                secret_files.close()
 
 
 def _stage_label(plan: BuildPlan, stage: PlannedStage) -> str:
@@ -300,7 +302,8 @@ class _StageBuilder:
         container and image are removed and the stage runs again.
         """
         root = self.buildah.mount(container)
-        recorded = self.buildah.image_label(cache_image(key), TREE_LABEL)
+        # The container's, not the image name's: another build may commit the name meanwhile.
+        recorded = self.buildah.label(TREE_LABEL, container=container)
         if recorded is not None and tree_digest(root) == recorded:
             return root
         log.warning(

@@ -109,7 +109,28 @@ def read_cache(reader: Reader, value: object, path: KeyPath) -> tuple[CacheMount
         if target is not None:
             mounts.append(CacheMount(target=target, id=cache_id, sharing=sharing))
     _no_two(reader, path, [(mount.target, "target") for mount in mounts], "cache target")
+    # One folder twice would be locked twice by one step: a "locked" one would wait for itself.
+    _no_two(reader, path, [(mount.id or mount.target, "id") for mount in mounts], "cache folder (id)")
     return tuple(mounts) if len(reader.problems) == ok else None
+
+
+def check_overlaps(
+    reader: Reader, path: KeyPath, secrets: tuple[SecretMount, ...], cache: tuple[CacheMount, ...]
+) -> None:
+    """Refuse a secret mounted at or below one of the step's cache folders.
+
+    Its mount point would be made in the folder kept on this machine, and of two mounts at one
+    place buildah drops one.
+    """
+    for index, secret in enumerate(secrets):
+        for mount in cache:
+            if secret.path == mount.target or secret.path.startswith(mount.target.rstrip("/") + "/"):
+                reader.error(
+                    (*path, "secrets", index, "target"),
+                    f"the secret {secret.id!r} at {secret.path} would be mounted inside the cache"
+                    f" folder {mount.target}",
+                    "give the secret a target outside the step's cache folders",
+                )
 
 
 def _mount_path(reader: Reader, value: object, path: KeyPath) -> str | None:

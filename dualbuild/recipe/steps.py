@@ -12,7 +12,7 @@ from dualbuild.recipe.model import (
     SymlinkStep,
     WriteStep,
 )
-from dualbuild.recipe.mounts import read_cache, read_secrets
+from dualbuild.recipe.mounts import check_overlaps, read_cache, read_secrets
 from dualbuild.recipe.positions import KeyPath
 from dualbuild.recipe.reader import Reader, describe_value
 from dualbuild.recipe.rules import ENV_NAME, MODE, OWNER, check_context_path
@@ -129,6 +129,7 @@ def _read_run(reader: Reader, value: dict[str, object], path: KeyPath, workdir: 
         rebuild = bool(reader.boolean(value["rebuild_on_secret_change"], (*path, "rebuild_on_secret_change")))
     if command is None or secrets is None or cache is None:
         return None
+    check_overlaps(reader, path, secrets, cache)
     return RunStep(
         command=command, user=user, workdir=workdir, env=env or {}, network=network, secrets=secrets,
         cache=cache, rebuild_on_secret_change=rebuild,

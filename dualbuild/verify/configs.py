@@ -86,22 +86,27 @@ def resolve_user(ids: IdFiles, user: str | None, group: str | None) -> tuple[str
     uid, primary = "0", "0"
     if user:
         passwd = ids.records("passwd")
-        if user.isdigit():
+        if _numeric(user):
             uid = user
             by_uid = [fields for fields in passwd if fields[2] == user]
-            primary = by_uid[0][3] if by_uid and by_uid[0][3].isdigit() else "0"
+            primary = by_uid[0][3] if by_uid and _numeric(by_uid[0][3]) else "0"
         else:
             found = _named(passwd, user, "passwd")
-            uid, primary = found[2], found[3] if found[3].isdigit() else "0"
+            uid, primary = found[2], found[3] if _numeric(found[3]) else "0"
     if not group:
         return str(int(uid)), str(int(primary))
-    gid = group if group.isdigit() else _named(ids.records("group"), group, "group")[2]
+    gid = group if _numeric(group) else _named(ids.records("group"), group, "group")[2]
     return str(int(uid)), str(int(gid))
+
+
+def _numeric(text: str) -> bool:
+    # str.isdigit() takes "²" too, which int() refuses.
+    return text.isascii() and text.isdigit()
 
 
 def _named(records: list[list[str]], name: str, file: str) -> list[str]:
     for fields in records:
-        if fields[0] == name and fields[2].isdigit():
+        if fields[0] == name and _numeric(fields[2]):
             return fields
     raise BuildError(f"{name!r} is not in the image's /etc/{file}")
 

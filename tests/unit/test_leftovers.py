@@ -94,11 +94,18 @@ def test_commands_a_dead_build_started_are_killed(tmp_path: Path, monkeypatch: p
         (tmp_path / str(pid) / "cmdline").write_bytes(b"\0".join(map(os.fsencode, argv)) + b"\0")
         (tmp_path / str(pid) / "environ").write_bytes(b"\0".join(map(os.fsencode, environ)) + b"\0")
 
+    store = leftovers.STORE_DIR
     process(101, ["buildah", "from", "--name", f"dualbuild-{GONE}-ab12cd34-0-final", "scratch"], [])
-    process(102, ["buildah", "pull", "x"], [f"TMPDIR=/var/tmp/dualbuild-buildah-{GONE}-q1"])
+    process(102, ["/usr/bin/buildah", "pull", "x"], [f"TMPDIR={store}/dualbuild-buildah-{GONE}-q1"])
     process(103, ["buildah", "from", "--name", f"dualbuild-{os.getpid()}-ab12cd34-0-final", "scratch"], [])
-    process(104, ["buildah", "pull", "x"], [f"TMPDIR=/var/tmp/dualbuild-buildah-{os.getpid()}-q2"])
-    process(105, ["sleep", f"dualbuild-{GONE}"], ["TMPDIR=/tmp"])  # no "-" after the PID: not a name
+    process(104, ["buildah", "pull", "x"], [f"TMPDIR={store}/dualbuild-buildah-{os.getpid()}-q2"])
+    # Not ours: another program naming a file like ours, a name without our session's form.
+    process(105, ["tail", "-f", f"dualbuild-{GONE}-ab12cd34-0-final"], [])
+    process(
+        106,
+        ["buildah", "inspect", f"dualbuild-{GONE}-build.log"],
+        [f"TMPDIR=/tmp/dualbuild-buildah-{GONE}-x"],
+    )
     (tmp_path / "self").mkdir()
     killed: list[int] = []
     monkeypatch.setattr(leftovers, "PROC", tmp_path)

@@ -172,6 +172,10 @@ def test_a_secret_digest_is_this_machines_own(tmp_path: Path) -> None:
     assert digest != secret_digest(tmp_path / "a", b"hunter3")
     assert digest != secret_digest(tmp_path / "b", b"hunter2")  # another machine's key
     assert oct((tmp_path / "a" / "secret-digest.key").stat().st_mode & 0o777) == "0o600"
+    # A key cut short is never used (an empty one would let anyone brute-force a short secret).
+    (tmp_path / "a" / "secret-digest.key").write_bytes(b"")
+    assert secret_digest(tmp_path / "a", b"hunter2") != digest
+    assert len((tmp_path / "a" / "secret-digest.key").read_bytes()) == 32
 
 
 def test_binds_reach_buildah_run_and_their_targets_count_as_mounted(fake_run: FakeRun) -> None:
@@ -272,5 +276,10 @@ def test_a_secret_file_in_the_context_is_never_copied(tmp_path: Path) -> None:
     assert "secrets/npmrc" not in copied
     # buildah is told to leave it out, and the output folder, whether it exists yet or not.
     assert {"secrets/npmrc", "dist"} <= set(copy.excluded)
-    with pytest.raises(BuildError, match="build secret's file"):
+    with pytest.raises(BuildError, match="build secret's file") as caught:
         select(context_filter, ("secrets/npmrc",))
+    assert "never copied into the image" in (caught.value.hint or "")
+    # Named through a link, the file the link reaches is the secret's.
+    (tmp_path / "npmrc-link").symlink_to("secrets/npmrc")
+    linked = select(load_filter(tmp_path, tmp_path / "dist", [tmp_path / "npmrc-link"]), (".",))
+    assert "secrets/npmrc" not in {os.path.relpath(entry, tmp_path) for entry in linked.entries}

@@ -545,8 +545,9 @@ def test_kept_trees_are_labelled_and_prune_finds_the_ones_that_lost_their_name(
         ["commit", "--quiet", "c1", "localhost/dualbuild-cache:k2"],
     ]
     fake_run.answer("buildah", "inspect", stdout=json.dumps({"OCIv1": {"config": {"Labels": {"a": "b"}}}}))
-    assert buildah.image_label(cache_image("k1"), "a") == "b"
-    assert buildah.image_label(cache_image("k1"), "io.dualbuild.tree") is None
+    assert buildah.label("a", container="c2") == "b"
+    assert buildah.label("io.dualbuild.tree", container="c2") is None
+    assert fake_run.of("buildah")[-1][1:] == ["inspect", "--type", "container", "c2"]
     fake_run.calls.clear()
     named = [{"id": "named", "names": ["localhost/dualbuild-cache:k1"], "created": 1}]
     lost = [{"id": "lost", "names": None, "created": 2}]  # another build committed k1 after it
