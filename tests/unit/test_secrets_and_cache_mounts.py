@@ -79,6 +79,11 @@ def test_a_run_step_reads_its_secrets_and_cache_folders(tmp_path: Path) -> None:
         ('cache = [{ target = "/x", sharing = "private" }]', "is not a sharing mode"),
         ('cache = ["/x", { target = "/x/" }]', "the cache target '/x' is given twice"),
         ("rebuild_on_secret_change = 1", "expected true or false"),
+        ('cache = ["/a", { target = "/b", id = "/a" }]', "the cache folder \\(id\\) '/a' is given twice"),
+        (
+            'cache = ["/c"]\n  secrets = [{ id = "x", env = "X", target = "/c/x" }]',
+            "would be mounted inside the cache folder /c",
+        ),
     ],
 )
 def test_bad_secrets_and_caches_are_exit_2_at_their_key(tmp_path: Path, entry: str, message: str) -> None:
@@ -86,7 +91,8 @@ def test_bad_secrets_and_caches_are_exit_2_at_their_key(tmp_path: Path, entry: s
     text += f'  [[stages.steps]]\n  run = "true"\n  {entry}\n'
     with pytest.raises(RecipeError, match=message) as caught:
         load_recipe(write(tmp_path, text))
-    assert all(problem.line == 8 for problem in caught.value.problems)
+    # At the entry's last line (the secret inside a cache folder is the secret's fault).
+    assert all(problem.line == 8 + entry.count("\n") for problem in caught.value.problems)
 
 
 def test_only_run_steps_take_secrets(tmp_path: Path) -> None:
