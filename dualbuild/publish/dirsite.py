@@ -86,6 +86,9 @@ class DirSite:
             mode, group = 0o644, None
             with contextlib.suppress(FileNotFoundError):
                 old = os.stat(name, dir_fd=parent, follow_symlinks=False)
+                if stat.S_ISLNK(old.st_mode) and _bare_name(text := os.readlink(name, dir_fd=parent)):
+                    # A tag's link: its content was read through it (fetch), so its mode counts.
+                    old = os.stat(text, dir_fd=parent, follow_symlinks=False)
                 if stat.S_ISREG(old.st_mode):
                     mode, group = 0o644 & old.st_mode, old.st_gid
             with source.open("rb") as data, atomic_output(Path(name), mode=mode, dir_fd=parent) as out:

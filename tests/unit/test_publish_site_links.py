@@ -145,6 +145,18 @@ def test_a_replaced_file_never_gets_a_wider_mode(tmp_path: Path, before: int, af
     assert served.stat().st_mode & 0o7777 == after
 
 
+def test_a_file_replacing_a_tags_link_takes_the_mode_of_what_the_link_served(tmp_path: Path) -> None:
+    images = tmp_path / "site" / "images"
+    images.mkdir(parents=True)
+    (images / "hello-1.0.0.aci.asc").write_text("old signature\n")
+    (images / "hello-1.0.0.aci.asc").chmod(0o640)
+    (images / "hello-latest.aci.asc").symlink_to("hello-1.0.0.aci.asc")  # read through by fetch
+    DirSite(tmp_path / "site").put("images/hello-latest.aci.asc", signature_file(tmp_path), "text/plain")
+    replaced = images / "hello-latest.aci.asc"
+    assert not replaced.is_symlink()
+    assert replaced.stat().st_mode & 0o7777 == 0o640
+
+
 @pytest.mark.skipif(os.geteuid() != 0, reason="giving a file another group takes root")
 def test_a_narrower_file_keeps_its_group_so_the_server_still_reads_it(tmp_path: Path) -> None:
     served = tmp_path / "site" / PAGE
