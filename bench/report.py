@@ -16,6 +16,7 @@ TARGETS = {
     "b": ("export vs tar|pigz -p2 floor", 1.0),
     "c": ("Docker+ACI+sig vs Docker only", 1.15),
     "e": ("export time 100k / 10k files", 11.0),
+    "convert": ("`dualbuild convert` vs docker2aci + gpg (minbase)", 0.5),
 }
 RSS_TARGET_MIB = 150.0
 
@@ -41,6 +42,8 @@ def render(results: Mapping[str, Any]) -> str:
     out += _targets(results)
     if "full_job" in results:
         out += _full_job(results["full_job"], results.get("seed_pipeline"))
+    if "convert" in results or "convert_skipped" in results:
+        out += _convert(results.get("convert"), results.get("convert_skipped"))
     if "exports" in results:
         out += _exports(results["exports"], results.get("trees", {}))
     if "rebuild" in results:
@@ -82,6 +85,13 @@ def _targets(results: Mapping[str, Any]) -> list[str]:
         rows.append(
             f"| (a) | full job vs the seed pipeline (minbase) | {_s(full['dualbuild']['median'])} | "
             f"{_s(full['seed']['median'])} | {full['ratio_seed']:.2f} | — | information |"
+        )
+    conv = results.get("convert")
+    if conv:
+        label, target = TARGETS["convert"]
+        rows.append(
+            f"| convert | {label} | {_s(conv['dualbuild']['median'])} | {_s(conv['docker2aci']['median'])} | "
+            f"{conv['ratio']:.2f} | ≤ {target} | {_verdict(conv['ratio'], target)} |"
         )
     exports = results.get("exports", {})
     for name, data in exports.items():
@@ -156,6 +166,27 @@ def _full_job(full: Mapping[str, Any], left_out: str | None) -> list[str]:
         "",
         f"Artifact sizes (bytes): dualbuild {json.dumps(sizes.get('dualbuild', {}))}; "
         f"existing tools {json.dumps(sizes.get('existing', {}))}.{seed_text}",
+        "",
+    ]
+
+
+def _convert(conv: Mapping[str, Any] | None, skipped: str | None) -> list[str]:
+    title = ["### Convert: the (a) tree's Docker tarball → signed ACI", ""]
+    if conv is None:
+        return [*title, f"{(skipped or 'skipped')[0].upper()}{(skipped or 'skipped')[1:]}.", ""]
+    sizes = conv.get("sizes", {})
+    return [
+        *title,
+        "| | wall time: median (runs) | phases, medians (s) |",
+        "|---|---|---|",
+        f"| `dualbuild convert --format aci` (signed) | {_runs(conv['dualbuild'])} | |",
+        f"| `bench/docker2aci-sign.sh` | {_runs(conv['docker2aci'])} | "
+        f"{_phase_text(conv.get('docker2aci_phases', {}))} |",
+        "",
+        f"Source: {conv['source']['path']} ({conv['source']['bytes']} bytes). dualbuild / docker2aci = "
+        f"{conv['ratio']:.2f} (target ≤ {conv.get('target', TARGETS['convert'][1])}). Artifact sizes "
+        f"(bytes): dualbuild {json.dumps(sizes.get('dualbuild', {}))}; docker2aci "
+        f"{json.dumps(sizes.get('docker2aci', {}))}.",
         "",
     ]
 

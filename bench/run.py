@@ -14,6 +14,9 @@ Measurements (pick with --measure; each is run --runs times, alternating with it
   c        Docker only vs Docker + ACI + signature: the price of the second format
   d        peak RSS of the export child (wait4 ru_maxrss), per tree
   e        export time growth from files10k to files100k
+  convert  `dualbuild convert` of the (a) tree's Docker tarball (built once, docker only) to a
+           signed ACI vs `docker2aci` + `gpg --detach-sign` of the same tarball (issue 19,
+           bench/convert.py); skipped without a docker2aci (--docker2aci)
   rebuild  cold build (cache pruned) vs unchanged rebuild vs rebuild after deleting the
            artifacts (every step cached, emit re-run); --no-cache cold builds come from (a)
 
@@ -43,6 +46,7 @@ import time
 from collections.abc import Callable
 from pathlib import Path
 
+import convert
 import report
 import seed
 import trees
@@ -62,7 +66,7 @@ from benchenv import (
     shell_seconds,
 )
 
-MEASURES = ("a", "b", "c", "d", "e", "rebuild")
+MEASURES = ("a", "b", "c", "d", "e", "convert", "rebuild")
 RECIPE = """\
 # Benchmark (a): a Debian minbase rootfs plus one write step → Docker tarball + signed ACI.
 [image]
@@ -112,16 +116,19 @@ def main() -> None:
         roots = {name: trees.ensure_tree(cache, name, minbase_seed=args.minbase_tar) for name in tree_names}
         results["trees"] = {name: trees.tree_facts(cache, name) for name in tree_names}
     tarball = None
-    if {"a", "rebuild"} & set(measures):
+    if {"a", "convert", "rebuild"} & set(measures):
         tarball = trees.ensure_minbase_tar(cache, seed=args.minbase_tar)
         results["minbase_tar"] = {"path": str(tarball), "bytes": tarball.stat().st_size}
 
     docker2aci = None
-    if "a" in measures:
-        docker2aci = _docker2aci(args, cache)
-        if docker2aci is None:
+    if {"a", "convert"} & set(measures):
+        docker2aci = _docker2aci(args, cache, dockerd="a" in measures)
+        if docker2aci is None and "a" in measures:
             log(seed.LEFT_OUT)
             results["seed_pipeline"] = seed.LEFT_OUT
+        if docker2aci is None and "convert" in measures:
+            log(convert.LEFT_OUT)
+            results["convert_skipped"] = convert.LEFT_OUT
 
     bench = Bench(args=args, work=work)
     try:
@@ -136,6 +143,12 @@ def main() -> None:
                     pipeline = seed.SeedPipeline(docker2aci=docker2aci, dockerd=dockerd, work=work,
                                                  tarball=tarball)  # fmt: skip
                 results["full_job"] = bench.full_job(project, pipeline)
+            if "convert" in measures and docker2aci is not None:
+                source = convert.source_tarball(project, work / "convert-source", box)
+                results["convert"] = convert.convert_job(
+                    tarball=source, docker2aci=docker2aci, box=box, work=work, runs=args.runs,
+                    warmup=args.warmup, before_run=bench.before_run,
+                )  # fmt: skip
             if needs_exports:
                 results["exports"] = {name: bench.exports(name, root) for name, root in roots.items()}
             if "rebuild" in measures:
@@ -168,7 +181,7 @@ def _parse_args() -> argparse.Namespace:
     )
     parser.add_argument("--runs", type=int, default=3, help="runs of each measurement (default: 3)")
     parser.add_argument(
-        "--warmup", type=int, default=1, help="untimed runs of each side of (a) first (default: 1)"
+        "--warmup", type=int, default=1, help="untimed first runs per side, (a) and convert (default: 1)"
     )
     parser.add_argument("--cache-dir", type=Path, default=default_cache, help="default: %(default)s")
     parser.add_argument("--minbase-tar", type=Path, help="seed the cache with this minbase tarball")
@@ -183,8 +196,8 @@ def _parse_args() -> argparse.Namespace:
         "--profile", action="store_true", help="also sample one export per tree and one build with py-spy"
     )
     parser.add_argument(
-        "--docker2aci", type=Path, help=f"docker2aci binary or source checkout for (a)'s seed column "
-        f"(default: ${seed.ENV_VAR}; without either the column is left out)",
+        "--docker2aci", type=Path, help=f"docker2aci binary or source checkout for (a)'s seed column and "
+        f"for convert (default: ${seed.ENV_VAR}; without either both are left out)",
     )  # fmt: skip
     parser.add_argument("--py-spy", default=shutil.which("py-spy") or "py-spy", help="py-spy binary")
     args = parser.parse_args()
@@ -195,11 +208,12 @@ def _parse_args() -> argparse.Namespace:
     return args
 
 
-def _docker2aci(args: argparse.Namespace, cache: Path) -> Path | None:
+def _docker2aci(args: argparse.Namespace, cache: Path, *, dockerd: bool) -> Path | None:
     given = seed.given_docker2aci(args.docker2aci)
     if given is None:
         return None
-    require_tools("docker", "dockerd")
+    if dockerd:
+        require_tools("docker", "dockerd")
     return seed.ensure_docker2aci(given, cache)
 
 
@@ -249,7 +263,7 @@ class Bench:
         self.work = work
         self.runs: int = args.runs
 
-    def _before_run(self) -> None:
+    def before_run(self) -> None:
         # Untimed: write back what earlier runs left dirty, so no run pays for another's writes.
         os.sync()
         if self.args.cold_page_cache:
@@ -270,7 +284,7 @@ class Bench:
 
     def dualbuild(self, project: Path, out: Path, *extra: str) -> tuple[ChildResult, dict[str, object]]:
         """One `dualbuild build --json` in the sandbox; returns the run and its report."""
-        self._before_run()
+        self.before_run()
         result = run_child(
             [dualbuild_cli(), "-v", "build", str(project / "recipe.toml"), "--out", str(out), "--json",
              *extra],
@@ -293,7 +307,7 @@ class Bench:
                 phases[side].append(build_phases(built, result.seconds))
                 sizes[side] = {k: v["size"] for k, v in built["artifacts"].items()}  # type: ignore[attr-defined]
                 return result
-            self._before_run()
+            self.before_run()
             if side == "existing":
                 result = run_child(
                     ["bash", script, tarball, str(out), self.box.fingerprint], env=self.box.env()
@@ -341,7 +355,7 @@ class Bench:
 
     def export(self, root: Path, formats: str, *, sign: bool) -> tuple[ChildResult, dict[str, object]]:
         """One export (tree walk + emitters [+ signature]) of ``root`` in a child process."""
-        self._before_run()
+        self.before_run()
         out = self.work / "export"
         argv = [python(), str(BENCH / "export_child.py"), str(root), str(out), "--formats", formats]
         if sign:
@@ -355,7 +369,7 @@ class Bench:
 
         pigz's default level is 6; level 1 is a stricter floor for dualbuild's ISA-L level 2.
         """
-        self._before_run()
+        self.before_run()
         pipeline = f"tar -C {_quote(root)} -cf - . | pigz -p2 -{level} >/dev/null"
         return run_child(["bash", "-o", "pipefail", "-c", pipeline])
 
