@@ -19,14 +19,8 @@ name=minbase-1.0.0-linux-amd64
 scratch=""
 mkdir -p "$out"
 
-now() { date +%s.%N; }
-t=$(now)
-phase() {  # phase NAME: seconds since the previous phase ended
-    local end
-    end=$(now)
-    awk -v a="$end" -v b="$t" -v n="$1" 'BEGIN { printf "phase %s %.3f\n", n, a - b }' >&2
-    t=$end
-}
+# shellcheck source=phases.sh
+. "$(dirname "$0")/phases.sh"
 
 cleanup() {
     [ -n "$scratch" ] && rm -rf "$scratch"

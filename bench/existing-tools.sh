@@ -31,14 +31,8 @@ cleanup() {
 }
 trap cleanup EXIT
 
-now() { date +%s.%N; }
-t=$(now)
-phase() {  # phase NAME: seconds since the previous phase ended
-    local end
-    end=$(now)
-    awk -v a="$end" -v b="$t" -v n="$1" 'BEGIN { printf "phase %s %.3f\n", n, a - b }' >&2
-    t=$end
-}
+# shellcheck source=phases.sh
+. "$(dirname "$0")/phases.sh"
 
 ctr=$(buildah from --quiet scratch)
 phase from
