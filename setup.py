@@ -23,6 +23,7 @@ NATIVE_MODULES = [
     "dualbuild/layer/tarwriter.py",
     "dualbuild/layer/feed.py",
     "dualbuild/layer/bytecode.py",
+    "dualbuild/layer/diff.py",
 ]
 
 if os.environ.get("DUALBUILD_PURE") == "1":

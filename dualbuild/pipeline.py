@@ -24,7 +24,7 @@ from dualbuild.builder.secrets import check_secrets, secret_ids
 from dualbuild.builder.stages import BuildOptions, BuildSession, StepTiming, build_session
 from dualbuild.emit import run_emitters
 from dualbuild.emit.artifact import Artifact, ImageSpec
-from dualbuild.errors import BuildError, ReportError, SigningError
+from dualbuild.errors import BuildError, Problem, RecipeError, ReportError, SigningError
 from dualbuild.files import file_sha256, known_digests, remember_digest, remember_digests, scratch_directory
 from dualbuild.layer.tarwriter import Writable
 from dualbuild.layer.tree import stream
@@ -32,7 +32,7 @@ from dualbuild.leftovers import kill_commands_of_dead_processes, reclaim, scratc
 from dualbuild.log import log, status
 from dualbuild.plan import BuildPlan, make_plan
 from dualbuild.recipe import load_recipe
-from dualbuild.recipe.model import Format, Recipe
+from dualbuild.recipe.model import AciLayering, Format, Recipe
 from dualbuild.report import ImageRecord, Report, Signature, read_report, write_report
 from dualbuild.sign.keys import check_signing_key
 from dualbuild.sign.signer import SigningKey, signing_stream
@@ -77,6 +77,15 @@ def build_recipe(recipe: Recipe, request: BuildRequest) -> Report:
     began = time.monotonic()
     plan = make_plan(recipe, settings.resolve(recipe, request.overrides, request.environ), sign=request.sign)
     _check_out_dir(plan.settings.out_dir)
+    if plan.recipe.output.aci_layers is not AciLayering.SQUASH and plan.artifacts.aci is not None:
+        raise RecipeError.of(
+            Problem(
+                file=str(plan.recipe.path),
+                key="output.aci_layers",
+                message='"dependencies" is not built yet',
+                hint='use "squash" (one ACI of the tree)',
+            )
+        )
     # A secret's variable is read from dualbuild's own environment, as the steps will get it.
     check_secrets(secret_ids(plan), plan.settings.secrets, plan.settings.context, os.environ)
     # What builds killed with SIGKILL left (their containers go when the session starts); first
@@ -148,7 +157,7 @@ def _build_and_write(
                 taps[Format.ACI] = signer.enter_context(signing_stream(name, pending_signature, key))
             formats = ", ".join(str(fmt) for fmt in pending) + (" (signed)" if taps else "")
             with status.show(f"writing {formats}"):
-                artifacts = run_emitters(tree, spec, pending, taps=taps, timings=timings)
+                artifacts = run_emitters(tree, spec, pending, taps=taps, timings=timings, layers=built.layers)
             # The emitters logged what their formats cannot carry; the report lists it once.
             lost = (warning for artifact in artifacts for warning in artifact.warnings)
             warnings = list(dict.fromkeys([*warnings, *tree.warnings, *lost]))
@@ -224,6 +233,8 @@ def _build_key(plan: BuildPlan, session: BuildSession, key: SigningKey | None) -
         "args": dict(plan.args),
         "source_date_epoch": plan.settings.source_date_epoch,
         "signing_key": key.fingerprint if key is not None else None,
+        # The effective layering, default included: a new default is a new output.
+        "layers": str(plan.recipe.output.layers),
         "dualbuild": __version__,
     }
     return hashlib.sha256(json.dumps(parts, sort_keys=True).encode()).hexdigest()

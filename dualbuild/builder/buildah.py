@@ -102,6 +102,7 @@ class Buildah:
     authfile: Path | None = None
     containers: list[str] = field(default_factory=list)
     images: list[str] = field(default_factory=list)
+    made: int = 0
     # Names what the session makes: our PID first, so that what a killed build left is known.
     session: str = field(default_factory=lambda: f"{os.getpid()}-{uuid.uuid4().hex[:8]}")
     # The OCI runtime's state of this session's run steps (runc --root), made on first use.
@@ -167,7 +168,9 @@ class Buildah:
         Interrupts are held while it runs: a ``buildah from`` killed half-way leaves a
         container record that ``buildah rm`` can no longer remove.
         """
-        name = f"{NAME_PREFIX}{self.session}-{len(self.containers)}-{label}"
+        # Numbered by how many the session made: containers removed on the way free no number.
+        self.made += 1
+        name = f"{NAME_PREFIX}{self.session}-{self.made - 1}-{label}"
         # Registered before it exists, so cleanup removes it by name whatever happens next.
         self.containers.append(name)
         self._run("from", "--quiet", "--pull=never", "--name", name, image, shield=True)
@@ -202,6 +205,15 @@ class Buildah:
             return None
         value = labels.get(name) if isinstance(labels, dict) else None
         return value if isinstance(value, str) else None
+
+    def image_digest(self, image: str) -> str | None:
+        """The digest of the manifest an image was pulled by (``FromImageDigest``); None if unknown."""
+        result = self._run("inspect", "--type", "image", image, check=False)
+        try:
+            digest = json.loads(result.stdout).get("FromImageDigest") if result.returncode == 0 else None
+        except (ValueError, AttributeError):
+            return None
+        return digest if isinstance(digest, str) and digest.startswith("sha256:") else None
 
     def list_images(self, repository: str, *, dangling: bool = False) -> list[dict[str, object]]:
         """Images of a repository as ``buildah images --json`` describes them.

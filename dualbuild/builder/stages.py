@@ -10,7 +10,6 @@ gone.
 from __future__ import annotations
 
 import json
-import os
 import shlex
 import time
 from collections.abc import Callable, Iterator
@@ -19,7 +18,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from dualbuild import run
-from dualbuild.builder import bases, filesteps
+from dualbuild.builder import bases
 from dualbuild.builder.buildah import TREE_LABEL, Buildah, StorageOptions
 from dualbuild.builder.cache import (
     Position,
@@ -28,29 +27,28 @@ from dualbuild.builder.cache import (
     cached_keys,
     tree_digest,
 )
-from dualbuild.builder.context import buildah_ignore_file
 from dualbuild.builder.keys import KeyedPlan, KeyedStage, key_plan
-from dualbuild.builder.runstep import RunMounts, run_command
+from dualbuild.builder.layering import LayerTrees, image_layers
+from dualbuild.builder.runstep import RunMounts
 from dualbuild.builder.secrets import SecretFiles
+from dualbuild.builder.step import run_step
 from dualbuild.errors import BuildError, CommandError
-from dualbuild.files import write_atomically
+from dualbuild.files import scratch_directory, write_atomically
 from dualbuild.imageconfig import ImageConfig, apply_app, from_docker_config
+from dualbuild.layer.layers import ImageLayers
+from dualbuild.leftovers import STORE_DIR
 from dualbuild.log import log, output_line, status
-from dualbuild.plan import BuildPlan, PlannedStage, PlannedStep
+from dualbuild.plan import BuildPlan, PlannedStage
 from dualbuild.recipe.model import (
     AciBase,
     ArchiveBase,
     BootstrapBase,
     CopyStep,
-    MkdirStep,
     RegistryBase,
-    RemoveStep,
     RootfsBase,
     RunStep,
     ScratchBase,
     StageBase,
-    SymlinkStep,
-    WriteStep,
 )
 
 
@@ -83,12 +81,20 @@ class StepTiming:
 
 @dataclass(frozen=True, kw_only=True)
 class BuiltImage:
-    """The final stage's mounted tree, the image config ([app] applied), and each step's time."""
+    """The final stage's mounted tree, the image config ([app] applied), and each step's time.
+
+    ``layers`` are the image's layers, their trees mounted; None for one squashed layer.
+    """
 
     rootfs: Path
     config: ImageConfig
     key: str
     step_timings: tuple[StepTiming, ...] = ()
+    layers: ImageLayers | None = None
+
+
+# Bases whose first container holds their whole tree as its own change (extracted into it).
+_TREE_BASES = (RootfsBase, BootstrapBase, AciBase)
 
 
 @dataclass
@@ -111,6 +117,9 @@ class BuildSession:
     index: StepIndex
     keyed: KeyedPlan
     mounts: RunMounts
+    trees: LayerTrees
+    # Where the base image's own layers are copied for a layered image.
+    scratch: Path
 
     def build(self) -> BuiltImage:
         """Build every stage; the final tree stays mounted until the session ends.
@@ -129,7 +138,7 @@ class BuildSession:
             for keyed in self.keyed.stages:
                 builder = _StageBuilder(
                     self.buildah, self.plan, keyed, built, self.options, self.index, self.mounts, on_output,
-                    timings,
+                    timings, self.trees,
                 )  # fmt: skip
                 built[keyed.stage.name] = builder.build()
         finally:
@@ -144,7 +153,15 @@ class BuildSession:
             config=apply_app(final.inherited, recipe.app, recipe.image.labels),
             key=final.key,
             step_timings=tuple(timings),
+            layers=self._layers() if self.trees.layered else None,
         )
+
+    def _layers(self) -> ImageLayers:
+        with status.show("finding the layers"):
+            return image_layers(
+                self.trees, self.keyed, self.buildah, directory=self.scratch,
+                tls_verify=self.options.tls_verify, authfile=self.options.authfile,
+            )  # fmt: skip
 
 
 @contextmanager
@@ -161,7 +178,7 @@ def build_session(plan: BuildPlan, options: BuildOptions) -> Iterator[BuildSessi
         authfile=options.authfile,
     )  # fmt: skip
     secret_files = SecretFiles(sources=settings.secrets, context=settings.context)
-    try:
+    with scratch_directory("layers", STORE_DIR) as scratch, _cleaned(buildah, secret_files):
         buildah.reclaim_dead_sessions()
         keyed = key_plan(
             plan, buildah, tls_verify=options.tls_verify, keyring=options.keyring,
@@ -172,8 +189,16 @@ def build_session(plan: BuildPlan, options: BuildOptions) -> Iterator[BuildSessi
             secret_files=secret_files, cache_dir=settings.cache_dir, arch=str(plan.recipe.image.arch)
         )
         yield BuildSession(
-            plan=plan, options=options, buildah=buildah, index=index, keyed=keyed, mounts=mounts
-        )
+            plan=plan, options=options, buildah=buildah, index=index, keyed=keyed, mounts=mounts,
+            trees=LayerTrees(plan, plan.recipe.output.layers), scratch=scratch,
+        )  # fmt: skip
+
+
+@contextmanager
+def _cleaned(buildah: Buildah, secret_files: SecretFiles) -> Iterator[None]:
+    """Every container of the session gone and the secrets' files closed, whatever happens."""
+    try:
+        yield
     finally:
         with run.deferred_interrupts():
             try:
@@ -199,6 +224,7 @@ class _StageBuilder:
     mounts: RunMounts
     on_output: Callable[[str], None]
     timings: list[StepTiming]
+    trees: LayerTrees
 
     @property
     def stage(self) -> PlannedStage:
@@ -211,14 +237,18 @@ class _StageBuilder:
         hit = self._last_cached(positions)
         container = self._from_cache(positions[hit].key) if hit is not None else None
         root = self._intact(positions[hit].key, container) if hit is not None and container else None
-        if container is not None and root is not None:
+        if hit is not None and container is not None and root is not None:
             inherited = self._inherited_on_hit(positions[0].key)
+            for number in range(hit + 1):
+                self.trees.record_image(self.stage.name, number, cache_image(positions[number].key))
         else:
             hit = None
             container, inherited = self._start()
             root = self.buildah.mount(container)
             self._remember_inherited(positions[0].key, container)
-            self._keep(container, root, positions, 0)
+            kept = self._keep(container, root, positions, 0)
+            if kept is not None and len(positions) > 1 and isinstance(self.stage.base, _TREE_BASES):
+                container, root = self._continue_from(kept, container)
         last = len(positions) - 1
         state = _Stage(
             container=container,
@@ -247,16 +277,11 @@ class _StageBuilder:
             began = time.monotonic()
             try:
                 with status.show(header):
-                    _run_step(
-                        self.buildah,
-                        self.keyed,
-                        self.plan.settings.context,
-                        state,
-                        step,
-                        self.built,
-                        self.mounts,
+                    run_step(
+                        self.buildah, self.keyed, self.plan.settings.context, state.container, state.root,
+                        step, {name: stage.container for name, stage in self.built.items()}, self.mounts,
                         self.on_output,
-                    )
+                    )  # fmt: skip
             except CommandError as error:
                 raise BuildError(
                     f"{label} step {step.number}/{len(steps)} ({step.summary}) failed with exit code "
@@ -267,7 +292,10 @@ class _StageBuilder:
                 raise BuildError(
                     f"{label} step {step.number}/{len(steps)}: {error.message}", hint=error.hint
                 ) from None
-            self._keep(container, root, positions, step.number)
+            kept = self._keep(container, root, positions, step.number)
+            if kept is not None and step.number < last and isinstance(step.step, (RunStep, CopyStep)):
+                container, root = self._continue_from(kept, container)
+                state.container, state.root = container, root
             seconds = time.monotonic() - began
             log.debug("%s took %.2fs", header, seconds)
             self.timings.append(
@@ -281,6 +309,8 @@ class _StageBuilder:
             )
         for number, position in enumerate(positions):
             self.index.record(self.stage.name, number, position)
+        # The stage's last tree stays mounted: its own mount, not a copy, is the layers' tree.
+        self.trees.record_root(self.stage.name, last, root)
         return state
 
     def _from_cache(self, key: str) -> str | None:
@@ -338,14 +368,42 @@ class _StageBuilder:
     def _kept(self, number: int) -> bool:
         """Whether the tree at this position goes into the step cache (when the cache is on)."""
         # A rootfs or bootstrap base is extracted again faster than its tree is committed
-        # (BENCHMARKS.md, finding 6): its position 0 is not kept.
-        return number > 0 or not isinstance(self.stage.base, (RootfsBase, BootstrapBase))
+        # (BENCHMARKS.md, finding 6): its position 0 is not kept, unless it is a layer's tree.
+        return (
+            number > 0
+            or not isinstance(self.stage.base, (RootfsBase, BootstrapBase))
+            or self.trees.needed(self.stage.name, 0)
+        )
 
-    def _keep(self, container: str, root: Path, positions: tuple[Position, ...], number: int) -> None:
+    def _keep(self, container: str, root: Path, positions: tuple[Position, ...], number: int) -> str | None:
+        """Commit the tree at this position if the cache keeps it or a layer ends there; the image."""
         if self.options.keep and self._kept(number):
-            self.buildah.commit_as(
-                container, cache_image(positions[number].key), tree_digest=tree_digest(root)
-            )
+            image = cache_image(positions[number].key)
+            self.buildah.commit_as(container, image, tree_digest=tree_digest(root))
+            self.trees.record_image(self.stage.name, number, image)
+            return image
+        if (
+            self.trees.needed(self.stage.name, number)
+            and not self.trees.recorded(self.stage.name, number)
+            and number < len(positions) - 1
+        ):
+            # Not cached (--no-cache without keeping), yet a layer ends here: a commit of the session.
+            image = self.buildah.commit(container, label=f"{self.stage.name}-{number}")
+            self.trees.record_image(self.stage.name, number, image)
+            return image
+        return None
+
+    def _continue_from(self, image: str, container: str) -> tuple[str, Path]:
+        """Go on in a container of the image just committed, so the next commit holds only what follows.
+
+        A commit stores what its container changed since it was made: in one container for the
+        whole stage, every step's entry would hold the steps before it again (a 122 MB image
+        left 1.3 GB of cache). Run and copy steps, the ones that add much, start a new one.
+        """
+        fresh = self.buildah.new_container(image, label=self.stage.name)
+        root = self.buildah.mount(fresh)
+        self.buildah.remove_container(container)
+        return fresh, root
 
     def _start(self) -> tuple[str, ImageConfig]:
         base, label = self.stage.base, self.stage.name
@@ -373,6 +431,7 @@ class _StageBuilder:
                     image = cache_image(earlier.key)
                 else:
                     image = self.buildah.commit(earlier.container, label=base.stage)
+                self.trees.record_image(label, 0, image)
                 return self.buildah.new_container(image, label=label), earlier.inherited
 
     # The config a base brings is not in the cached trees (buildah commit adds its own label),
@@ -401,48 +460,3 @@ class _StageBuilder:
                 return self.built[name].inherited
             case _:
                 return ImageConfig()
-
-
-def _run_step(
-    buildah: Buildah,
-    keyed: KeyedStage,
-    context: Path,
-    state: _Stage,
-    planned: PlannedStep,
-    built: dict[str, _Stage],
-    mounts: RunMounts,
-    on_output: Callable[[str], None],
-) -> None:
-    step, workdir, root = planned.step, planned.workdir, state.root
-    match step:
-        case RunStep():
-            run_command(buildah, state.container, root, planned, mounts, on_output)
-        case CopyStep():
-            dest = filesteps.container_path(step.to, workdir) + ("/" if step.to.endswith("/") else "")
-            if step.from_stage is not None:
-                buildah.copy(
-                    state.container, list(step.sources), dest, owner=step.owner, mode=step.mode,
-                    from_container=built[step.from_stage].container,
-                )  # fmt: skip
-            else:
-                copy = keyed.sources[planned.number]
-                with buildah_ignore_file(copy) as ignorefile:
-                    buildah.copy(
-                        state.container, [os.fspath(path) for path in copy.sources], dest, owner=step.owner,
-                        mode=step.mode, contextdir=context, ignorefile=ignorefile,
-                    )  # fmt: skip
-        case WriteStep():
-            filesteps.write_file(
-                root, filesteps.container_path(step.path, workdir), step.content.encode(), mode=step.mode,
-                owner=step.owner,
-            )  # fmt: skip
-        case MkdirStep():
-            filesteps.make_directory(
-                root, filesteps.container_path(step.path, workdir), parents=step.parents, mode=step.mode,
-                owner=step.owner,
-            )  # fmt: skip
-        case SymlinkStep():
-            filesteps.make_symlink(root, filesteps.container_path(step.path, workdir), step.target)
-        case RemoveStep():
-            for path in step.paths:
-                filesteps.remove_path(root, filesteps.container_path(path, workdir))

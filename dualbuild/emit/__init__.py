@@ -16,11 +16,13 @@ from pathlib import Path
 
 from dualbuild import log as logmod
 from dualbuild.emit.aci import emit_aci
-from dualbuild.emit.artifact import LAYER_PREFIX, Artifact, Emitter, ImageSpec
+from dualbuild.emit.artifact import LAYER_PREFIX, Artifact, Emitter, ImageSpec, MadeLayerSource, Stack
 from dualbuild.emit.docker import emit_docker
 from dualbuild.emit.oci import emit_oci
 from dualbuild.errors import BuildError, DualbuildError
+from dualbuild.layer.diff import Changes, changes
 from dualbuild.layer.feed import LayerFeed, Subscription
+from dualbuild.layer.layers import ImageLayers
 from dualbuild.layer.tarwriter import Writable, set_cancel_event
 from dualbuild.layer.tree import Tree
 from dualbuild.recipe.model import Format
@@ -45,12 +47,15 @@ def run_emitters(
     *,
     taps: Mapping[Format, Writable] | None = None,
     timings: MutableMapping[str, float] | None = None,
+    layers: ImageLayers | None = None,
 ) -> list[Artifact]:
-    """Write every target in parallel from one read of the tree.
+    """Write every target in parallel from one read of the tree (and of each layer).
 
     A :class:`LayerFeed` reads the tree once in a thread of its own and hands the tar to one
-    thread per format. Every task runs in a copy of the caller's context (threads do not
-    inherit contextvars), so each one's log lines carry its format as a prefix. An emitter
+    thread per format. A layered image's made layers each get a feed of their own, read one
+    after the other in a second thread for the Docker and OCI emitters; the ACI gets the tree.
+    Every task runs in a copy of the caller's context (threads do not inherit contextvars), so
+    each one's log lines carry its format as a prefix. An emitter
     that fails does not stop the others: all failures are collected and raised together. An
     interrupt (e.g. KeyboardInterrupt) cancels the producer and the emitters, which remove
     their temporary files, and is re-raised once they have stopped.
@@ -61,6 +66,7 @@ def run_emitters(
         targets: Output file per format.
         taps: Per format, a writer that also gets the file's bytes in order (e.g. a signer).
         timings: Gets each emitter's wall time as ``emit_<format>``, in seconds.
+        layers: A layered image's layers (the Docker and OCI images); None: one layer of the tree.
 
     Returns:
         The artifacts, in the order of ``targets``.
@@ -69,14 +75,26 @@ def run_emitters(
         EmitError: At least one emitter failed (the others' outputs are complete).
     """
     cancel = threading.Event()
+    stacked = {fmt for fmt in targets if fmt in STACKED} if layers is not None else set()
     feed = LayerFeed(tree, mtime_clamp=spec.source_date_epoch)
-    subscriptions = {fmt: feed.subscribe(LAYER_PREFIX[fmt]) for fmt in targets}
+    subscriptions: dict[Format, Subscription | Stack] = {
+        fmt: feed.subscribe(LAYER_PREFIX[fmt]) for fmt in targets if fmt not in stacked
+    }
+    layer_feeds: list[LayerFeed] = []
+    if layers is not None and stacked:
+        layer_feeds, stacks = _stacks(layers, stacked, tree.root, spec.source_date_epoch)
+        subscriptions.update(stacks)
     results: dict[Format, Artifact] = {}
     failures: dict[Format, BaseException] = {}
-    with ThreadPoolExecutor(max_workers=len(targets) + 1, thread_name_prefix="emit") as pool:
+    with ThreadPoolExecutor(max_workers=len(targets) + 2, thread_name_prefix="emit") as pool:
         producer_context = contextvars.copy_context()
         producer_context.run(set_cancel_event, cancel)
-        pool.submit(producer_context.run, feed.run)
+        if len(subscriptions) > len(stacked):
+            pool.submit(producer_context.run, feed.run)
+        if layer_feeds:
+            layers_context = contextvars.copy_context()
+            layers_context.run(set_cancel_event, cancel)
+            pool.submit(layers_context.run, _run_in_turn, layer_feeds)
         futures: dict[Future[tuple[Artifact, float]], Format] = {}
         try:
             for fmt, dest in targets.items():
@@ -110,11 +128,52 @@ def run_emitters(
     return [results[fmt] for fmt in targets]
 
 
+# The formats that hold a layered image's layers (the ACI holds the whole tree).
+STACKED = frozenset({Format.DOCKER, Format.OCI})
+
+
+def _stacks(
+    layers: ImageLayers, formats: set[Format], root: Path, source_date_epoch: int
+) -> tuple[list[LayerFeed], dict[Format, Stack]]:
+    """One feed per made layer that is not empty, and each format's subscriptions to them, in order."""
+    feeds: list[LayerFeed] = []
+    made: dict[Format, list[MadeLayerSource]] = {fmt: [] for fmt in formats}
+    for layer in layers.made:
+        diff = changes(layer.lower, layer.upper, source_date_epoch)
+        assert isinstance(diff.entries, Changes)
+        if diff.entries.empty():
+            logmod.log.debug("layer %r changes nothing: left out", layer.created_by)
+            continue
+        feed = LayerFeed(diff, mtime_clamp=source_date_epoch)
+        feeds.append(feed)
+        for fmt in formats:
+            made[fmt].append(
+                MadeLayerSource(source=feed.subscribe(LAYER_PREFIX[fmt]), created_by=layer.created_by)
+            )
+    if not layers.kept and not feeds:
+        # An image of nothing still has a layer (an empty tar), as a squashed one has.
+        feed = LayerFeed(changes(None, root, source_date_epoch), mtime_clamp=source_date_epoch)
+        feeds.append(feed)
+        for fmt in formats:
+            made[fmt].append(
+                MadeLayerSource(source=feed.subscribe(LAYER_PREFIX[fmt]), created_by="dualbuild")
+            )
+    return feeds, {
+        fmt: Stack(kept=layers.kept, history=layers.history, made=tuple(made[fmt])) for fmt in formats
+    }
+
+
+def _run_in_turn(feeds: list[LayerFeed]) -> None:
+    """Produce the made layers one after the other (each emitter writes them in this order)."""
+    for feed in feeds:
+        feed.run()
+
+
 def _run_one(
     emit: Emitter,
     fmt: Format,
     cancel: threading.Event,
-    layer: Subscription,
+    layer: Subscription | Stack,
     spec: ImageSpec,
     dest: Path,
     tap: Writable | None,

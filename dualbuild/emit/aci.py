@@ -17,8 +17,9 @@ import json
 import tarfile
 from pathlib import Path
 
-from dualbuild.emit.artifact import LAYER_PREFIX, Artifact, ImageSpec
+from dualbuild.emit.artifact import LAYER_PREFIX, Artifact, ImageSpec, Stack
 from dualbuild.emit.oci import canonical_json, rfc3339
+from dualbuild.errors import BuildError
 from dualbuild.files import atomic_output
 from dualbuild.imageconfig import lost_fields
 from dualbuild.layer.feed import LayerSource, as_layer
@@ -97,7 +98,7 @@ def aci_manifest(tree: Tree, spec: ImageSpec) -> dict[str, object]:
 
 
 def emit_aci(
-    layer: Tree | LayerSource, spec: ImageSpec, dest: Path, *, tap: Writable | None = None
+    layer: Tree | LayerSource | Stack, spec: ImageSpec, dest: Path, *, tap: Writable | None = None
 ) -> Artifact:
     """Write ``dest`` as a gzip-compressed ACI.
 
@@ -118,6 +119,8 @@ def emit_aci(
         BuildError: The user or group cannot be resolved (nothing is written then).
     """
     sde = spec.source_date_epoch
+    if isinstance(layer, Stack):
+        raise BuildError("an ACI holds the whole tree, not an image's layers")
     source = as_layer(layer, prefix=LAYER_PREFIX[Format.ACI], mtime_clamp=sde)
     document = canonical_json(aci_manifest(source.tree, spec))
     with atomic_output(dest) as file:

@@ -12,6 +12,7 @@ tree is read once for every format. ``tap`` gets the file's bytes in order (the 
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import BinaryIO, Protocol
@@ -19,6 +20,7 @@ from typing import BinaryIO, Protocol
 from dualbuild.files import sha256_stream
 from dualbuild.imageconfig import ImageConfig
 from dualbuild.layer.feed import LayerSource
+from dualbuild.layer.layers import KeptLayer
 from dualbuild.layer.tarwriter import Writable, check_cancelled
 from dualbuild.layer.tree import Tree
 from dualbuild.recipe.model import Format, Image
@@ -69,11 +71,41 @@ class Artifact:
     warnings: tuple[str, ...] = ()
 
 
+@dataclass(frozen=True, kw_only=True)
+class MadeLayerSource:
+    """A layer the build made, as an image emitter gets it: its tar, and its history line."""
+
+    source: LayerSource
+    created_by: str
+
+
+@dataclass(frozen=True, kw_only=True)
+class Stack:
+    """A layered image's layers as the Docker and OCI emitters get them, bottom to top.
+
+    Attributes:
+        kept: The base image's layers, copied byte for byte.
+        history: The base config's history entries (one non-empty entry per kept layer).
+        made: The build's layers, each read once.
+    """
+
+    kept: tuple[KeptLayer, ...] = ()
+    history: tuple[Mapping[str, object], ...] = ()
+    made: tuple[MadeLayerSource, ...] = ()
+
+    def abandon(self) -> None:
+        """Stop receiving every made layer (an emitter that failed must not hold up the producer)."""
+        for layer in self.made:
+            abandon = getattr(layer.source, "abandon", None)
+            if abandon is not None:
+                abandon()
+
+
 class Emitter(Protocol):
-    """Writes one format's file from the layer and the spec."""
+    """Writes one format's file from the layer (or the image's layers) and the spec."""
 
     def __call__(
-        self, layer: Tree | LayerSource, spec: ImageSpec, dest: Path, *, tap: Writable | None = None
+        self, layer: Tree | LayerSource | Stack, spec: ImageSpec, dest: Path, *, tap: Writable | None = None
     ) -> Artifact:
         """Write ``dest``; return what was written."""
 

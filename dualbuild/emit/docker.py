@@ -19,17 +19,19 @@ from __future__ import annotations
 import hashlib
 from pathlib import Path
 
-from dualbuild.emit.artifact import Artifact, ImageSpec, written_sha256
+from dualbuild.emit.artifact import Artifact, ImageSpec, Stack, written_sha256
 from dualbuild.emit.oci import (
     LayoutResult,
     LayoutWriter,
     canonical_json,
     image_config,
+    image_layers,
     image_tags,
+    rfc3339,
     write_image,
 )
 from dualbuild.files import atomic_output
-from dualbuild.layer.feed import LayerSource, as_layer
+from dualbuild.layer.feed import LayerSource
 from dualbuild.layer.tarwriter import Writable
 from dualbuild.layer.tree import Tree
 from dualbuild.recipe.model import Format, Image
@@ -40,30 +42,46 @@ def repo_tags(image: Image) -> list[str]:
     return [f"{image.name}:{tag}" for tag in image_tags(image)]
 
 
-def legacy_image_json(spec: ImageSpec, result: LayoutResult) -> tuple[str, bytes]:
-    """The v1 id and ``<id>/json`` of the image's one (so top) layer, as ``docker save`` wrote it.
+def legacy_image_json(spec: ImageSpec, result: LayoutResult) -> list[tuple[str, bytes]]:
+    """The v1 id and ``<id>/json`` of every layer, bottom to top, as ``docker save`` wrote them.
 
-    The top layer's json is the v1 image: the runtime config with the platform and ``created``.
-    Its id is derived as Docker's ``v1.CreateID`` derives it, from that json and the layer's
-    chain id (the diff_id, for a first layer), so another config gives another id.
+    The top layer's json is the v1 image: the runtime config with the platform and ``created``;
+    a layer below has its id, its parent's and ``created``. Ids are derived as Docker's
+    ``v1.CreateID`` derives them, from the json, the layer's chain id and the parent's id, so
+    another config gives another top id. A one-layer image's json is what it always was.
     """
-    document = image_config(spec, [result.diff_id], fmt=Format.DOCKER)
-    v1: dict[str, object] = {
+    document = image_config(spec, list(result.diff_ids), fmt=Format.DOCKER)
+    top: dict[str, object] = {
         key: document[key]
         for key in ("architecture", "variant", "os", "created", "config")
         if key in document
     }
-    layer_id = hashlib.sha256(canonical_json({**v1, "layer_id": result.diff_id})).hexdigest()
-    return layer_id, canonical_json({"id": layer_id, **v1})
+    written: list[tuple[str, bytes]] = []
+    chain_id = parent = ""
+    for number, diff_id in enumerate(result.diff_ids):
+        chain_id = (
+            diff_id
+            if not chain_id
+            else "sha256:" + hashlib.sha256(f"{chain_id} {diff_id}".encode()).hexdigest()
+        )
+        v1: dict[str, object] = (
+            top if number == len(result.diff_ids) - 1 else {"created": rfc3339(spec.source_date_epoch)}
+        )
+        if parent:
+            v1 = {**v1, "parent": parent}
+        layer_id = hashlib.sha256(canonical_json({**v1, "layer_id": chain_id})).hexdigest()
+        written.append((layer_id, canonical_json({"id": layer_id, **v1})))
+        parent = layer_id
+    return written
 
 
 def emit_docker(
-    layer: Tree | LayerSource, spec: ImageSpec, dest: Path, *, tap: Writable | None = None
+    layer: Tree | LayerSource | Stack, spec: ImageSpec, dest: Path, *, tap: Writable | None = None
 ) -> Artifact:
     """Write ``dest`` as a docker-archive that is also an OCI image layout.
 
     Args:
-        layer: The image tree, or its layer from a shared feed.
+        layer: The image tree, its layer from a shared feed, or a layered image's layers.
         spec: Name, version and tags (the RepoTags), platform, annotations, runtime config.
         dest: The ``.docker.tar`` file to write (atomically).
         tap: Gets every byte of the finished file, in order.
@@ -74,14 +92,16 @@ def emit_docker(
     image, sde = spec.image, spec.source_date_epoch
     with atomic_output(dest) as file:
         layout = LayoutWriter(file, mtime=sde)
-        result = write_image(layout, as_layer(layer, prefix="", mtime_clamp=sde), spec, Format.DOCKER)
-        layer_id, layer_json = legacy_image_json(spec, result)
-        layout.add_directory(layer_id)
-        layout.add_file(f"{layer_id}/VERSION", b"1.0")
-        layout.add_file(f"{layer_id}/json", layer_json)
-        layout.add_symlink(f"{layer_id}/layer.tar", f"../{result.layer_path}")
+        result = write_image(layout, image_layers(layer, sde), spec, Format.DOCKER)
+        legacy = legacy_image_json(spec, result)
+        for (layer_id, layer_json), layer_path in zip(legacy, result.layer_paths, strict=True):
+            layout.add_directory(layer_id)
+            layout.add_file(f"{layer_id}/VERSION", b"1.0")
+            layout.add_file(f"{layer_id}/json", layer_json)
+            layout.add_symlink(f"{layer_id}/layer.tar", f"../{layer_path}")
+        layer_id = legacy[-1][0]
         tags = repo_tags(image)
-        manifest = [{"Config": result.config_path, "RepoTags": tags, "Layers": [result.layer_path]}]
+        manifest = [{"Config": result.config_path, "RepoTags": tags, "Layers": list(result.layer_paths)}]
         layout.add_file("manifest.json", canonical_json(manifest))
         # Legacy {repository: {tag: top layer's v1 id}}: current loaders read manifest.json.
         repositories = {image.name: {tag.rpartition(":")[2]: layer_id for tag in tags}}

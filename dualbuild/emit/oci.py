@@ -23,16 +23,20 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import BinaryIO
 
-from dualbuild.emit.artifact import Artifact, ImageSpec, written_sha256
+from dualbuild.emit.artifact import Artifact, ImageSpec, Stack, written_sha256
+from dualbuild.errors import BuildError
 from dualbuild.files import atomic_output
 from dualbuild.imageconfig import lost_fields
 from dualbuild.layer.feed import LayerSource, as_layer
+from dualbuild.layer.layers import KeptLayer
 from dualbuild.layer.tarwriter import (
     BLOCK,
+    CHUNK,
     BackgroundStage,
     GzipWriter,
     HashingWriter,
     Writable,
+    check_cancelled,
     padding,
     tar_header,
 )
@@ -61,13 +65,16 @@ def rfc3339(epoch: int) -> str:
     return datetime.datetime.fromtimestamp(epoch, datetime.UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
 
 
-def image_config(spec: ImageSpec, diff_ids: list[str], *, fmt: Format) -> dict[str, object]:
+def image_config(
+    spec: ImageSpec, diff_ids: list[str], *, fmt: Format, stack: Stack | None = None
+) -> dict[str, object]:
     """The image config JSON (Docker image spec v1.2 / OCI config) of ``fmt``.
 
     Args:
         spec: Name, platform, runtime config and ``created``.
         diff_ids: sha256 of each uncompressed layer.
         fmt: Docker carries Docker's ``Healthcheck``; the OCI config has no such field.
+        stack: A layered image's layers (their history); None for one squashed layer.
     """
     image, config = spec.image, spec.config
     runtime: dict[str, object] = {}
@@ -115,11 +122,25 @@ def image_config(spec: ImageSpec, diff_ids: list[str], *, fmt: Format) -> dict[s
         "created": created,
         "config": runtime,
         "rootfs": {"type": "layers", "diff_ids": diff_ids},
-        "history": [{"created": created, "created_by": "dualbuild"}],
+        "history": _history(stack, created)
+        if stack is not None
+        else [{"created": created, "created_by": "dualbuild"}],
     }
     if image.arch.docker_variant:
         document["variant"] = image.arch.docker_variant
     return document
+
+
+def _history(stack: Stack, created: str) -> list[dict[str, object]]:
+    """One non-empty history entry per layer, as Docker and buildah require.
+
+    The base's entries are kept as they are; a base whose history does not count its layers
+    (some tools write none) gets one entry per layer instead.
+    """
+    base = [dict(entry) for entry in stack.history]
+    if sum(1 for entry in base if not entry.get("empty_layer")) != len(stack.kept):
+        base = [{"created": created, "created_by": "a layer of the base image"} for _ in stack.kept]
+    return base + [{"created": created, "created_by": layer.created_by} for layer in stack.made]
 
 
 def image_tags(image: Image) -> list[str]:
@@ -143,9 +164,9 @@ class LayoutResult:
 
     config_digest: str
     manifest_digest: str
-    diff_id: str
-    layer_path: str
-    layer_digest: str
+    diff_ids: tuple[str, ...]
+    layer_paths: tuple[str, ...]
+    layer_digests: tuple[str, ...]
     config_path: str
     warnings: tuple[str, ...]
 
@@ -159,8 +180,8 @@ class LayoutResult:
             image_id=self.config_digest,
             config_digest=self.config_digest,
             manifest_digest=self.manifest_digest,
-            diff_ids=(self.diff_id,),
-            layer_digests=(self.layer_digest,),
+            diff_ids=self.diff_ids,
+            layer_digests=self.layer_digests,
             warnings=self.warnings,
         )
 
@@ -220,6 +241,26 @@ class LayoutWriter:
         media_type = MEDIA_LAYER_GZIP if compress else MEDIA_LAYER
         return raw.digest(), {"mediaType": media_type, "digest": blob.digest(), "size": blob.size}
 
+    def add_kept_layer(self, layer: KeptLayer) -> tuple[str, dict[str, object]]:
+        """Copy a base image's layer blob as it is; returns its diff_id and its descriptor.
+
+        Raises:
+            BuildError: the blob is not the one the base named (changed since it was copied).
+        """
+        self._file.write(
+            tar_header(f"blobs/sha256/{layer.digest.removeprefix('sha256:')}", tarfile.REGTYPE, mode=0o644,
+                       mtime=self._mtime, size=layer.size)
+        )  # fmt: skip
+        blob = HashingWriter(self._file, "sha256")
+        with layer.blob.open("rb") as source:
+            while data := source.read(CHUNK):
+                check_cancelled()
+                blob.write(data)
+        if blob.size != layer.size or blob.digest() != layer.digest:
+            raise BuildError(f"the base image's layer {layer.digest} changed since it was copied")
+        self._file.write(padding(blob.size))
+        return layer.diff_id, {"mediaType": layer.media_type, "digest": layer.digest, "size": layer.size}
+
     def finish(self) -> None:
         """Write the end-of-archive marker."""
         self._file.write(bytes(2 * BLOCK))
@@ -237,16 +278,18 @@ class LayoutWriter:
         return header
 
 
-def write_image(layout: LayoutWriter, layer: LayerSource, spec: ImageSpec, fmt: Format) -> LayoutResult:
-    """Write layer, config, manifest, ``index.json`` and ``oci-layout`` into a layout.
+def write_image(
+    layout: LayoutWriter, layers: LayerSource | Stack, spec: ImageSpec, fmt: Format
+) -> LayoutResult:
+    """Write the layers, config, manifest, ``index.json`` and ``oci-layout`` into a layout.
 
-    The OCI archive's layer is gzip; the Docker archive's a plain tar (see emit/docker.py).
-    The Docker archive's index names the image once per tag, the OCI archive's once, by its
-    version.
+    The OCI archive's own layers are gzip; the Docker archive's plain tars (see emit/docker.py);
+    a base image's layers are copied as they are in both. The Docker archive's index names the
+    image once per tag, the OCI archive's once, by its version.
 
     Args:
         layout: The archive being written.
-        layer: The image tree's layer (the image has one).
+        layers: The image tree's one layer, or a layered image's layers.
         spec: Identity, platform, runtime config and ``created``.
         fmt: Docker or OCI.
 
@@ -254,14 +297,23 @@ def write_image(layout: LayoutWriter, layer: LayerSource, spec: ImageSpec, fmt: 
         Digests and paths of what was written.
     """
     image = spec.image
-    diff_id, descriptor = layout.add_layer(layer, compress=fmt is Format.OCI)
-    document = image_config(spec, [diff_id], fmt=fmt)
+    stack = layers if isinstance(layers, Stack) else None
+    kept, made = (stack.kept, [layer.source for layer in stack.made]) if stack is not None else ((), [layers])
+    written = [layout.add_kept_layer(layer) for layer in kept]
+    written += [
+        layout.add_layer(source, compress=fmt is Format.OCI)
+        for source in made
+        if not isinstance(source, Stack)
+    ]
+    diff_ids = [diff_id for diff_id, _ in written]
+    layer_descriptors = [descriptor for _, descriptor in written]
+    document = image_config(spec, diff_ids, fmt=fmt, stack=stack)
     config_descriptor = layout.add_blob(canonical_json(document), MEDIA_CONFIG)
     manifest: dict[str, object] = {
         "schemaVersion": 2,
         "mediaType": MEDIA_MANIFEST,
         "config": config_descriptor,
-        "layers": [descriptor],
+        "layers": layer_descriptors,
     }
     if image.annotations:
         manifest["annotations"] = dict(image.annotations)
@@ -290,21 +342,23 @@ def write_image(layout: LayoutWriter, layer: LayerSource, spec: ImageSpec, fmt: 
     return LayoutResult(
         config_digest=str(config_descriptor["digest"]),
         manifest_digest=str(manifest_descriptor["digest"]),
-        diff_id=diff_id,
-        layer_path=f"blobs/sha256/{str(descriptor['digest']).removeprefix('sha256:')}",
-        layer_digest=str(descriptor["digest"]),
+        diff_ids=tuple(diff_ids),
+        layer_paths=tuple(
+            f"blobs/sha256/{str(d['digest']).removeprefix('sha256:')}" for d in layer_descriptors
+        ),
+        layer_digests=tuple(str(d["digest"]) for d in layer_descriptors),
         config_path=f"blobs/sha256/{str(config_descriptor['digest']).removeprefix('sha256:')}",
         warnings=tuple(lost_fields(spec.config, fmt)),
     )
 
 
 def emit_oci(
-    layer: Tree | LayerSource, spec: ImageSpec, dest: Path, *, tap: Writable | None = None
+    layer: Tree | LayerSource | Stack, spec: ImageSpec, dest: Path, *, tap: Writable | None = None
 ) -> Artifact:
-    """Write ``dest`` as an OCI image layout archive with one gzip layer.
+    """Write ``dest`` as an OCI image layout archive: its own layers gzip, a base's as they are.
 
     Args:
-        layer: The image tree, or its layer from a shared feed.
+        layer: The image tree, its layer from a shared feed, or a layered image's layers.
         spec: Identity, platform, runtime config (its healthcheck is dropped with a warning).
         dest: The ``.oci.tar`` file to write (atomically).
         tap: Gets every byte of the finished file, in order.
@@ -315,8 +369,15 @@ def emit_oci(
     sde = spec.source_date_epoch
     with atomic_output(dest) as file:
         layout = LayoutWriter(file, mtime=sde)
-        result = write_image(layout, as_layer(layer, prefix="", mtime_clamp=sde), spec, Format.OCI)
+        result = write_image(layout, image_layers(layer, sde), spec, Format.OCI)
         layout.finish()
         sha256 = written_sha256(file, tap)
         size = file.tell()
     return result.artifact(Format.OCI, dest, sha256, size)
+
+
+def image_layers(layer: Tree | LayerSource | Stack, mtime_clamp: int) -> LayerSource | Stack:
+    """What an image emitter writes: a layered image's layers as given, a tree as its one layer."""
+    if isinstance(layer, Stack):
+        return layer
+    return as_layer(layer, prefix="", mtime_clamp=mtime_clamp)

@@ -48,6 +48,7 @@ _TAR_TYPES = {
     EntryType.CHAR: tarfile.CHRTYPE,
     EntryType.BLOCK: tarfile.BLKTYPE,
     EntryType.FIFO: tarfile.FIFOTYPE,
+    EntryType.WHITEOUT: tarfile.REGTYPE,
 }
 
 # The ustar header as tarfile writes it in PAX format: name; mode, uid, gid, size, mtime

@@ -56,6 +56,9 @@ class EntryType(enum.StrEnum):
     CHAR = "char"
     BLOCK = "block"
     FIFO = "fifo"
+    # A layer's record that a path of the layers below is gone (``.wh.NAME``, or ``.wh..wh..opq``
+    # for all of a directory's old content): an empty regular file in the tar, never on disk.
+    WHITEOUT = "whiteout"
 
 
 # Not frozen: a frozen dataclass pays object.__setattr__ per field, 2.8 µs of every entry's
@@ -198,7 +201,7 @@ def _entries(root: Path, source_date_epoch: int, warnings: list[str]) -> Iterato
     root_slash = os.path.join(os.fsencode(root), b"")
     try:
         for rel, st, xattrs in _walk(root_slash):
-            entry = _make_entry(root_slash, rel, st, xattrs, source_date_epoch, inodes, warnings)
+            entry = make_entry(root_slash, rel, st, xattrs, source_date_epoch, inodes, warnings)
             if entry is not None:
                 yield entry
     except OSError as exc:
@@ -243,13 +246,13 @@ def _children(directory_slash: bytes) -> Iterator[_Child]:
     found.sort(key=lambda item: item[0])
     return iter(
         [
-            (name, st, () if stat.S_ISLNK(st.st_mode) else _xattrs(directory_slash + name))
+            (name, st, () if stat.S_ISLNK(st.st_mode) else carried_xattrs(directory_slash + name))
             for name, st in found
         ]
     )
 
 
-def _make_entry(
+def make_entry(
     root_slash: bytes,
     rel: bytes,
     st: os.stat_result,
@@ -258,6 +261,11 @@ def _make_entry(
     inodes: dict[tuple[int, int], str],
     warnings: list[str],
 ) -> Entry | None:
+    """The entry of one walked path (``rel`` under ``root_slash``); None for what is skipped.
+
+    ``inodes`` maps the files with several links seen so far to their first path: a later
+    path of one becomes a hard link to it. What is skipped is added to ``warnings``.
+    """
     path = rel.decode("utf-8", "surrogateescape")  # decode_name, inlined: this runs per entry
     full = root_slash + rel
     fmt = stat.S_IFMT(st.st_mode)
@@ -305,7 +313,7 @@ def _make_entry(
     )
 
 
-def _xattrs(full: bytes) -> tuple[tuple[str, bytes], ...]:
+def carried_xattrs(full: bytes) -> tuple[tuple[str, bytes], ...]:
     """The carried xattrs of a path, never following a symlink and never opening the file."""
     try:
         names = os.listxattr(full, follow_symlinks=False)

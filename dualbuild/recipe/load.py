@@ -18,6 +18,7 @@ from dualbuild.recipe.args import effective_args, substitute_document
 from dualbuild.recipe.model import (
     MAX_SOURCE_DATE_EPOCH,
     AciBase,
+    AciLayering,
     Arch,
     ArchiveBase,
     ArchiveKind,
@@ -25,6 +26,7 @@ from dualbuild.recipe.model import (
     BootstrapBase,
     Format,
     Image,
+    Layering,
     Output,
     Publish,
     Recipe,
@@ -54,7 +56,7 @@ TOP_KEYS = ("image", "args", "stages", "app", "output", "sign", "publish")
 IMAGE_KEYS = ("name", "version", "tags", "os", "arch", "labels", "annotations")
 STAGE_KEYS = ("name", "from", "workdir", "env", "steps", "tls_verify")
 BOOTSTRAP_KEYS = ("bootstrap", "suite", "variant", "packages", "mirror")
-OUTPUT_KEYS = ("dir", "formats", "source_date_epoch")
+OUTPUT_KEYS = ("dir", "formats", "source_date_epoch", "layers", "aci_layers")
 SIGN_KEYS = ("key",)
 PUBLISH_KEYS = ("docker", "aci", "aci_url")
 MMDEBSTRAP_VARIANTS = (
@@ -425,9 +427,13 @@ def _read_output(reader: Reader, value: object) -> Output | None:
         epoch = reader.integer(
             table["source_date_epoch"], (*path, "source_date_epoch"), low=0, high=MAX_SOURCE_DATE_EPOCH
         )
-    if len(reader.problems) > ok or directory is None:
+    layers = reader.choice(table, path, "layers", Layering.STAGES)
+    aci_layers = reader.choice(table, path, "aci_layers", AciLayering.SQUASH)
+    if len(reader.problems) > ok or directory is None or layers is None or aci_layers is None:
         return None
-    return Output(dir=directory, formats=tuple(formats), source_date_epoch=epoch)
+    return Output(
+        dir=directory, formats=tuple(formats), source_date_epoch=epoch, layers=layers, aci_layers=aci_layers
+    )
 
 
 def _read_sign(reader: Reader, value: object) -> Sign | None:

@@ -85,6 +85,26 @@ class Network(enum.StrEnum):
     NONE = "none"
 
 
+class Layering(enum.StrEnum):
+    """How the Docker and OCI images are cut into layers."""
+
+    # One layer of the whole tree (format v1's only output).
+    SQUASH = "squash"
+    # The base image's own layers, then one per stage of the final stage's `from` chain.
+    STAGES = "stages"
+    # The base image's own layers, then one per step of those stages.
+    STEPS = "steps"
+
+
+class AciLayering(enum.StrEnum):
+    """How the ACI holds the tree."""
+
+    # One ACI holding the whole tree.
+    SQUASH = "squash"
+    # One signed ACI per image layer; the image ACI depends on them in layer order.
+    DEPENDENCIES = "dependencies"
+
+
 class CacheSharing(enum.StrEnum):
     """How builds running at once use one cache mount."""
 
@@ -408,6 +428,8 @@ class Output:
     dir: str = "dist"
     formats: tuple[Format, ...] = (Format.DOCKER, Format.ACI)
     source_date_epoch: int | None = None
+    layers: Layering = Layering.STAGES
+    aci_layers: AciLayering = AciLayering.SQUASH
 
 
 @dataclass(frozen=True, kw_only=True)

@@ -7,13 +7,15 @@ just the first: each getter returns None on a bad value and records why.
 from __future__ import annotations
 
 import difflib
+import enum
 import re
 from collections.abc import Collection, Mapping
-from typing import TypeGuard
+from typing import TypeGuard, TypeVar
 
 from dualbuild.errors import Problem
 from dualbuild.recipe.positions import KeyPath, line_of
 
+_Choice = TypeVar("_Choice", bound=enum.StrEnum)
 _BARE = re.compile(r"^[A-Za-z0-9_-]+$")
 
 
@@ -135,6 +137,23 @@ class Reader:
             self.error(path, f"{value!r} is not {rule}", hint)
             return None
         return value
+
+    def choice(
+        self, table: Mapping[str, object], path: KeyPath, key: str, default: _Choice
+    ) -> _Choice | None:
+        """Read ``table[key]``, one of the values of ``default``'s enum (``default`` when absent)."""
+        if key not in table:
+            return default
+        text = self.string(table[key], (*path, key))
+        if text is None:
+            return None
+        kind = type(default)
+        try:
+            return kind(text)
+        except ValueError:
+            choices = ", ".join(f'"{member.value}"' for member in kind)
+            self.error((*path, key), f"{text!r} is not one of {choices}", f"use one of {choices}")
+            return None
 
     def integer(
         self, value: object, path: KeyPath, *, low: int | None = None, high: int | None = None

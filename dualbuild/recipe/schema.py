@@ -9,7 +9,7 @@ from __future__ import annotations
 import re
 
 from dualbuild.recipe.load import MMDEBSTRAP_VARIANTS
-from dualbuild.recipe.model import MAX_SOURCE_DATE_EPOCH, Arch, Format
+from dualbuild.recipe.model import MAX_SOURCE_DATE_EPOCH, AciLayering, Arch, Format, Layering
 from dualbuild.recipe.mounts import SECRET_ID
 from dualbuild.recipe.rules import (
     AC_IDENTIFIER,
@@ -391,6 +391,20 @@ RECIPE_SCHEMA: dict[str, object] = {
                         "minimum": 0,
                         "maximum": MAX_SOURCE_DATE_EPOCH,
                         "description": "Timestamp of every entry and of `created`; else $SOURCE_DATE_EPOCH, else 0.",
+                    },
+                    "layers": {
+                        "type": "string",
+                        "enum": [layering.value for layering in Layering],
+                        "default": Layering.STAGES.value,
+                        "description": "Docker/OCI layers: the base's own, then one per stage of the final"
+                        " stage's `from` chain (stages), one per step (steps), or one for the whole tree (squash).",
+                    },
+                    "aci_layers": {
+                        "type": "string",
+                        "enum": [layering.value for layering in AciLayering],
+                        "default": AciLayering.SQUASH.value,
+                        "description": "One ACI of the whole tree (squash), or one signed ACI per image layer"
+                        " that the image ACI depends on (dependencies).",
                     },
                 },
             ),

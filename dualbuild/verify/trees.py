@@ -16,179 +16,18 @@ import hashlib
 import io
 import json
 import tarfile
-from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
-from typing import IO, TypeGuard
+from typing import TypeGuard
 
 from dualbuild.archive import DOCKER_ARCHIVE, check_one_image, decompressed_stream, read_aci_manifest
 from dualbuild.errors import BuildError
-from dualbuild.layer.tree import EntryType
 from dualbuild.verify.configs import IdFiles, compare_with_aci
+from dualbuild.verify.entries import HashingReader, compare_entries, read_entries
+from dualbuild.verify.layers import AppliedLayers, resolve_hardlinks
 from dualbuild.verify.views import ListedImage, check_views
 
 _CHUNK = 1 << 20
-_TYPES = {
-    tarfile.REGTYPE: EntryType.FILE,
-    tarfile.AREGTYPE: EntryType.FILE,
-    tarfile.CONTTYPE: EntryType.FILE,
-    tarfile.DIRTYPE: EntryType.DIR,
-    tarfile.SYMTYPE: EntryType.SYMLINK,
-    tarfile.LNKTYPE: EntryType.HARDLINK,
-    tarfile.CHRTYPE: EntryType.CHAR,
-    tarfile.BLKTYPE: EntryType.BLOCK,
-    tarfile.FIFOTYPE: EntryType.FIFO,
-}
-_XATTR = "SCHILY.xattr."
-
-
-@dataclass(frozen=True, kw_only=True)
-class ArchivedEntry:
-    """One entry as an archive records it, with its content hashed."""
-
-    path: str
-    type: EntryType
-    mode: int
-    uid: int
-    gid: int
-    size: int
-    sha256: str = ""
-    link_target: str = ""
-    devmajor: int = 0
-    devminor: int = 0
-    xattrs: tuple[tuple[str, bytes], ...] = ()
-
-
-class _HashingReader(io.RawIOBase):
-    """A read-only stream that hashes what passes through it."""
-
-    def __init__(self, source: IO[bytes], algorithm: str) -> None:
-        super().__init__()
-        self._source = source
-        self.hasher = hashlib.new(algorithm)
-
-    def readable(self) -> bool:
-        return True
-
-    def readinto(self, buffer: memoryview) -> int:  # type: ignore[override]
-        data = self._source.read(len(buffer))
-        self.hasher.update(data)
-        buffer[: len(data)] = data
-        return len(data)
-
-    def finish(self) -> str:
-        """Hash the rest of the stream and return the hex digest."""
-        while data := self._source.read(_CHUNK):
-            self.hasher.update(data)
-        return self.hasher.hexdigest()
-
-
-def read_entries(
-    source: IO[bytes], *, prefix: str = "", ids: IdFiles | None = None
-) -> Iterator[ArchivedEntry]:
-    """Stream the entries of a tar, hashing each file's content; names lose ``prefix``.
-
-    Entries outside ``prefix`` (an ACI's ``manifest`` and the ``rootfs`` directory itself)
-    are not yielded. ``ids`` keeps /etc/passwd and /etc/group as they pass.
-    """
-    with tarfile.open(fileobj=source, mode="r|") as tar:
-        for member in tar:
-            name = member.name.removeprefix("./")
-            if prefix:
-                if not name.startswith(prefix):
-                    continue
-                name = name[len(prefix) :]
-            kind = _TYPES.get(member.type)
-            if kind is None:
-                raise ValueError(f"{member.name}: unsupported tar entry type {member.type!r}")
-            digest = ""
-            if kind is EntryType.FILE:
-                content = tar.extractfile(member)
-                hasher = hashlib.sha256()
-                kept: list[bytes] | None = [] if ids is not None and ids.wants(name, member.size) else None
-                if content is not None:
-                    while data := content.read(_CHUNK):
-                        hasher.update(data)
-                        if kept is not None:
-                            kept.append(data)
-                digest = hasher.hexdigest()
-                if ids is not None and kept is not None:
-                    ids.add_file(name, b"".join(kept))
-            elif kind is EntryType.SYMLINK and ids is not None:
-                ids.add_link(name, member.linkname)
-            link = member.linkname
-            if kind is EntryType.HARDLINK:
-                link = link.removeprefix("./").removeprefix(prefix)
-            xattrs = tuple(
-                sorted(
-                    (key[len(_XATTR) :], value.encode("utf-8", "surrogateescape"))
-                    for key, value in member.pax_headers.items()
-                    if key.startswith(_XATTR)
-                )
-            )
-            yield ArchivedEntry(
-                path=name,
-                type=kind,
-                mode=member.mode,
-                uid=member.uid,
-                gid=member.gid,
-                size=member.size if kind is EntryType.FILE else 0,
-                sha256=digest,
-                link_target=link,
-                devmajor=member.devmajor if kind in (EntryType.CHAR, EntryType.BLOCK) else 0,
-                devminor=member.devminor if kind in (EntryType.CHAR, EntryType.BLOCK) else 0,
-                xattrs=xattrs,
-            )
-
-
-def compare_entries(
-    left: Iterator[ArchivedEntry], right: Iterator[ArchivedEntry], names: tuple[str, str]
-) -> list[str]:
-    """Differences between two entry streams, matched by path (order may differ)."""
-    differences: list[str] = []
-    pending: tuple[dict[str, ArchivedEntry], dict[str, ArchivedEntry]] = ({}, {})
-    sides = (left, right)
-    exhausted = [False, False]
-    while not all(exhausted):
-        for side in (0, 1):
-            if exhausted[side]:
-                continue
-            entry = next(sides[side], None)
-            if entry is None:
-                exhausted[side] = True
-                continue
-            other = pending[1 - side].pop(entry.path, None)
-            if other is None:
-                pending[side][entry.path] = entry
-            else:
-                pair = (entry, other) if side == 0 else (other, entry)
-                differences.extend(_differ(pair[0], pair[1], names))
-    for side in (0, 1):
-        for path in pending[side]:
-            differences.append(f"/{path}: only in the {names[side]}")
-    return differences
-
-
-_COMPARED = ("type", "mode", "uid", "gid", "size", "sha256", "link_target", "devmajor", "devminor", "xattrs")
-
-
-def _differ(left: ArchivedEntry, right: ArchivedEntry, names: tuple[str, str]) -> list[str]:
-    found = []
-    for field in _COMPARED:
-        a, b = getattr(left, field), getattr(right, field)
-        if a != b:
-            found.append(
-                f"/{left.path}: {field} differs: {names[0]} {_show(field, a)}, {names[1]} {_show(field, b)}"
-            )
-    return found
-
-
-def _show(field: str, value: object) -> str:
-    if field == "mode" and isinstance(value, int):
-        return oct(value)
-    if isinstance(value, EntryType):
-        return value.value
-    return repr(value)
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -240,6 +79,14 @@ def _docker_image(outer: tarfile.TarFile, differences: list[str]) -> _DockerImag
         return None
     if len(diff_ids) != len(layers):
         differences.append(f"docker archive: {len(layers)} layers but {len(diff_ids)} diff_ids")
+    history = config.get("history")
+    if isinstance(history, list):
+        # buildah and docker refuse an image whose history does not count its layers.
+        counted = sum(1 for item in history if not (isinstance(item, dict) and item.get("empty_layer")))
+        if counted != len(diff_ids):
+            differences.append(
+                f"docker archive: {counted} non-empty history entries for {len(diff_ids)} layers"
+            )
     _check_oci_layout(outer, differences)
     listed = ListedImage(
         config_path=config_path, layer_paths=tuple(layers), config_bytes=config_bytes, config=config
@@ -285,8 +132,8 @@ def verify(docker_tar: Path, aci: Path) -> list[str]:
     """Compare a Docker tarball and an ACI: their trees, their configs, the Docker digests and views.
 
     Args:
-        docker_tar: The ``.docker.tar`` holding one image with one layer (what dualbuild
-            writes; stacked layers with whiteouts are not modelled).
+        docker_tar: The ``.docker.tar`` holding one image: its layers are applied in order,
+            whiteouts honoured (verify.layers).
         aci: The ``.aci``, plain or gzip.
 
     Returns:
@@ -304,29 +151,46 @@ def verify(docker_tar: Path, aci: Path) -> list[str]:
             image = _docker_image(outer, differences)
             if image is None:
                 return differences
-            if len(image.layer_paths) != 1:
-                return [*differences, f"docker archive: {len(image.layer_paths)} layers; verify compares one"]
-            blob = outer.extractfile(image.layer_paths[0])
-            if blob is None:
-                return [*differences, f"docker archive: layer {image.layer_paths[0]} is missing"]
-            layer = _HashingReader(decompressed_stream(blob), "sha256")
             ids = IdFiles()
-            differences.extend(
-                compare_entries(
-                    read_entries(io.BufferedReader(layer, _CHUNK)),
-                    read_entries(decompressed_stream(aci_file), prefix="rootfs/", ids=ids),
-                    ("Docker layer", "ACI"),
+            aci_entries = read_entries(decompressed_stream(aci_file), prefix="rootfs/", ids=ids)
+            if len(image.layer_paths) == 1:
+                # One layer: both trees streamed side by side, nothing held.
+                blob = outer.extractfile(image.layer_paths[0])
+                if blob is None:
+                    return [*differences, f"docker archive: layer {image.layer_paths[0]} is missing"]
+                layer = HashingReader(decompressed_stream(blob), "sha256")
+                differences.extend(
+                    compare_entries(
+                        read_entries(io.BufferedReader(layer, _CHUNK)), aci_entries, ("Docker layer", "ACI")
+                    )
                 )
-            )
-            diff_id = "sha256:" + layer.finish()
-            if image.diff_ids and diff_id != image.diff_ids[0]:
-                differences.append(
-                    f"docker archive: the layer's diff_id is {diff_id}, the config says {image.diff_ids[0]}"
+                _check_diff_id(0, "sha256:" + layer.finish(), image, differences)
+            else:
+                applied = AppliedLayers()
+                for number, path in enumerate(image.layer_paths):
+                    blob = outer.extractfile(path)
+                    if blob is None:
+                        return [*differences, f"docker archive: layer {path} is missing"]
+                    layer = HashingReader(decompressed_stream(blob), "sha256")
+                    applied.apply(read_entries(io.BufferedReader(layer, _CHUNK)))
+                    _check_diff_id(number, "sha256:" + layer.finish(), image, differences)
+                differences.extend(
+                    compare_entries(
+                        applied.entries(), resolve_hardlinks(aci_entries), ("Docker layers", "ACI")
+                    )
                 )
             differences.extend(_config_differences(image, aci, ids))
     except (OSError, EOFError, tarfile.TarError, ValueError, KeyError) as exc:
         differences.append(f"cannot read the artifacts: {exc}")
     return differences
+
+
+def _check_diff_id(number: int, diff_id: str, image: _DockerImage, differences: list[str]) -> None:
+    if number < len(image.diff_ids) and diff_id != image.diff_ids[number]:
+        differences.append(
+            f"docker archive: layer {number + 1}'s diff_id is {diff_id},"
+            f" the config says {image.diff_ids[number]}"
+        )
 
 
 def _config_differences(image: _DockerImage, aci: Path, ids: IdFiles) -> list[str]:

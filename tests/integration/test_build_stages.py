@@ -358,20 +358,26 @@ def test_rootfs_tarball_escaping_entries_are_refused(builder: Builder, context: 
     assert not builder.containers()
 
 
-def test_rootfs_base_is_extracted_again_not_cached(builder: Builder, context: Path) -> None:
-    # The first stage is its base alone: position 0, which the cache does not keep.
+@pytest.mark.parametrize("layers", ["squash", "stages"])
+def test_rootfs_base_is_extracted_again_not_cached(builder: Builder, context: Path, layers: str) -> None:
+    # The first stage is its base alone: position 0, which the cache keeps only as a layer's tree.
+    # A tarball of its own (one more file), so that no other test's build cached its tree.
+    with tarfile.open(context / "busybox.tar", "a") as tarball:
+        marker = tarfile.TarInfo(f"layers-{layers}")
+        tarball.addfile(marker, io.BytesIO(b""))
     recipe = write_recipe(
         context,
         '[[stages]]\nname = "base"\nfrom = "rootfs:busybox.tar"\n\n'
         '[[stages]]\nname = "final"\nfrom = "stage:base"\n'
-        '  [[stages.steps]]\n  write = "/marker"\n  content = "marked\\n"\n',
+        '  [[stages.steps]]\n  write = "/marker"\n  content = "marked\\n"\n'
+        f'\n[output]\nlayers = "{layers}"\n',
     )
     for _ in range(2):  # filling the cache, then hitting it
         with builder.build(recipe) as built:
             assert (built.rootfs / "marker").read_text() == "marked\n"
             assert (built.rootfs / "bin" / "busybox").is_file()
     rootfs_key = base_key("rootfs", file_sha256(context / "busybox.tar"))
-    assert not builder.cached(rootfs_key)
+    assert builder.cached(rootfs_key) is (layers != "squash")
     assert builder.cached(builder.final_key(recipe))
     assert not builder.containers()
 

@@ -153,7 +153,8 @@ def test_no_cache_leaves_the_cache_holding_the_fresh_results(project: Path, cli_
     def stamp() -> str:
         with tarfile.open(project / "dist" / "t-1-linux-amd64.docker.tar") as archive:
             manifest = json.load(archive.extractfile("manifest.json"))  # type: ignore[arg-type]
-            layer = archive.extractfile(manifest[0]["Layers"][0])
+            # The last layer: the stage's own, above the rootfs base's.
+            layer = archive.extractfile(manifest[0]["Layers"][-1])
             assert layer is not None
             with tarfile.open(fileobj=layer) as tree:
                 member = tree.extractfile("stamp")

@@ -14,13 +14,20 @@ from pathlib import Path
 import pytest
 
 import dualbuild.layer.bytecode
+import dualbuild.layer.diff
 import dualbuild.layer.feed
 import dualbuild.layer.tarwriter
 import dualbuild.layer.tree
 from tests.support import ROOT, build_rich_tree, require
 
 SUFFIX = importlib.machinery.EXTENSION_SUFFIXES[0]
-COMPILED = [dualbuild.layer.tree, dualbuild.layer.tarwriter, dualbuild.layer.feed, dualbuild.layer.bytecode]
+COMPILED = [
+    dualbuild.layer.tree,
+    dualbuild.layer.tarwriter,
+    dualbuild.layer.feed,
+    dualbuild.layer.bytecode,
+    dualbuild.layer.diff,
+]
 
 # Every format written from one tree, walked as a build walks it; prints each artifact's sha256
 # and where tree.py came from.
@@ -77,6 +84,7 @@ def test_the_hot_path_runs_compiled() -> None:
         "tarwriter",
         "feed",
         "bytecode",
+        "diff",
     }
     assert sorted(
         path.relative_to(ROOT / "dualbuild").as_posix().removesuffix(SUFFIX)
@@ -84,6 +92,7 @@ def test_the_hot_path_runs_compiled() -> None:
     ) == [
         "layer/_native__mypyc",
         "layer/bytecode",
+        "layer/diff",
         "layer/feed",
         "layer/tarwriter",
         "layer/tree",

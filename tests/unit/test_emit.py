@@ -34,7 +34,7 @@ from dualbuild.recipe.model import (
     Protocol,
     Volume,
 )
-from dualbuild.verify.trees import ArchivedEntry, read_entries
+from dualbuild.verify.entries import ArchivedEntry, read_entries
 from tests.support import (
     CAPABILITY,
     HANG_SECONDS,

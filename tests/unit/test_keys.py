@@ -32,6 +32,10 @@ from = "registry.example/base:1"
 
 [app]
 cmd = ["/bin/app"]
+
+[output]
+# A layered image keeps the base's own layers, which a faked buildah store does not have.
+layers = "squash"
 """
 
 

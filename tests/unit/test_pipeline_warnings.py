@@ -28,6 +28,8 @@ from = "registry.example/base:1"
 
 [output]
 formats = ["docker"]
+# A layered image keeps the base's own layers, which a faked buildah store does not have.
+layers = "squash"
 """
 
 
