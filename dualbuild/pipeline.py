@@ -23,17 +23,20 @@ from dualbuild.builder.buildah import NAME_PREFIX, temporary_storage
 from dualbuild.builder.secrets import check_secrets, secret_ids
 from dualbuild.builder.stages import BuildOptions, BuildSession, StepTiming, build_session
 from dualbuild.emit import run_emitters
+from dualbuild.emit.acichain import LayerAci, Signer, write_aci_chain
 from dualbuild.emit.artifact import Artifact, ImageSpec
-from dualbuild.errors import BuildError, Problem, RecipeError, ReportError, SigningError
+from dualbuild.errors import BuildError, ReportError, SigningError
 from dualbuild.files import file_sha256, known_digests, remember_digest, remember_digests, scratch_directory
+from dualbuild.layer.diff import non_empty
+from dualbuild.layer.layers import ImageLayers, MadeLayer
 from dualbuild.layer.tarwriter import Writable
 from dualbuild.layer.tree import stream
 from dualbuild.leftovers import kill_commands_of_dead_processes, reclaim, scratch_directories
 from dualbuild.log import log, status
 from dualbuild.plan import BuildPlan, make_plan
 from dualbuild.recipe import load_recipe
-from dualbuild.recipe.model import AciLayering, Format, Recipe
-from dualbuild.report import ImageRecord, Report, Signature, read_report, write_report
+from dualbuild.recipe.model import Format, Recipe
+from dualbuild.report import AciLayer, ImageRecord, Report, Signature, read_report, write_report
 from dualbuild.sign.keys import check_signing_key
 from dualbuild.sign.signer import SigningKey, signing_stream
 from dualbuild.verify.diff import diff_archives
@@ -77,15 +80,6 @@ def build_recipe(recipe: Recipe, request: BuildRequest) -> Report:
     began = time.monotonic()
     plan = make_plan(recipe, settings.resolve(recipe, request.overrides, request.environ), sign=request.sign)
     _check_out_dir(plan.settings.out_dir)
-    if plan.recipe.output.aci_layers is not AciLayering.SQUASH and plan.artifacts.aci is not None:
-        raise RecipeError.of(
-            Problem(
-                file=str(plan.recipe.path),
-                key="output.aci_layers",
-                message='"dependencies" is not built yet',
-                hint='use "squash" (one ACI of the tree)',
-            )
-        )
     # A secret's variable is read from dualbuild's own environment, as the steps will get it.
     check_secrets(secret_ids(plan), plan.settings.secrets, plan.settings.context, os.environ)
     # What builds killed with SIGKILL left (their containers go when the session starts); first
@@ -148,16 +142,35 @@ def _build_and_write(
         # Walked while the formats are written (in "emit"): memory stays flat in the
         # number of entries, and the walk overlaps the hashing and compression.
         tree = stream(built.rootfs, spec.source_date_epoch)
+        layers = non_empty(built.layers, spec.source_date_epoch) if built.layers is not None else None
+        # An ACI dependency chain is written after the image's layers, whose diff_ids name its ACIs.
+        chained = plan.recipe.output.chained_aci
+        first = {fmt: path for fmt, path in pending.items() if not (chained and fmt is Format.ACI)}
         start = time.monotonic()
         with contextlib.ExitStack() as signer:
             taps: dict[Format, Writable] = {}
-            if key is not None and pending_signature is not None:
+            if key is not None and pending_signature is not None and not chained:
                 # The signer reads the ACI's bytes as they are written, on the other core.
                 name = pending[Format.ACI].name
                 taps[Format.ACI] = signer.enter_context(signing_stream(name, pending_signature, key))
-            formats = ", ".join(str(fmt) for fmt in pending) + (" (signed)" if taps else "")
+            formats = ", ".join(str(fmt) for fmt in first) + (" (signed)" if taps else "")
             with status.show(f"writing {formats}"):
-                artifacts = run_emitters(tree, spec, pending, taps=taps, timings=timings, layers=built.layers)
+                artifacts = (
+                    run_emitters(tree, spec, first, taps=taps, timings=timings, layers=layers)
+                    if first
+                    else []
+                )
+            aci_layers: tuple[AciLayer, ...] = ()
+            if chained:
+                with status.show("writing the ACI dependency chain" + (" (signed)" if key else "")):
+                    aci, chain = write_aci_chain(
+                        built.rootfs, layers or _squashed(built.rootfs), spec, artifacts, pending[Format.ACI],
+                        signer=_signer(key), timings=timings,
+                    )  # fmt: skip
+                artifacts = sorted(
+                    [*artifacts, aci], key=lambda artifact: list(pending).index(artifact.format)
+                )
+                aci_layers = tuple(_aci_layer(written, signed=key is not None) for written in chain)
             # The emitters logged what their formats cannot carry; the report lists it once.
             lost = (warning for artifact in artifacts for warning in artifact.warnings)
             warnings = list(dict.fromkeys([*warnings, *tree.warnings, *lost]))
@@ -175,7 +188,7 @@ def _build_and_write(
         # build here, before anything in the output folder is replaced.
         write_report(
             staging / _report_path(plan).name,
-            _report(plan, artifacts, key, warnings, timings, build_key, built.step_timings),
+            _report(plan, artifacts, key, warnings, timings, build_key, built.step_timings, aci_layers),
         )
         # Every output is complete: make them visible together, not interrupted half-way. The
         # report is the set's seal: the old one goes first and the new one comes last, so a set
@@ -189,13 +202,42 @@ def _build_and_write(
                 pending_signature.replace(signature)
             for artifact in artifacts:
                 remember_digest(targets[artifact.format], artifact.sha256)
+            for layer in aci_layers:
+                for written in (layer.file, layer.signature) if layer.signed else (layer.file,):
+                    written.replace(plan.settings.out_dir / written.name)
+                remember_digest(plan.settings.out_dir / layer.file.name, layer.sha256)
             # Written again now that the files are in place: their stamps are what it remembers.
-            report = _report(plan, artifacts, key, warnings, timings, build_key, built.step_timings)
+            aci_layers = tuple(
+                dataclasses.replace(layer, file=plan.settings.out_dir / layer.file.name)
+                for layer in aci_layers
+            )
+            report = _report(
+                plan, artifacts, key, warnings, timings, build_key, built.step_timings, aci_layers
+            )
             write_report(_report_path(plan), report)
     finally:
         shutil.rmtree(staging, ignore_errors=True)
     log.debug("timings: %s", ", ".join(f"{phase} {seconds:.2f}s" for phase, seconds in timings.items()))
     return report
+
+
+def _squashed(root: Path) -> ImageLayers:
+    """The one layer of a squashed image (``layers = "squash"``): the whole tree."""
+    return ImageLayers(made=(MadeLayer(lower=None, upper=root, created_by="dualbuild"),))
+
+
+def _signer(key: SigningKey | None) -> Signer | None:
+    """Each ACI of a chain signed while it is written, its ``.asc`` beside it."""
+    if key is None:
+        return None
+    return lambda path: signing_stream(path.name, path.with_name(path.name + ".asc"), key)
+
+
+def _aci_layer(written: LayerAci, *, signed: bool) -> AciLayer:
+    return AciLayer(
+        file=written.path, version=written.version, sha256=written.sha256, size=written.size,
+        image_id=written.image_id, signed=signed,
+    )  # fmt: skip
 
 
 def _check_out_dir(out_dir: Path) -> None:
@@ -264,6 +306,16 @@ def _up_to_date(plan: BuildPlan, previous: Report, build_key: str) -> bool:
         path = targets[artifact.format]
         if not path.is_file() or file_sha256(path) != artifact.sha256:
             return False
+    for layer in previous.aci_layers:
+        # The chain's ACIs, where this build would write them, as recorded and signed.
+        path = plan.settings.out_dir / layer.file.name
+        if not path.is_file() or file_sha256(path) != layer.sha256:
+            return False
+        if layer.signed:
+            try:
+                gpg.verify_in_keyring(path, path.with_name(path.name + ".asc"), plan.settings.gnupghome)
+            except SigningError:
+                return False
     signature, aci = plan.artifacts.aci_signature, plan.artifacts.aci
     if signature is None or aci is None:
         return previous.signature is None
@@ -344,6 +396,7 @@ def _report(
     timings: Mapping[str, float],
     build_key: str | None,
     step_timings: tuple[StepTiming, ...],
+    aci_layers: tuple[AciLayer, ...] = (),
 ) -> Report:
     image = plan.recipe.image
     targets = plan.artifacts.by_format()
@@ -367,4 +420,5 @@ def _report(
         step_timings=step_timings,
         build_key=build_key,
         digests=known_digests(),
+        aci_layers=aci_layers,
     )

@@ -44,6 +44,32 @@ class Signature:
 
 
 @dataclass(frozen=True, kw_only=True)
+class AciLayer:
+    """One layer's ACI of an ACI dependency chain (``aci_layers = "dependencies"``), and its signature.
+
+    Attributes:
+        file: The ``.aci``; its ``.asc`` beside it when ``signed``.
+        version: Its version label (``layer-<diff_id hex>``), what discovery finds it by.
+        sha256: Of the file.
+        size: Of the file.
+        image_id: ``sha512-<hex>`` of the uncompressed tar, as the image ACI pins it.
+        signed: Whether its signature was written.
+    """
+
+    file: Path
+    version: str
+    sha256: str
+    size: int
+    image_id: str
+    signed: bool
+
+    @property
+    def signature(self) -> Path:
+        """The detached signature's path."""
+        return self.file.with_name(self.file.name + ".asc")
+
+
+@dataclass(frozen=True, kw_only=True)
 class PublishedImage:
     """The image in a registry: one manifest digest under the version and every tag."""
 
@@ -101,6 +127,7 @@ class Report:
         build_key: What decides every output byte (an unchanged one means up to date).
         digests: Digests of big files with their stamps (files.known_digests).
         published: What ``publish`` put out.
+        aci_layers: The layers' ACIs the image ACI depends on, bottom to top (none: it holds the tree).
     """
 
     dualbuild: str
@@ -116,6 +143,7 @@ class Report:
     build_key: str | None = None
     digests: tuple[DigestRecord, ...] = ()
     published: Published = field(default_factory=Published)
+    aci_layers: tuple[AciLayer, ...] = ()
 
     def artifact(self, fmt: Format) -> Artifact | None:
         """The artifact of ``fmt``, if the build wrote one."""
@@ -139,6 +167,18 @@ def report_json(report: Report) -> dict[str, object]:
         if artifact.format is Format.ACI and report.signature is not None:
             entry["signature"] = str(report.signature.file)
             entry["signing_key"] = report.signature.signing_key
+        if artifact.format is Format.ACI and report.aci_layers:
+            entry["layers"] = [
+                {
+                    "file": str(layer.file),
+                    "version": layer.version,
+                    "sha256": layer.sha256,
+                    "size": layer.size,
+                    "image_id": layer.image_id,
+                    "signature": str(layer.signature) if layer.signed else None,
+                }
+                for layer in report.aci_layers
+            ]
         artifacts[str(artifact.format)] = entry
     image = report.image
     data: dict[str, object] = {
@@ -264,6 +304,7 @@ def _report_from(fields: _Fields) -> Report:
     artifacts = fields.table("artifacts")
     signature = None
     records = []
+    aci_layers: tuple[AciLayer, ...] = ()
     for name in artifacts.data:
         try:
             fmt = Format(name)
@@ -271,6 +312,8 @@ def _report_from(fields: _Fields) -> Report:
             raise _Malformed(f"artifacts.{name} is not a format") from None
         entry = artifacts.table(name)
         records.append(_artifact_from(entry, fmt))
+        if fmt is Format.ACI:
+            aci_layers = _aci_layers_from(entry.data.get("layers"))
         if fmt is Format.ACI and entry.data.get("signature") is not None:
             signature = Signature(
                 file=Path(entry.get("signature", str)), signing_key=entry.get("signing_key", str)
@@ -296,7 +339,26 @@ def _report_from(fields: _Fields) -> Report:
         build_key=fields.optional("build_key", str),
         digests=_digests_from(fields.data.get("digests")),
         published=_published_from(fields.table("published")) if "published" in fields.data else Published(),
+        aci_layers=aci_layers,
     )
+
+
+def _aci_layers_from(value: object) -> tuple[AciLayer, ...]:
+    if value is None:
+        return ()
+    if not isinstance(value, list):
+        raise _Malformed("artifacts.aci.layers is not a list")
+    layers = []
+    for index, item in enumerate(value):
+        entry = _Fields(item, f"artifacts.aci.layers[{index}]")
+        layers.append(
+            AciLayer(
+                file=Path(entry.get("file", str)), version=entry.get("version", str),
+                sha256=entry.get("sha256", str), size=entry.get("size", int),
+                image_id=entry.get("image_id", str), signed=entry.optional("signature", str) is not None,
+            )
+        )  # fmt: skip
+    return tuple(layers)
 
 
 def _step_timings_from(value: object) -> tuple[StepTiming, ...]:

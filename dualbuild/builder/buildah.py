@@ -133,9 +133,13 @@ class Buildah:
 
     def _run_argv(self, argv: Sequence[str | os.PathLike[str]], **kwargs: object) -> run.Result:
         """Run a buildah command line (perhaps behind a wrapper) with the session's TMPDIR."""
-        return run.run(argv, env=self._environment(), **kwargs)  # type: ignore[arg-type]
+        return run.run(argv, env=self.environment(), **kwargs)  # type: ignore[arg-type]
 
-    def _environment(self) -> dict[str, str]:
+    def environment(self) -> dict[str, str]:
+        """The environment of the session's tools: TMPDIR in a scratch folder of the session's.
+
+        A tool that outlives a build killed with SIGKILL is known by it, and killed (leftovers).
+        """
         if self.tmpdir is None:
             self.tmpdir = Path(tempfile.mkdtemp(prefix=scratch_prefix(BUILDAH_TMP_KIND), dir=STORE_DIR))
         return {**os.environ, "TMPDIR": os.fspath(self.tmpdir)}

@@ -220,7 +220,7 @@ def base_layers(
         case _:
             return (), ()
     try:
-        run.run([*argv, source, f"oci:{directory}:base"])
+        run.run([*argv, source, f"oci:{directory}:base"], env=buildah.environment())
     except CommandError as error:
         raise BuildError(
             f"cannot keep the layers of base {base.describe()}: skopeo copy failed\n{error.output_tail}",

@@ -44,6 +44,7 @@ from dualbuild.recipe.model import (
     ArchiveBase,
     BootstrapBase,
     CopyStep,
+    Layering,
     RegistryBase,
     RootfsBase,
     RunStep,
@@ -190,8 +191,15 @@ def build_session(plan: BuildPlan, options: BuildOptions) -> Iterator[BuildSessi
         )
         yield BuildSession(
             plan=plan, options=options, buildah=buildah, index=index, keyed=keyed, mounts=mounts,
-            trees=LayerTrees(plan, plan.recipe.output.layers), scratch=scratch,
+            trees=LayerTrees(plan, _layering(plan)), scratch=scratch,
         )  # fmt: skip
+
+
+def _layering(plan: BuildPlan) -> Layering:
+    """The recipe's layering, when an output has layers (an ACI alone holds the tree)."""
+    if plan.artifacts.docker is None and plan.artifacts.oci is None and not plan.recipe.output.chained_aci:
+        return Layering.SQUASH
+    return plan.recipe.output.layers
 
 
 @contextmanager

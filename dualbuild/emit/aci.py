@@ -15,6 +15,8 @@ from __future__ import annotations
 
 import json
 import tarfile
+from collections.abc import Callable
+from dataclasses import dataclass
 from pathlib import Path
 
 from dualbuild.emit.artifact import LAYER_PREFIX, Artifact, ImageSpec, Stack
@@ -24,6 +26,7 @@ from dualbuild.files import atomic_output
 from dualbuild.imageconfig import lost_fields
 from dualbuild.layer.feed import LayerSource, as_layer
 from dualbuild.layer.tarwriter import (
+    BLOCK,
     BackgroundStage,
     GzipWriter,
     HashingWriter,
@@ -94,6 +97,10 @@ def aci_manifest(tree: Tree, spec: ImageSpec) -> dict[str, object]:
         "app": app,
         "annotations": [{"name": name, "value": annotations[name]} for name in sorted(annotations)],
     }
+    if spec.aci_dependencies:
+        # The tree is rendered from the dependencies (emit/acichain.py); this ACI holds none of it.
+        manifest["dependencies"] = [dict(dependency) for dependency in spec.aci_dependencies]
+        manifest["pathWhitelist"] = list(spec.path_whitelist)
     return manifest
 
 
@@ -123,24 +130,54 @@ def emit_aci(
         raise BuildError("an ACI holds the whole tree, not an image's layers")
     source = as_layer(layer, prefix=LAYER_PREFIX[Format.ACI], mtime_clamp=sde)
     document = canonical_json(aci_manifest(source.tree, spec))
+    write_rootfs = source.write_to if not spec.aci_dependencies else _end_of_archive
+    written = write_aci(dest, document, write_rootfs, mtime=sde, tap=tap)
+    return Artifact(
+        format=Format.ACI,
+        path=dest,
+        sha256=written.sha256,
+        size=written.size,
+        image_id=written.image_id,
+        warnings=tuple(lost_fields(spec.config, Format.ACI)),
+    )
+
+
+def _end_of_archive(sink: Writable) -> None:
+    sink.write(bytes(2 * BLOCK))
+
+
+@dataclass(frozen=True, kw_only=True)
+class WrittenAci:
+    """An ACI file's identities: sha256 and size of the file, appc image ID of the tar."""
+
+    sha256: str
+    size: int
+    image_id: str
+
+
+def write_aci(
+    dest: Path, manifest: bytes, write_rootfs: Callable[[Writable], None], *, mtime: int, tap: Writable | None
+) -> WrittenAci:
+    """Write ``dest`` (atomically): ``manifest``, the ``rootfs`` directory, then what ``write_rootfs`` writes.
+
+    ``write_rootfs`` gets the uncompressed tar stream and writes the entries under ``rootfs/``
+    and the end-of-archive marker.
+    """
     with atomic_output(dest) as file:
         compressed = HashingWriter(Tee(file, tap), "sha256")
         gzip = GzipWriter(compressed)
         with BackgroundStage(gzip) as stage:
             raw = HashingWriter(stage, "sha512")
             raw.write(
-                tar_header("manifest", tarfile.REGTYPE, mode=0o644, mtime=sde, size=len(document))
-                + document
-                + padding(len(document))
-                + tar_header(LAYER_PREFIX[Format.ACI].rstrip("/"), tarfile.DIRTYPE, mode=0o755, mtime=sde)
+                tar_header("manifest", tarfile.REGTYPE, mode=0o644, mtime=mtime, size=len(manifest))
+                + manifest
+                + padding(len(manifest))
+                + tar_header(LAYER_PREFIX[Format.ACI].rstrip("/"), tarfile.DIRTYPE, mode=0o755, mtime=mtime)
             )
-            source.write_to(raw)
+            write_rootfs(raw)
         gzip.close()
-    return Artifact(
-        format=Format.ACI,
-        path=dest,
+    return WrittenAci(
         sha256=compressed.hexdigest("sha256"),
         size=compressed.size,
         image_id=f"sha512-{raw.hexdigest('sha512')}",
-        warnings=tuple(lost_fields(spec.config, Format.ACI)),
     )

@@ -39,6 +39,10 @@ class ImageSpec:
     image: Image
     config: ImageConfig
     source_date_epoch: int
+    # With aci_layers = "dependencies": the image ACI's dependencies (one ACI per layer, in
+    # layer order) and its pathWhitelist (every path of the tree); it holds no files itself.
+    aci_dependencies: tuple[Mapping[str, object], ...] = ()
+    path_whitelist: tuple[str, ...] = ()
 
 
 @dataclass(frozen=True, kw_only=True)

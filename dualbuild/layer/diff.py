@@ -20,12 +20,14 @@ writes them: an applier then never makes a parent up.
 
 from __future__ import annotations
 
+import dataclasses
 import os
 import stat
 from collections.abc import Iterator
 from pathlib import Path
 
 from dualbuild.errors import BuildError
+from dualbuild.layer.layers import ImageLayers
 from dualbuild.layer.tree import Entry, EntryType, Tree, carried_xattrs, make_entry
 
 WHITEOUT_PREFIX = ".wh."
@@ -53,6 +55,14 @@ def changes(lower: Path | None, upper: Path, source_date_epoch: int) -> Tree:
     return Tree(
         root=upper, entries=Changes(lower, upper, source_date_epoch), source_date_epoch=source_date_epoch
     )
+
+
+def non_empty(layers: ImageLayers, source_date_epoch: int) -> ImageLayers:
+    """The layers without the made ones that change nothing (a step that left the tree as it was)."""
+    made = tuple(
+        layer for layer in layers.made if not Changes(layer.lower, layer.upper, source_date_epoch).empty()
+    )
+    return dataclasses.replace(layers, made=made)
 
 
 class Changes:
@@ -127,7 +137,9 @@ def _diff(lower_slash: bytes | None, upper_slash: bytes, source_date_epoch: int)
             if stat.S_ISDIR(upper_st.st_mode):
                 same_kind = lower_st is not None and stat.S_ISDIR(lower_st.st_mode)
                 child = _Directory(rel + b"/", upper_st, iter(()))
-                if not same_kind or _metadata_differs(lower_st, upper_st, lower_dir, upper_slash, rel, name):
+                if not same_kind or _metadata_differs(
+                    lower_st, upper_st, lower_dir, upper_slash, rel, name, source_date_epoch
+                ):
                     stack.append(child)
                     yield from _parents(stack, upper_slash, source_date_epoch, inodes, skipped)
                 else:
@@ -136,7 +148,9 @@ def _diff(lower_slash: bytes | None, upper_slash: bytes, source_date_epoch: int)
                 child.items = _items(below, upper_slash, rel + b"/")
                 lowers.append(below)
                 continue
-            if lower_st is not None and not _changed(lower_st, upper_st, lower_dir, upper_slash, rel, name):
+            if lower_st is not None and not _changed(
+                lower_st, upper_st, lower_dir, upper_slash, rel, name, source_date_epoch
+            ):
                 continue
             yield from _parents(stack, upper_slash, source_date_epoch, inodes, skipped)
             entry = _entry(upper_slash, rel, upper_st, source_date_epoch, inodes, skipped)
@@ -202,14 +216,22 @@ def _lstat(path: bytes) -> os.stat_result | None:
         return None
 
 
-def _same_stat(lower: os.stat_result, upper: os.stat_result) -> bool:
+def _same_stat(lower: os.stat_result, upper: os.stat_result, source_date_epoch: int) -> bool:
+    """Whether the two stats are recorded alike: the mtime as a layer records it, clamped.
+
+    A directory a step only touched (a mount point made and removed in it) is then unchanged
+    whatever second it happened in, so a layer's bytes do not depend on how fast a build ran.
+    """
     return (
         lower.st_mode == upper.st_mode
         and lower.st_uid == upper.st_uid
         and lower.st_gid == upper.st_gid
-        # Whole seconds, as a layer records them: a commit's copy may have lost the fraction.
-        and lower.st_mtime_ns // 1_000_000_000 == upper.st_mtime_ns // 1_000_000_000
+        and _recorded_mtime(lower, source_date_epoch) == _recorded_mtime(upper, source_date_epoch)
     )
+
+
+def _recorded_mtime(st: os.stat_result, source_date_epoch: int) -> int:
+    return min(max(st.st_mtime_ns // 1_000_000_000, 0), source_date_epoch)
 
 
 def _metadata_differs(
@@ -219,9 +241,10 @@ def _metadata_differs(
     upper_slash: bytes,
     rel: bytes,
     name: bytes,
+    source_date_epoch: int,
 ) -> bool:
     """Whether a directory's own entry changed (its content is walked apart)."""
-    if lower is None or lower_dir is None or not _same_stat(lower, upper):
+    if lower is None or lower_dir is None or not _same_stat(lower, upper, source_date_epoch):
         return True
     if lower.st_ctime_ns == upper.st_ctime_ns:
         return False
@@ -235,9 +258,10 @@ def _changed(
     upper_slash: bytes,
     rel: bytes,
     name: bytes,
+    source_date_epoch: int,
 ) -> bool:
     """Whether a non-directory differs from the one of the same name below."""
-    if lower_dir is None or not _same_stat(lower, upper):
+    if lower_dir is None or not _same_stat(lower, upper, source_date_epoch):
         return True
     if lower.st_size != upper.st_size or lower.st_nlink != upper.st_nlink or lower.st_rdev != upper.st_rdev:
         return True

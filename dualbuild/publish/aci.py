@@ -61,7 +61,8 @@ class Wanted:
     """A file the site must serve.
 
     Attributes:
-        role: "key", "version" (the version's ACI and signature) or "tag".
+        role: "key", "version" (the version's ACI and signature), "tag", or "layer" (an ACI of
+            the version's dependency chain, and its signature).
         version: For an ACI, the version or tag its path is discovered as; None otherwise.
     """
 
@@ -153,8 +154,11 @@ def prepare(build: Build, dest: str, aci_url: str, request: PublishRequest) -> I
                 "publishing it would give users an ACI they cannot verify",
                 hint=str(error).splitlines()[0],
             ) from None
+        layers = _layer_files(build, aci, key)
         try:
             wanted = wanted_files(layout, key=key, aci=aci, signature=signature, links=site.links)
+            # The chain's ACIs before the image ACI that depends on them, each signature before its ACI.
+            wanted[1:1] = _wanted_layers(site, layout, layers, work)
             uploads, kept = plan_uploads(site, layout, wanted, work, force=request.force)
             page_upload = _page_upload(site, layout, work)
         except (OSError, HttpStatusError, http.client.HTTPException) as error:
@@ -168,6 +172,53 @@ def prepare(build: Build, dest: str, aci_url: str, request: PublishRequest) -> I
         else:
             uploads.append(page_upload)
         yield AciPlan(site=site, layout=layout, uploads=tuple(uploads), kept=tuple(kept))
+
+
+def _layer_files(build: Build, aci: Path, key: Path) -> list[tuple[str, Path, Path]]:
+    """Each ACI of the build's dependency chain (version, ACI, signature), its signature checked.
+
+    Raises:
+        PublishError: a layer's ACI or its signature is missing, or the signature does not verify.
+    """
+    found = []
+    for layer in build.report.aci_layers:
+        file = aci.parent / layer.file.name
+        signature = file.with_name(file.name + ".asc")
+        if not layer.signed or not file.is_file() or not signature.is_file():
+            raise PublishError(
+                f"{file.name}, an ACI the image ACI depends on, is missing or has no signature",
+                hint="build again: the chain is published whole or not at all",
+            )
+        try:
+            gpg.verify_detached(file, signature, key)
+        except SigningError as error:
+            raise PublishError(
+                f"the signature of {file.name} does not verify with the public key",
+                hint=str(error).splitlines()[0],
+            ) from None
+        found.append((layer.version, file, signature))
+    return found
+
+
+def _wanted_layers(
+    site: Site, layout: SiteLayout, layers: list[tuple[str, Path, Path]], work: Path
+) -> list[Wanted]:
+    """The chain's files the site lacks: a layer's ACI on the site with these bytes stays, its signature too.
+
+    A layer's ACI is named by its content and pinned by imageID in the images published before:
+    one with other bytes under its name is refused (plan_uploads), never replaced unasked.
+    """
+    wanted: list[Wanted] = []
+    for index, (version, file, signature) in enumerate(layers):
+        path = layout.aci_of(version)
+        held = work / f"layer-{index}"
+        if site.fetch(path, held) and file_sha256(held) == file_sha256(file):
+            continue
+        wanted += [
+            Wanted(path=f"{path}.asc", content=signature, content_type=SIGNATURE_TYPE, role="layer"),
+            Wanted(path=path, content=file, content_type=ACI_TYPE, role="layer", version=version),
+        ]
+    return wanted
 
 
 def wanted_files(layout: SiteLayout, *, key: Path, aci: Path, signature: Path, links: bool) -> list[Wanted]:
@@ -247,6 +298,13 @@ def _check_replacement(
         SidePublishError: the replacement destroys a published version and ``force`` is not set.
     """
     where = _join(site.location, want.path)
+    if want.role == "layer" and want.version is not None and not force:
+        raise SidePublishError(
+            f"{where} holds another ACI of the layer {want.version}, which published images may pin",
+            side="aci",
+            not_published=[f"the ACI {layout.discovery_name}"],
+            hint="pass --force to replace it",
+        )
     if want.role == "tag":
         # A link at a tag's path is a tag; a file there may be a version of the same name.
         published = link is None and want.version is not None and _version_label(previous) == want.version

@@ -431,6 +431,11 @@ class Output:
     layers: Layering = Layering.STAGES
     aci_layers: AciLayering = AciLayering.SQUASH
 
+    @property
+    def chained_aci(self) -> bool:
+        """Whether the ACI is a dependency chain of the image's layers (it is written, and asked so)."""
+        return self.aci_layers is AciLayering.DEPENDENCIES and Format.ACI in self.formats
+
 
 @dataclass(frozen=True, kw_only=True)
 class Sign:

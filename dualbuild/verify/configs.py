@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import json
 import posixpath
-from collections.abc import Mapping
+from collections.abc import Iterable, Mapping
 
 from dualbuild.errors import BuildError
 from dualbuild.imageconfig import ImageConfig, from_aci_manifest, from_docker_config
@@ -46,6 +46,14 @@ class IdFiles:
     def add_file(self, path: str, data: bytes) -> None:
         """Keep a file's content (``path`` relative to the root)."""
         self._files[path] = data
+
+    def take(self, other: IdFiles, paths: Iterable[str]) -> None:
+        """Keep what ``other`` kept of these paths (the ones a rendered tree took from it)."""
+        for path in paths:
+            if path in other._files:
+                self._files[path] = other._files[path]
+            if path in other._links:
+                self._links[path] = other._links[path]
 
     def add_link(self, path: str, target: str) -> None:
         """Note a symlink, if it can lead to /etc/passwd or /etc/group."""

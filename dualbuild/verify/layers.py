@@ -13,10 +13,14 @@ tree may name a different path of the same inode first, and both hold the same f
 from __future__ import annotations
 
 import dataclasses
-from collections.abc import Iterable, Iterator
+import io
+from collections.abc import Iterable, Iterator, Mapping
+from pathlib import Path
 
+from dualbuild.archive import decompressed_stream
 from dualbuild.layer.tree import EntryType, encode_name
-from dualbuild.verify.entries import ArchivedEntry
+from dualbuild.verify.configs import IdFiles
+from dualbuild.verify.entries import ArchivedEntry, HashingReader, read_entries
 
 WHITEOUT_PREFIX = ".wh."
 OPAQUE_WHITEOUT = ".wh..wh..opq"
@@ -93,3 +97,95 @@ def _join(parent: str, name: str) -> str:
 
 def _walk_order(path: str) -> list[bytes]:
     return [encode_name(part) for part in path.split("/")]
+
+
+def dependency_files(
+    aci: Path, manifest: Mapping[str, object]
+) -> list[tuple[Mapping[str, object], Path | None]]:
+    """The ACIs an image ACI depends on, bottom to top, each with its file beside it (None: not there).
+
+    A dependency's file is named as the image's is, with its version label for the image's
+    (``{name}-{version}-{os}-{arch}.aci``, emit/acichain.py).
+    """
+    dependencies = manifest.get("dependencies")
+    if not isinstance(dependencies, list):
+        return []
+    own = _version_of(manifest)
+    short = str(manifest.get("name", "")).rsplit("/", 1)[-1]
+    prefix = f"{short}-{own}-"
+    found: list[tuple[Mapping[str, object], Path | None]] = []
+    for dependency in dependencies:
+        if not isinstance(dependency, dict):
+            continue
+        version = _version_of(dependency)
+        name = f"{short}-{version}-{aci.name.removeprefix(prefix)}"
+        path = aci.with_name(name) if own and version and aci.name.startswith(prefix) else None
+        found.append((dependency, path if path is not None and path.is_file() else None))
+    return found
+
+
+def render_chain(
+    aci: Path, manifest: Mapping[str, object], ids: IdFiles, differences: list[str]
+) -> Iterator[ArchivedEntry]:
+    """The tree rkt renders from an image ACI's dependencies (appc's acirenderer rules).
+
+    Images are taken highest first (for one level of dependencies: the last listed first); a
+    path comes from the first image that has it, when the image ACI's pathWhitelist lists it
+    (directories too) and no path above it is rendered as something other than a directory.
+    Each dependency's imageID must be the sha512 of its uncompressed tar.
+    """
+    whitelist_value = manifest.get("pathWhitelist")
+    whitelist = (
+        {str(path).strip("/") for path in whitelist_value} if isinstance(whitelist_value, list) else set()
+    )
+    rendered: dict[str, ArchivedEntry] = {}
+    for dependency, path in reversed(dependency_files(aci, manifest)):
+        version = _version_of(dependency)
+        if path is None:
+            differences.append(f"ACI chain: the ACI of dependency {version} is not beside {aci.name}")
+            continue
+        taken: list[str] = []
+        layer_ids = IdFiles()
+        with path.open("rb") as file:
+            raw = HashingReader(decompressed_stream(file), "sha512")
+            for entry in resolve_hardlinks(
+                read_entries(io.BufferedReader(raw, 1 << 20), prefix=_ROOTFS, ids=layer_ids)
+            ):
+                name = entry.path.strip("/")
+                if (
+                    (whitelist and name not in whitelist)
+                    or name in rendered
+                    or _under_non_directory(name, rendered)
+                ):
+                    continue
+                rendered[name] = dataclasses.replace(entry, path=name)
+                taken.append(name)
+            image_id = f"sha512-{raw.finish()}"
+        if image_id != dependency.get("imageID"):
+            differences.append(
+                f"ACI chain: {path.name} is {image_id}, the image ACI pins {dependency.get('imageID')}"
+            )
+        ids.take(layer_ids, taken)
+    for name in sorted(rendered, key=_walk_order):
+        yield rendered[name]
+
+
+_ROOTFS = "rootfs/"
+
+
+def _under_non_directory(path: str, rendered: Mapping[str, ArchivedEntry]) -> bool:
+    parent = path.rpartition("/")[0]
+    while parent:
+        above = rendered.get(parent)
+        if above is not None and above.type is not EntryType.DIR:
+            return True
+        parent = parent.rpartition("/")[0]
+    return False
+
+
+def _version_of(manifest: Mapping[str, object]) -> str:
+    labels = manifest.get("labels")
+    for label in labels if isinstance(labels, list) else []:
+        if isinstance(label, dict) and label.get("name") == "version":
+            return str(label.get("value", ""))
+    return ""

@@ -2,15 +2,21 @@
 
 from __future__ import annotations
 
+import re
 import stat
 from pathlib import Path
 
 from dualbuild import gpg
-from dualbuild.errors import SigningError
+from dualbuild.archive import read_aci_manifest
+from dualbuild.errors import BuildError, SigningError
 from dualbuild.plan import SIGNATURE_SUFFIX, SUFFIXES, ArtifactFiles
 from dualbuild.recipe.model import Format
 from dualbuild.verify.aci import aci_structure
+from dualbuild.verify.layers import dependency_files
 from dualbuild.verify.trees import verify
+
+# How emit/acichain.py names a layer's ACI: the image's name with the layer's version label.
+LAYER_ACI = re.compile(r"-layer-[0-9a-f]{64}-.*\.aci(\.asc)?$")
 
 
 def find_sets(paths: list[Path]) -> list[ArtifactFiles]:
@@ -20,6 +26,8 @@ def find_sets(paths: list[Path]) -> list[ArtifactFiles]:
         files.extend(sorted(path.iterdir()) if path.is_dir() else [path])
     sets: dict[str, dict[Format, Path]] = {}
     for file in files:
+        if LAYER_ACI.search(file.name):
+            continue  # a layer of an ACI dependency chain: checked with the image ACI that depends on it
         for fmt in (Format.DOCKER, Format.ACI):
             if file.name.endswith(SUFFIXES[fmt]):
                 sets.setdefault(file.name.removesuffix(SUFFIXES[fmt]), {})[fmt] = file
@@ -45,20 +53,33 @@ def verify_set(files: ArtifactFiles, keyring: Path | None) -> list[str]:
         return irregular
     problems: list[str] = []
     if files.aci is not None and files.aci_signature is not None:
-        problems += aci_structure(files.aci)
+        problems += _signed_aci(files.aci, files.aci_signature, keyring)
         try:
-            if keyring is not None:
-                gpg.verify_detached(files.aci, files.aci_signature, keyring)
-            else:
-                gpg.verify_in_keyring(files.aci, files.aci_signature)
-        except SigningError as error:
-            problems.append(f"signature: {error.message}")
+            manifest = read_aci_manifest(files.aci)
+        except BuildError:
+            manifest = {}  # aci_structure said why
+        for _, layer in dependency_files(files.aci, manifest):
+            if layer is not None:
+                problems += _signed_aci(layer, layer.with_name(layer.name + SIGNATURE_SUFFIX), keyring)
     if files.docker is not None and files.aci is not None:
         problems += verify(files.docker, files.aci)
     elif files.docker is None:
         problems.append(f"no {files.stem}{SUFFIXES[Format.DOCKER]} to compare the ACI with")
     else:
         problems.append(f"no {files.stem}{SUFFIXES[Format.ACI]} to compare the Docker tarball with")
+    return problems
+
+
+def _signed_aci(aci: Path, signature: Path, keyring: Path | None) -> list[str]:
+    """Appc's rules for one ACI, and its signature by the keyring (or the user's)."""
+    problems = aci_structure(aci)
+    try:
+        if keyring is not None:
+            gpg.verify_detached(aci, signature, keyring)
+        else:
+            gpg.verify_in_keyring(aci, signature)
+    except SigningError as error:
+        problems.append(f"signature: {error.message}")
     return problems
 
 

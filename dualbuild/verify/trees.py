@@ -24,7 +24,7 @@ from dualbuild.archive import DOCKER_ARCHIVE, check_one_image, decompressed_stre
 from dualbuild.errors import BuildError
 from dualbuild.verify.configs import IdFiles, compare_with_aci
 from dualbuild.verify.entries import HashingReader, compare_entries, read_entries
-from dualbuild.verify.layers import AppliedLayers, resolve_hardlinks
+from dualbuild.verify.layers import AppliedLayers, render_chain, resolve_hardlinks
 from dualbuild.verify.views import ListedImage, check_views
 
 _CHUNK = 1 << 20
@@ -152,8 +152,17 @@ def verify(docker_tar: Path, aci: Path) -> list[str]:
             if image is None:
                 return differences
             ids = IdFiles()
-            aci_entries = read_entries(decompressed_stream(aci_file), prefix="rootfs/", ids=ids)
-            if len(image.layer_paths) == 1:
+            try:
+                manifest = read_aci_manifest(aci)
+            except BuildError:
+                manifest = {}  # said by the config comparison below
+            chained = bool(manifest.get("dependencies"))
+            if chained:
+                # An ACI dependency chain: its tree is what rendering it gives, as rkt renders it.
+                aci_entries = render_chain(aci, manifest, ids, differences)
+            else:
+                aci_entries = read_entries(decompressed_stream(aci_file), prefix="rootfs/", ids=ids)
+            if len(image.layer_paths) == 1 and not chained:
                 # One layer: both trees streamed side by side, nothing held.
                 blob = outer.extractfile(image.layer_paths[0])
                 if blob is None:

@@ -6,6 +6,7 @@ Real clients read them: docker load + run, podman load, skopeo against a real re
 
 from __future__ import annotations
 
+import gzip
 import hashlib
 import json
 import shutil
@@ -91,6 +92,7 @@ def write_project(
     layers: str | None = None,
     version: str = "1.0.0",
     config: str = "x=1",
+    output: str = "",
 ) -> Path:
     directory.mkdir(parents=True, exist_ok=True)
     if isinstance(base, Path):
@@ -105,7 +107,7 @@ def write_project(
             tls=tls,
             version=version,
             config=config,
-            layers=f'layers = "{layers}"' if layers else "",
+            layers=(f'layers = "{layers}"\n' if layers else "") + output,
         )
     )
     return recipe
@@ -241,3 +243,52 @@ def test_a_registry_base_keeps_the_registry_s_compressed_blobs(
     _, _, digests = docker_image(files["docker"])
     assert digests[:2] == pushed  # the registry's gzip blobs, not a recompression
     assert verify(files["docker"], files["aci"]) == []
+
+
+def test_an_aci_dependency_chain_renders_the_docker_tree_and_is_published_whole(
+    two_layer_base: Path, cli_env: dict[str, str], tmp_path: Path
+) -> None:
+    recipe = write_project(tmp_path / "chain", two_layer_base, output='aci_layers = "dependencies"\n')
+    result = dualbuild(["build", str(recipe), "--json"], cli_env)
+    assert result.returncode == 0, result.stderr
+    report = json.loads(result.stdout)["artifacts"]
+    layers = report["aci"]["layers"]
+    assert [layer["version"] for layer in layers] == [
+        "layer-" + diff_id.removeprefix("sha256:") for diff_id in report["docker"]["diff_ids"]
+    ]
+    top = Path(report["aci"]["file"])
+    for aci in [top, *(Path(layer["file"]) for layer in layers)]:
+        subprocess.run(["actool", "validate", str(aci)], check=True, timeout=HANG_SECONDS)
+        subprocess.run(
+            ["gpg", "--verify", f"{aci}.asc", str(aci)], env=cli_env, check=True, capture_output=True,
+            timeout=HANG_SECONDS,
+        )  # fmt: skip
+    with tarfile.open(top) as tar:
+        manifest = json.loads(tar.extractfile("manifest").read())  # type: ignore[union-attr]
+        assert tar.getnames() == ["manifest", "rootfs"]  # the image ACI holds no file itself
+    for dependency, layer in zip(manifest["dependencies"], layers, strict=True):
+        with Path(layer["file"]).open("rb") as file:
+            raw = gzip.decompress(file.read())
+        assert dependency["imageID"] == "sha512-" + hashlib.sha512(raw).hexdigest()
+    whitelist = set(manifest["pathWhitelist"])
+    assert "/opt/app/out" in whitelist
+    assert not {"/etc/base-junk", "/bin/cat", "/usr/share/base/a"} & whitelist
+    # Rendered as rkt renders it, the chain is the Docker image's tree; dualbuild verify says so.
+    assert verify(Path(report["docker"]["file"]), top) == []
+    checked = dualbuild(["verify", str(top.parent)], cli_env)
+    assert checked.returncode == 0, checked.stdout + checked.stderr
+
+    site = tmp_path / "site"
+    publish = ["publish", str(recipe), "--aci", str(site), "--aci-url", "https://example.com"]
+    published = dualbuild(publish, cli_env)
+    assert published.returncode == 0, published.stderr
+    images = site / "images" / "example.com"
+    for layer in layers:
+        name = f"layered-{layer['version']}-linux-amd64.aci"
+        assert (images / name).read_bytes() == Path(layer["file"]).read_bytes()
+        assert (images / f"{name}.asc").is_file()
+    assert dualbuild(publish, cli_env).returncode == 0  # again: the same bytes, nothing refused
+
+    Path(layers[1]["file"]).unlink()
+    missing = verify(Path(report["docker"]["file"]), top)
+    assert any("is not beside" in difference for difference in missing)

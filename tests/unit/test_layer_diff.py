@@ -163,3 +163,15 @@ def test_no_lower_tree_is_the_whole_upper_tree(tmp_path: Path) -> None:
     upper = lower_tree(tmp_path / "upper")
     _, found = layer(None, upper)
     assert [entry.path for entry in found] == [entry.path for entry in snapshot(upper, SDE).entries]
+
+
+def test_a_directory_only_touched_after_the_epoch_is_no_change(tmp_path: Path) -> None:
+    # Both times clamp to the epoch: the layer would record the same entry, so it has none, and
+    # its bytes do not depend on the second in which a step touched the directory.
+    lower = lower_tree(tmp_path / "lower")
+    upper = upper_from(lower, tmp_path / "upper")
+    os.utime(lower / "etc", (SDE + 10, SDE + 10))
+    os.utime(upper / "etc", (SDE + 20, SDE + 20))
+    assert layer(lower, upper)[1] == []
+    os.utime(upper / "etc", (SDE - 20, SDE - 20))  # before the epoch: recorded as it is
+    assert [entry.path for entry in layer(lower, upper)[1]] == ["etc"]

@@ -16,6 +16,7 @@ from dualbuild.publish.types import Build
 from dualbuild.recipe import load_recipe
 from dualbuild.recipe.model import Format
 from dualbuild.report import (
+    AciLayer,
     ImageRecord,
     Published,
     PublishedAci,
@@ -79,6 +80,19 @@ def test_a_report_reads_back_as_it_was_written(tmp_path: Path) -> None:
         REPORT,
         replace(REPORT, published=published),
         replace(REPORT, signature=None, build_key=None),
+        replace(
+            REPORT,
+            aci_layers=(
+                AciLayer(
+                    file=Path("/out/x-layer-1-linux-arm.aci"),
+                    version="layer-" + "e" * 64,
+                    sha256="9" * 64,
+                    size=30,
+                    image_id="sha512-" + "8" * 128,
+                    signed=True,
+                ),
+            ),
+        ),
     ):
         write_report(tmp_path / "x.report.json", report)
         assert read_report(tmp_path / "x.report.json") == report
