@@ -65,8 +65,10 @@ lint: venv
 # Benchmarks (issue 8), not part of `make test`: root, buildah, gpg, pigz, actool, mmdebstrap.
 # ~11 min with the default 3 runs; trees are cached in ~/.cache/dualbuild-bench. Results: BENCHMARKS.md.
 BENCH_ARGS ?=
+# bench/layers.py: layered images and the step cache on two realistic recipes (issue 18).
 bench: setup bytecode
 	$(BIN)/python bench/run.py $(BENCH_ARGS)
+	$(BIN)/python bench/layers.py $(LAYERS_BENCH_ARGS)
 
 clean:
 	rm -rf $(VENV) build dualbuild/layer/*.so $(DEMO)/dist $(DEMO)/busybox-rootfs.tar $(DEMO_GNUPGHOME) .pytest_cache .mypy_cache .ruff_cache

@@ -198,6 +198,8 @@ def plan_to_dict(plan: BuildPlan) -> dict[str, object]:
         "out_dir": str(plan.settings.out_dir),
         "args": dict(plan.args),
         "source_date_epoch": plan.settings.source_date_epoch,
+        "layers": str(plan.recipe.output.layers),
+        "aci_layers": str(plan.recipe.output.aci_layers),
         "stages": [
             {
                 "number": stage.number,

@@ -83,8 +83,14 @@ def plan_text(planned: BuildPlan) -> str:
                 ]
                 lines.append(f"    mounts: {', '.join(mounted)}")
     lines.append(f"source_date_epoch: {planned.settings.source_date_epoch}")
+    output = planned.recipe.output
+    lines.append(f"layers: {output.layers} (the ACI: {output.aci_layers})")
     lines.append("artifacts:")
     lines.extend(f"  {path}" for path in planned.artifacts.all())
+    if output.chained_aci:
+        lines.append(
+            "  and beside the ACI, one ACI per image layer (named by its diff_id) with its signature"
+        )
     lines.extend(f"warning: {warning}" for warning in planned.warnings)
     return "\n".join(lines)
 
