@@ -19,9 +19,10 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from dualbuild import __version__, gpg, run, settings
-from dualbuild.builder.buildah import NAME_PREFIX, temporary_storage
+from dualbuild.builder.buildah import NAME_PREFIX
 from dualbuild.builder.secrets import check_secrets, secret_ids
 from dualbuild.builder.stages import BuildOptions, BuildSession, StepTiming, build_session
+from dualbuild.builder.storage import temporary_storage
 from dualbuild.emit import run_emitters
 from dualbuild.emit.acichain import LayerAci, Signer, write_aci_chain
 from dualbuild.emit.artifact import Artifact, ImageSpec

@@ -8,12 +8,12 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import shutil
 import tempfile
 import time
 import uuid
-from collections.abc import Callable, Iterator, Mapping, Sequence
-from contextlib import contextmanager
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -28,12 +28,12 @@ from dualbuild.builder.runtime import (
     Bind,
     remove_runtime_root,
 )
+from dualbuild.builder.storage import StorageOptions
 from dualbuild.errors import BuildError, CommandError, UsageError
 from dualbuild.files import scratch_prefix, write_atomically
 from dualbuild.leftovers import (
     BUILDAH_TMP_KIND,
     STORE_DIR,
-    STORE_KIND,
     kill_commands_of_dead_processes,
     left_by_dead_process,
     remove_scratch,
@@ -53,43 +53,10 @@ PROBE_ORDER = ("oci", "runc")
 NAME_PREFIX = "dualbuild-"
 # The label of images committed to outlive the build (cache entries).
 KEPT_LABEL = "io.dualbuild.kept"
+# containers/storage's complaint about an image record whose data is gone, and its id.
+_BROKEN_IMAGE = re.compile(r'locating item named "[^"]+" for image with ID "([0-9a-f]{64})"')
+_MAX_BROKEN_IMAGES = 8
 TREE_LABEL = "io.dualbuild.tree"
-
-
-@dataclass(frozen=True, kw_only=True)
-class StorageOptions:
-    """Where buildah keeps images and containers (default: its own configuration)."""
-
-    root: Path | None = None
-    runroot: Path | None = None
-    driver: str | None = None
-
-    def argv(self) -> list[str]:
-        """Global buildah flags for this storage."""
-        flags = []
-        if self.root is not None:
-            flags += ["--root", os.fspath(self.root)]
-        if self.runroot is not None:
-            flags += ["--runroot", os.fspath(self.runroot)]
-        if self.driver is not None:
-            flags += ["--storage-driver", self.driver]
-        return flags
-
-
-@contextmanager
-def temporary_storage() -> Iterator[StorageOptions]:
-    """A fresh, empty buildah store for one build, removed afterwards (mounts included)."""
-    base = Path(tempfile.mkdtemp(prefix=scratch_prefix(STORE_KIND), dir=STORE_DIR))
-    storage = StorageOptions(root=base / "root", runroot=base / "run")
-    try:
-        yield storage
-    finally:
-        binary = shutil.which("buildah")
-        if binary:
-            run.run([binary, *storage.argv(), "rmi", "--all", "--force"], check=False)
-        # Overlay keeps a bind mount of its own directory; unmount before deleting the tree.
-        run.run(["umount", "-R", os.fspath(base / "root" / "overlay")], check=False)
-        shutil.rmtree(base, ignore_errors=True)
 
 
 @dataclass
@@ -157,8 +124,11 @@ class Buildah:
             args.append("--tls-verify=false")
         if self.authfile is not None:
             args += ["--authfile", os.fspath(self.authfile)]
+        # A local archive's pull is not stopped half-way either (see commit_as); a registry's,
+        # which may take long, writes its image record only once the layers are in.
+        local = image.startswith(("docker-archive:", "oci-archive:"))
         try:
-            return self._run(*args, image).stdout.strip().splitlines()[-1]
+            return self._run(*args, image, shield=local).stdout.strip().splitlines()[-1]
         except (CommandError, IndexError) as error:
             tail = error.output_tail if isinstance(error, CommandError) else "no image id printed"
             raise BuildError(
@@ -196,7 +166,9 @@ class Buildah:
         self._run(
             "config", "--label", f"{KEPT_LABEL}=true", "--label", f"{TREE_LABEL}={tree_digest}", container
         )
-        self._run("commit", "--quiet", container, image)
+        # Not stopped half-way: a commit killed between its image record and the image's
+        # manifest leaves an image every later `buildah images` fails on (the whole store).
+        self._run("commit", "--quiet", container, image, shield=True)
 
     def label(self, name: str, *, container: str) -> str | None:
         """A label of a container's config (its image's, as it was made from it); None if none."""
@@ -229,7 +201,18 @@ class Buildah:
             if dangling
             else ["--filter", f"reference={repository}"]
         )
-        return _json_list(self._run("images", "--json", *filters).stdout)
+        for _ in range(_MAX_BROKEN_IMAGES):
+            listed = self._run("images", "--json", *filters, check=False)
+            broken = _BROKEN_IMAGE.search(listed.tail) if listed.returncode != 0 else None
+            if broken is None:
+                break
+            # An image a killed buildah left half-written fails every listing of the store: it
+            # holds no tree anyone can use, so it goes (and the listing is asked again).
+            log.warning("removing image %s, which buildah left incomplete: %s", broken[1][:12], broken[0])
+            self._run("rmi", "--force", broken[1], check=False)
+        if listed.returncode != 0:
+            listed = self._run("images", "--json", *filters)  # raises, with buildah's words
+        return _json_list(listed.stdout)
 
     def remove_image(self, image: str) -> bool:
         """Remove an image; False if buildah refused (in use, already gone)."""
@@ -354,7 +337,7 @@ class Buildah:
         """Commit a container to a temporary image (removed by cleanup); returns its name."""
         image = f"localhost/{NAME_PREFIX}{self.session}-{label}:stage"
         self.images.append(image)
-        self._run("commit", "--quiet", container, image)
+        self._run("commit", "--quiet", container, image, shield=True)  # see commit_as
         return image
 
     def inspect(self, container: str) -> dict[str, object]:

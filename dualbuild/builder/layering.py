@@ -163,8 +163,8 @@ def image_layers(
         first, base_file=stage.base_file, image_id=stage.image_id, buildah=buildah, directory=directory,
         tls_verify=tls_verify, authfile=authfile,
     )  # fmt: skip
-    if kept:
-        # The made layers' bottom tree is the base image itself, whatever the cache holds now.
+    if kept and not trees.recorded(first.name, 0):
+        # The made layers' bottom tree is the base image's (its position 0 is that tree as committed).
         if isinstance(first.base, ArchiveBase):
             trees.record_image(first.name, 0, buildah.pull(f"{first.base.kind}:{stage.base_file}"))
         elif stage.image_id is not None:

@@ -19,7 +19,7 @@ from pathlib import Path
 
 from dualbuild import run
 from dualbuild.builder import bases
-from dualbuild.builder.buildah import TREE_LABEL, Buildah, StorageOptions
+from dualbuild.builder.buildah import TREE_LABEL, Buildah
 from dualbuild.builder.cache import (
     Position,
     StepIndex,
@@ -32,6 +32,7 @@ from dualbuild.builder.layering import LayerTrees, image_layers
 from dualbuild.builder.runstep import RunMounts
 from dualbuild.builder.secrets import SecretFiles
 from dualbuild.builder.step import run_step
+from dualbuild.builder.storage import StorageOptions
 from dualbuild.errors import BuildError, CommandError
 from dualbuild.files import scratch_directory, write_atomically
 from dualbuild.imageconfig import ImageConfig, apply_app, from_docker_config

@@ -15,7 +15,7 @@ from pathlib import Path
 
 import pytest
 
-from dualbuild.builder.buildah import StorageOptions
+from dualbuild.builder.storage import StorageOptions
 from dualbuild.gpg import gpg_env, stop_agent
 from tests.integration.helpers import Builder, Docker, buildah
 from tests.support import HANG_SECONDS, ROOT, free_port, require_root, require_tools, wait_until_listening

@@ -9,9 +9,9 @@ from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
-from dualbuild.builder.buildah import StorageOptions
 from dualbuild.builder.cache import cache_image
 from dualbuild.builder.stages import BuildOptions, BuiltImage, build_session
+from dualbuild.builder.storage import StorageOptions
 from dualbuild.plan import BuildPlan, make_plan
 from dualbuild.recipe import load_recipe
 from dualbuild.settings import Overrides, resolve

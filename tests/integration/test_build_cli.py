@@ -12,7 +12,7 @@ from pathlib import Path
 
 import pytest
 
-from dualbuild.builder.buildah import StorageOptions
+from dualbuild.builder.storage import StorageOptions
 from dualbuild.gpg import gpg_env, stop_agent
 from dualbuild.sign.keys import export_public_key
 from tests.integration.helpers import DUALBUILD, Docker, buildah, dualbuild

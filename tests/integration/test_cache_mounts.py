@@ -20,7 +20,7 @@ from pathlib import Path
 import pytest
 
 from dualbuild.builder import cachemounts
-from dualbuild.builder.buildah import StorageOptions
+from dualbuild.builder.storage import StorageOptions
 from dualbuild.recipe.model import CacheMount, CacheSharing
 from tests.integration.helpers import DUALBUILD, Builder, dualbuild, write_recipe
 from tests.support import HANG_SECONDS, require_tools

@@ -17,7 +17,7 @@ from pathlib import Path
 
 import pytest
 
-from dualbuild.builder.buildah import StorageOptions
+from dualbuild.builder.storage import StorageOptions
 from dualbuild.gpg import gpg_env
 from dualbuild.leftovers import STORE_DIR
 from tests.integration.helpers import DUALBUILD, buildah, dualbuild

@@ -12,15 +12,18 @@ import json
 import shutil
 import subprocess
 import tarfile
+import tempfile
 from pathlib import Path
 
 import pytest
 
-from dualbuild.builder.buildah import StorageOptions
+from dualbuild.builder.storage import StorageOptions
 from dualbuild.verify.trees import verify
 from tests.integration.helpers import Docker, buildah, dualbuild, push_to_registry
+from tests.integration.test_emit_clients import PodmanStore
 from tests.support import HANG_SECONDS
 
+IMAGE = "example.com/layered:1.0.0"
 RECIPE = """
 [image]
 name = "example.com/layered"
@@ -198,6 +201,20 @@ def test_steps_squash_and_the_oci_archive(
         check=True, timeout=HANG_SECONDS,
     )  # fmt: skip
     layers = json.loads(inspected.stdout)["layers"]
+    # podman takes both archives, with every layer.
+    # podman wants a runroot of under 50 bytes: a folder of its own in /tmp, not in tmp_path.
+    store = PodmanStore(Path(tempfile.mkdtemp(prefix="dbp-", dir="/tmp")))
+    try:
+        assert store.load(steps["docker"]) == [IMAGE]
+        count = subprocess.run(
+            [*store.argv, "image", "inspect", "--format", "{{len .RootFS.Layers}}", IMAGE],
+            capture_output=True, text=True, check=True, timeout=HANG_SECONDS,
+        )  # fmt: skip
+        assert count.stdout.strip() == "6"
+        assert store.load(steps["oci"])
+    finally:
+        subprocess.run([*store.argv, "rmi", "--all", "--force"], capture_output=True, check=False)
+        shutil.rmtree(store.base, ignore_errors=True)
     _, base_digests = base_image(two_layer_base)
     assert [layer["digest"] for layer in layers[:2]] == base_digests
     assert {layer["mediaType"] for layer in layers[2:]} == {"application/vnd.oci.image.layer.v1.tar+gzip"}

@@ -27,7 +27,7 @@ from pathlib import Path
 import bcrypt
 import pytest
 
-from dualbuild.builder.buildah import StorageOptions
+from dualbuild.builder.storage import StorageOptions
 from dualbuild.errors import PublishError
 from dualbuild.gpg import gpg_env, stop_agent
 from dualbuild.publish.flow import publish

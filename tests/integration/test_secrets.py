@@ -18,7 +18,7 @@ from typing import Any
 
 import pytest
 
-from dualbuild.builder.buildah import StorageOptions
+from dualbuild.builder.storage import StorageOptions
 from tests.integration.helpers import buildah, dualbuild
 from tests.support import require_tools
 

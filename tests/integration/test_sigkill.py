@@ -14,7 +14,7 @@ from pathlib import Path
 
 import pytest
 
-from dualbuild.builder.buildah import StorageOptions
+from dualbuild.builder.storage import StorageOptions
 from tests.integration.helpers import DUALBUILD, buildah, dualbuild
 from tests.integration.test_build_cli import RECIPE
 

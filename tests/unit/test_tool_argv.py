@@ -20,10 +20,11 @@ from dualbuild.builder import bases
 from dualbuild.builder import buildah as buildah_module
 from dualbuild.builder import network as network_module
 from dualbuild.builder import runtime as runtime_module
-from dualbuild.builder.buildah import Buildah, StorageOptions
+from dualbuild.builder.buildah import Buildah
 from dualbuild.builder.cache import cache_image, prune
+from dualbuild.builder.storage import StorageOptions
 from dualbuild.builder.tarballs import extract_checked
-from dualbuild.errors import BuildError, SigningError
+from dualbuild.errors import BuildError, CommandError, SigningError
 from dualbuild.publish import docker as publish_docker
 from dualbuild.publish.retry import RetryPolicy
 from dualbuild.publish.types import Build, PublishRequest
@@ -580,3 +581,27 @@ def test_hosts_and_resolv_conf_are_mount_targets_only_with_a_network(
     targets = Buildah(isolation=isolation).mount_targets(network)
     assert {"etc/hostname", "dev", "proc", "sys", "run"} <= set(targets)
     assert ("etc/resolv.conf" in targets, "etc/hosts" in targets) == (mounted, mounted)
+
+
+def test_an_image_buildah_left_half_written_is_removed_and_the_listing_asked_again(
+    fake_run: FakeRun,
+) -> None:
+    broken = "878cb78bd9a57bff3e57df6d78b35e841cd32a5bda4f0b5beb832087ff561403"
+    listings = iter(
+        [
+            (
+                125,
+                "",
+                f'Error: locating item named "manifest" for image with ID "{broken}": file does not exist',
+            ),
+            (0, '[{"id": "abc", "names": ["localhost/dualbuild-cache:k"]}]', ""),
+        ]
+    )
+    fake_run.answer("buildah", "images", behaviour=lambda _argv: next(listings))
+    images = Buildah().list_images("localhost/dualbuild-cache")
+    assert [image["id"] for image in images] == ["abc"]
+    assert ["buildah", "rmi", "--force", broken] in fake_run.of("buildah")
+    # A failure that is no half-written image is an error, as before.
+    fake_run.answer("buildah", "images", returncode=125, tail="Error: the store is locked")
+    with pytest.raises(CommandError):
+        Buildah().list_images("localhost/dualbuild-cache")
