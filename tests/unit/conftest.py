@@ -15,11 +15,22 @@ from typing import IO, Any
 import pytest
 
 from dualbuild import run
+from dualbuild.builder import buildah as buildah_module
 from dualbuild.errors import CommandError
 
 
 class ProcessStarted(AssertionError):
     """A unit test tried to start a process."""
+
+
+@pytest.fixture(autouse=True)
+def store_dir_of_the_test(monkeypatch: pytest.MonkeyPatch, tmp_path_factory: pytest.TempPathFactory) -> None:
+    """buildah's session TMPDIR (made on a Buildah's first command) in a folder of pytest's.
+
+    Unit tests drive Buildah through fake_run and rarely call cleanup(): the folders would
+    stay in /var/tmp until a real build reclaimed them.
+    """
+    monkeypatch.setattr(buildah_module, "STORE_DIR", tmp_path_factory.mktemp("store-dir"))
 
 
 @pytest.fixture(autouse=True)
