@@ -38,15 +38,4 @@ DOCKER_BUILDKIT=0 docker build --quiet --no-cache --tag "$image" "$context" >/de
 phase build
 docker save --output "$out/$name.docker.tar" "$image"
 phase save
-# docker2aci writes its ACI into the current directory and extracts the layer under TMPDIR.
-scratch=$(mktemp -d "$out/.docker2aci.XXXXXX")
-(cd "$scratch" && TMPDIR="$scratch" "$docker2aci" "$out/$name.docker.tar" >/dev/null)
-acis=("$scratch"/*.aci)
-if [ ${#acis[@]} -ne 1 ] || [ ! -f "${acis[0]}" ]; then
-    echo "docker2aci made ${#acis[@]} ACIs, expected one squashed: ${acis[*]}" >&2
-    exit 1
-fi
-mv "${acis[0]}" "$out/$name.aci"
-phase docker2aci
-gpg --batch --yes --armor --detach-sign --local-user "$key" --output "$out/$name.aci.asc" "$out/$name.aci"
-phase sign
+docker2aci_and_sign "$out/$name.docker.tar"

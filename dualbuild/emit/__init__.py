@@ -20,7 +20,7 @@ from dualbuild.emit.artifact import LAYER_PREFIX, Artifact, Emitter, ImageSpec, 
 from dualbuild.emit.docker import emit_docker
 from dualbuild.emit.oci import emit_oci
 from dualbuild.errors import BuildError, DualbuildError
-from dualbuild.layer.diff import Changes, changes
+from dualbuild.layer.diff import changes
 from dualbuild.layer.feed import LayerFeed, Subscription
 from dualbuild.layer.layers import ImageLayers
 from dualbuild.layer.tarwriter import Writable, set_cancel_event
@@ -66,7 +66,8 @@ def run_emitters(
         targets: Output file per format.
         taps: Per format, a writer that also gets the file's bytes in order (e.g. a signer).
         timings: Gets each emitter's wall time as ``emit_<format>``, in seconds.
-        layers: A layered image's layers (the Docker and OCI images); None: one layer of the tree.
+        layers: A layered image's layers (the Docker and OCI images), the made ones that change
+            nothing left out (dualbuild.layer.diff.non_empty); None: one layer of the tree.
 
     Returns:
         The artifacts, in the order of ``targets``.
@@ -135,16 +136,11 @@ STACKED = frozenset({Format.DOCKER, Format.OCI})
 def _stacks(
     layers: ImageLayers, formats: set[Format], root: Path, source_date_epoch: int
 ) -> tuple[list[LayerFeed], dict[Format, Stack]]:
-    """One feed per made layer that is not empty, and each format's subscriptions to them, in order."""
+    """One feed per made layer, and each format's subscriptions to them, in order."""
     feeds: list[LayerFeed] = []
     made: dict[Format, list[MadeLayerSource]] = {fmt: [] for fmt in formats}
     for layer in layers.made:
-        diff = changes(layer.lower, layer.upper, source_date_epoch)
-        assert isinstance(diff.entries, Changes)
-        if diff.entries.empty():
-            logmod.log.debug("layer %r changes nothing: left out", layer.created_by)
-            continue
-        feed = LayerFeed(diff, mtime_clamp=source_date_epoch)
+        feed = LayerFeed(changes(layer.lower, layer.upper, source_date_epoch), mtime_clamp=source_date_epoch)
         feeds.append(feed)
         for fmt in formats:
             made[fmt].append(

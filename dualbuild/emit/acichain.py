@@ -155,6 +155,8 @@ def write_aci_chain(
         artifact = emit_aci(
             Tree(root=root, entries=(), source_date_epoch=spec.source_date_epoch), chained, dest, tap=tap
         )
+    for warning in artifact.warnings:
+        log.warning("%s", warning)  # what run_emitters logs for an ACI it writes
     log.info("wrote %s (%d bytes), depending on %d layer ACIs", dest.name, artifact.size, len(written))
     timings[f"emit_{Format.ACI}"] = time.monotonic() - start
     return artifact, written

@@ -58,7 +58,11 @@ def changes(lower: Path | None, upper: Path, source_date_epoch: int) -> Tree:
 
 
 def non_empty(layers: ImageLayers, source_date_epoch: int) -> ImageLayers:
-    """The layers without the made ones that change nothing (a step that left the tree as it was)."""
+    """The layers without the made ones that change nothing (a step that left the tree as it was).
+
+    The emitters take the layers as they are: the image's layers and its ACI chain are then the
+    same list, each layer looked at once for this.
+    """
     made = tuple(
         layer for layer in layers.made if not Changes(layer.lower, layer.upper, source_date_epoch).empty()
     )
@@ -113,9 +117,8 @@ def _diff(lower_slash: bytes | None, upper_slash: bytes, source_date_epoch: int)
     # What the walk skips (sockets) the squashed tree's walk says; not again per layer.
     skipped: list[str] = []
     try:
-        root_lower = lower_slash
-        stack = [_Directory(b"", None, _items(root_lower, upper_slash, b""))]
-        lowers: list[bytes | None] = [root_lower]
+        stack = [_Directory(b"", None, _items(lower_slash, upper_slash, b""))]
+        lowers: list[bytes | None] = [lower_slash]
         while stack:
             directory = stack[-1]
             item = next(directory.items, None)
@@ -132,25 +135,21 @@ def _diff(lower_slash: bytes | None, upper_slash: bytes, source_date_epoch: int)
                 )
                 continue
             lower_dir = lowers[-1]
-            upper_st = os.lstat(upper_slash + rel)
-            lower_st = _lstat(lower_dir + name) if lower_dir is not None else None
+            above = upper_slash + rel
+            below = lower_dir + name if lower_dir is not None else None
+            upper_st = os.lstat(above)
+            lower_st = _lstat(below) if below is not None else None
+            changed = _changed(lower_st, upper_st, below, above, source_date_epoch)
             if stat.S_ISDIR(upper_st.st_mode):
+                # Walked whatever its own entry: something below it may have changed.
                 same_kind = lower_st is not None and stat.S_ISDIR(lower_st.st_mode)
-                child = _Directory(rel + b"/", upper_st, iter(()))
-                if not same_kind or _metadata_differs(
-                    lower_st, upper_st, lower_dir, upper_slash, rel, name, source_date_epoch
-                ):
-                    stack.append(child)
+                under = below + b"/" if same_kind and below is not None else None
+                stack.append(_Directory(rel + b"/", upper_st, _items(under, upper_slash, rel + b"/")))
+                lowers.append(under)
+                if changed:
                     yield from _parents(stack, upper_slash, source_date_epoch, inodes, skipped)
-                else:
-                    stack.append(child)
-                below = lower_dir + name + b"/" if same_kind and lower_dir is not None else None
-                child.items = _items(below, upper_slash, rel + b"/")
-                lowers.append(below)
                 continue
-            if lower_st is not None and not _changed(
-                lower_st, upper_st, lower_dir, upper_slash, rel, name, source_date_epoch
-            ):
+            if not changed:
                 continue
             yield from _parents(stack, upper_slash, source_date_epoch, inodes, skipped)
             entry = _entry(upper_slash, rel, upper_st, source_date_epoch, inodes, skipped)
@@ -234,40 +233,30 @@ def _recorded_mtime(st: os.stat_result, source_date_epoch: int) -> int:
     return min(max(st.st_mtime_ns // 1_000_000_000, 0), source_date_epoch)
 
 
-def _metadata_differs(
+def _changed(
     lower: os.stat_result | None,
     upper: os.stat_result,
-    lower_dir: bytes | None,
-    upper_slash: bytes,
-    rel: bytes,
-    name: bytes,
+    below: bytes | None,
+    above: bytes,
     source_date_epoch: int,
 ) -> bool:
-    """Whether a directory's own entry changed (its content is walked apart)."""
-    if lower is None or lower_dir is None or not _same_stat(lower, upper, source_date_epoch):
-        return True
-    if lower.st_ctime_ns == upper.st_ctime_ns:
-        return False
-    return carried_xattrs(lower_dir + name) != carried_xattrs(upper_slash + rel)
+    """Whether ``above`` is recorded otherwise than ``below`` (of a directory: its own entry only).
 
-
-def _changed(
-    lower: os.stat_result,
-    upper: os.stat_result,
-    lower_dir: bytes | None,
-    upper_slash: bytes,
-    rel: bytes,
-    name: bytes,
-    source_date_epoch: int,
-) -> bool:
-    """Whether a non-directory differs from the one of the same name below."""
-    if lower_dir is None or not _same_stat(lower, upper, source_date_epoch):
+    A path not below, or of another kind, is changed; so is one whose stat a layer records
+    otherwise. Same stat and ctime (and for a non-directory the same inode): unchanged unread.
+    Otherwise the xattrs, a link's target, a file's content decide.
+    """
+    if lower is None or below is None or stat.S_IFMT(lower.st_mode) != stat.S_IFMT(upper.st_mode):
         return True
-    if lower.st_size != upper.st_size or lower.st_nlink != upper.st_nlink or lower.st_rdev != upper.st_rdev:
+    if not _same_stat(lower, upper, source_date_epoch):
         return True
-    if lower.st_ctime_ns == upper.st_ctime_ns and lower.st_ino == upper.st_ino:
+    directory = stat.S_ISDIR(upper.st_mode)
+    if not directory and (
+        lower.st_size != upper.st_size or lower.st_nlink != upper.st_nlink or lower.st_rdev != upper.st_rdev
+    ):
+        return True
+    if lower.st_ctime_ns == upper.st_ctime_ns and (directory or lower.st_ino == upper.st_ino):
         return False
-    below, above = lower_dir + name, upper_slash + rel
     if stat.S_ISLNK(upper.st_mode):
         return os.readlink(below) != os.readlink(above)
     if carried_xattrs(below) != carried_xattrs(above):
