@@ -46,6 +46,21 @@ def decompressed_stream(stream: IO[bytes]) -> IO[bytes]:
     return stream
 
 
+def is_compressed(path: Path) -> bool:
+    """Whether the file is gzip, bzip2, xz or zstd (what :func:`decompressed` decompresses).
+
+    Raises:
+        OSError: it cannot be read.
+    """
+    with path.open("rb") as raw:
+        magic = raw.read(10)
+    return (
+        magic.startswith((_GZIP_MAGIC, _ZSTD_MAGIC, *_XZ_MAGICS))
+        or _is_bzip2(magic)
+        or path.name.endswith((".zst", ".zstd"))
+    )
+
+
 @contextmanager
 def decompressed(path: Path) -> Iterator[IO[bytes]]:
     """The uncompressed bytes of a file (plain, gzip, bzip2, xz or zstd), as a stream.

@@ -20,8 +20,9 @@ from pathlib import Path
 
 from dualbuild import __version__, gpg, run, settings
 from dualbuild.builder.buildah import NAME_PREFIX
+from dualbuild.builder.held import HeldSession, session
 from dualbuild.builder.secrets import check_secrets, secret_ids
-from dualbuild.builder.stages import BuildOptions, BuildSession, StepTiming, build_session
+from dualbuild.builder.stages import BuildOptions, BuildSession, StepTiming
 from dualbuild.builder.storage import temporary_storage
 from dualbuild.emit import run_emitters
 from dualbuild.emit.acichain import LayerAci, Signer, write_aci_chain
@@ -96,11 +97,11 @@ def build_recipe(recipe: Recipe, request: BuildRequest) -> Report:
         # File digests of the last build, valid while each file's stamp is unchanged.
         remember_digests(previous.digests)
     start = time.monotonic()
-    with build_session(plan, request.options) as session:
+    with session(plan, request.options) as building:
         # Keying (bases pulled, found, hashed) is part of the "stages" phase, as before it was.
         keying = time.monotonic() - start
         # Recorded after --no-cache too: its fresh artifacts are what the next build would make.
-        build_key = _build_key(plan, session, key)
+        build_key = _build_key(plan, building, key)
         if previous is not None and _up_to_date(plan, previous, build_key):
             log.info(
                 "up to date: the recipe, its inputs and the artifacts are unchanged (--no-cache rebuilds)"
@@ -110,12 +111,12 @@ def build_recipe(recipe: Recipe, request: BuildRequest) -> Report:
                 # Files were hashed again (touched, copied back) or the folder was copied: say so.
                 write_report(_report_path(plan), current)
             return current
-        return _build_and_write(plan, session, key, warnings, build_key, began, keying)
+        return _build_and_write(plan, building, key, warnings, build_key, began, keying)
 
 
 def _build_and_write(
     plan: BuildPlan,
-    session: BuildSession,
+    building: BuildSession | HeldSession,
     key: SigningKey | None,
     warnings: list[str],
     build_key: str | None,
@@ -134,7 +135,7 @@ def _build_and_write(
     staging.mkdir(parents=True, exist_ok=True)
     try:
         start = time.monotonic()
-        built = session.build()
+        built = building.build()
         run.check_interrupted()
         timings["stages"] = keying + time.monotonic() - start
         spec = ImageSpec(
@@ -142,7 +143,11 @@ def _build_and_write(
         )
         # Walked while the formats are written (in "emit"): memory stays flat in the
         # number of entries, and the walk overlaps the hashing and compression.
-        tree = stream(built.rootfs, spec.source_date_epoch)
+        if built.tree is not None:
+            tree = built.tree
+        else:
+            assert built.rootfs is not None
+            tree = stream(built.rootfs, spec.source_date_epoch)
         layers = non_empty(built.layers, spec.source_date_epoch) if built.layers is not None else None
         # An ACI dependency chain is written after the image's layers, whose diff_ids name its ACIs.
         chained = plan.recipe.output.chained_aci
@@ -163,6 +168,8 @@ def _build_and_write(
                 )
             aci_layers: tuple[AciLayer, ...] = ()
             if chained:
+                # A chain is written from mounted trees (builder/held.py never holds one).
+                assert built.rootfs is not None
                 with status.show("writing the ACI dependency chain" + (" (signed)" if key else "")):
                     aci, chain = write_aci_chain(
                         built.rootfs, layers or _squashed(built.rootfs), spec, artifacts, pending[Format.ACI],
@@ -268,10 +275,10 @@ def _report_path(plan: BuildPlan) -> Path:
     return plan.artifacts.report
 
 
-def _build_key(plan: BuildPlan, session: BuildSession, key: SigningKey | None) -> str:
+def _build_key(plan: BuildPlan, building: BuildSession | HeldSession, key: SigningKey | None) -> str:
     """What decides every output byte: the final tree's key, the recipe, its args, the key."""
     parts = {
-        "tree": session.keyed.final_key,
+        "tree": building.keyed.final_key,
         "recipe": file_sha256(plan.recipe.path) if plan.recipe.path.is_file() else repr(plan.recipe),
         "args": dict(plan.args),
         "source_date_epoch": plan.settings.source_date_epoch,

@@ -37,6 +37,7 @@ from dualbuild.errors import BuildError, CommandError
 from dualbuild.files import scratch_directory, write_atomically
 from dualbuild.imageconfig import ImageConfig, apply_app, from_docker_config
 from dualbuild.layer.layers import ImageLayers
+from dualbuild.layer.tree import Tree
 from dualbuild.leftovers import STORE_DIR
 from dualbuild.log import log, output_line, status
 from dualbuild.plan import BuildPlan, PlannedStage
@@ -68,6 +69,8 @@ class BuildOptions:
     # build finds the fresh results, not older ones).
     keep: bool = True
     on_output: Callable[[str], None] | None = None
+    # Stages of file steps only are built in memory (builder/held.py) unless this is set.
+    extract_base: bool = False
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -83,16 +86,18 @@ class StepTiming:
 
 @dataclass(frozen=True, kw_only=True)
 class BuiltImage:
-    """The final stage's mounted tree, the image config ([app] applied), and each step's time.
+    """The final stage's tree, the image config ([app] applied), and each step's time.
 
-    ``layers`` are the image's layers, their trees mounted; None for one squashed layer.
+    ``rootfs`` is the tree mounted, or ``tree`` the tree held in memory (builder/held.py).
+    ``layers`` are the image's layers; None for one squashed layer.
     """
 
-    rootfs: Path
+    rootfs: Path | None
     config: ImageConfig
     key: str
     step_timings: tuple[StepTiming, ...] = ()
     layers: ImageLayers | None = None
+    tree: Tree | None = None
 
 
 # Bases whose first container holds their whole tree as its own change (extracted into it).
@@ -192,11 +197,11 @@ def build_session(plan: BuildPlan, options: BuildOptions) -> Iterator[BuildSessi
         )
         yield BuildSession(
             plan=plan, options=options, buildah=buildah, index=index, keyed=keyed, mounts=mounts,
-            trees=LayerTrees(plan, _layering(plan)), scratch=scratch,
+            trees=LayerTrees(plan, layering_of(plan)), scratch=scratch,
         )  # fmt: skip
 
 
-def _layering(plan: BuildPlan) -> Layering:
+def layering_of(plan: BuildPlan) -> Layering:
     """The recipe's layering, when an output has layers (an ACI alone holds the tree)."""
     if plan.artifacts.docker is None and plan.artifacts.oci is None and not plan.recipe.output.chained_aci:
         return Layering.SQUASH

@@ -54,6 +54,18 @@ def run_step(
                         container, [os.fspath(path) for path in copy.sources], dest, owner=step.owner,
                         mode=step.mode, contextdir=context, ignorefile=ignorefile,
                     )  # fmt: skip
+        case _:
+            file_step(root, planned)
+
+
+def file_step(root: Path | filesteps.StepRoot, planned: PlannedStep) -> None:
+    """Do a write, mkdir, symlink or remove step on a root (mounted, or held in memory).
+
+    Raises:
+        BuildError: the step cannot be done (a path leads out of the root, a parent is missing).
+    """
+    step, workdir = planned.step, planned.workdir
+    match step:
         case WriteStep():
             filesteps.write_file(
                 root, filesteps.container_path(step.path, workdir), step.content.encode(), mode=step.mode,
@@ -69,3 +81,5 @@ def run_step(
         case RemoveStep():
             for path in step.paths:
                 filesteps.remove_path(root, filesteps.container_path(path, workdir))
+        case _:
+            raise AssertionError(f"not a file step: {step!r}")

@@ -39,7 +39,22 @@ def unsafe_member_reason(name: str, member: tarfile.TarInfo) -> str | None:
     return None
 
 
-class _PlantedSymlinks:
+def check_member(member: tarfile.TarInfo, planted: PlantedSymlinks, where: str) -> None:
+    """Refuse an entry that could write outside the tree (then remember the symlinks it plants).
+
+    Raises:
+        BuildError: the entry is unsafe, naming it.
+    """
+    hint = "rebuild the tarball with relative paths (tar -C ROOT -cf OUT.tar .)"
+    reason = unsafe_member_reason(member.name, member)
+    if reason is None:
+        hint = "a tarball of a real tree has no entries below a symlink; rebuild it from one"
+        reason = planted.reason(member)
+    if reason is not None:
+        raise BuildError(f"{where}: entry {member.name!r} has {reason}; refusing to extract", hint=hint)
+
+
+class PlantedSymlinks:
     """Symlinks the archive makes whose target may lie outside the tree (absolute, or with '..').
 
     An entry below one would be written wherever the symlink points, so it is refused; a
@@ -158,23 +173,14 @@ def extract_checked(tarball: Path, root: Path, what: str) -> None:
 
 
 def _feed_checked(tarball: Path, sink: IO[bytes], what: str) -> None:
-    links = _PlantedSymlinks()
+    links = PlantedSymlinks()
     try:
         with decompressed(tarball) as source:
             passage = _CheckedPassage(source, sink)
             # Stream mode only reads, so the passage has no seek, tell or write for typeshed.
             with tarfile.open(fileobj=passage, mode="r|") as archive:  # type: ignore[call-overload]
                 for member in archive:
-                    hint = "rebuild the tarball with relative paths (tar -C ROOT -cf OUT.tar .)"
-                    reason = unsafe_member_reason(member.name, member)
-                    if reason is None:
-                        hint = "a tarball of a real tree has no entries below a symlink; rebuild it from one"
-                        reason = links.reason(member)
-                    if reason is not None:
-                        raise BuildError(
-                            f"{what} {tarball.name}: entry {member.name!r} has {reason}; refusing to extract",
-                            hint=hint,
-                        )
+                    check_member(member, links, f"{what} {tarball.name}")
                     passage.clear(archive.offset)
             if not passage.finish():
                 raise BuildError(

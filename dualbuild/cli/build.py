@@ -113,6 +113,12 @@ def plan_text(planned: BuildPlan) -> str:
     help="Run every step without looking in the step cache (the fresh trees are kept there).",
 )
 @click.option(
+    "--extract-base",
+    is_flag=True,
+    help="Extract the base into a buildah container even when no step needs one (by default, stages of"
+    " write, mkdir, symlink and remove steps on a tarball, archive or scratch base are built in memory).",
+)
+@click.option(
     "--check-reproducible",
     is_flag=True,
     help="Build twice in fresh storage without the cache; exit 1 if any artifact differs.",
@@ -123,6 +129,8 @@ def build(recipe: Path, check_reproducible: bool, as_json: bool, **given: Any) -
 
     Every step's result is cached by the content of what it depends on (run steps by their
     text, as Docker does); an unchanged rebuild reuses the artifacts it finds up to date.
+    Stages without run or copy steps on a tarball, archive or scratch base need no container:
+    their base is read where it lies, never extracted.
     """
     request = build_request(recipe, given)
     if check_reproducible:

@@ -167,6 +167,7 @@ def build_request(recipe: Path, given: Mapping[str, Any]) -> BuildRequest:
             authfile=given.get("authfile"),
             keyring=given.get("keyring"),
             cache=not given.get("no_cache", False),
+            extract_base=given.get("extract_base", False),
         ),
         environ=dict(os.environ),
     )

@@ -20,7 +20,7 @@ from dualbuild.emit.artifact import LAYER_PREFIX, Artifact, Emitter, ImageSpec, 
 from dualbuild.emit.docker import emit_docker
 from dualbuild.emit.oci import emit_oci
 from dualbuild.errors import BuildError, DualbuildError
-from dualbuild.layer.diff import changes
+from dualbuild.layer.diff import changes, layer_tree
 from dualbuild.layer.feed import LayerFeed, Subscription
 from dualbuild.layer.layers import ImageLayers
 from dualbuild.layer.tarwriter import Writable, set_cancel_event
@@ -83,7 +83,7 @@ def run_emitters(
     }
     layer_feeds: list[LayerFeed] = []
     if layers is not None and stacked:
-        layer_feeds, stacks = _stacks(layers, stacked, tree.root, spec.source_date_epoch)
+        layer_feeds, stacks = _stacks(layers, stacked, tree, spec.source_date_epoch)
         subscriptions.update(stacks)
     results: dict[Format, Artifact] = {}
     failures: dict[Format, BaseException] = {}
@@ -134,13 +134,13 @@ STACKED = frozenset({Format.DOCKER, Format.OCI})
 
 
 def _stacks(
-    layers: ImageLayers, formats: set[Format], root: Path, source_date_epoch: int
+    layers: ImageLayers, formats: set[Format], tree: Tree, source_date_epoch: int
 ) -> tuple[list[LayerFeed], dict[Format, Stack]]:
     """One feed per made layer, and each format's subscriptions to them, in order."""
     feeds: list[LayerFeed] = []
     made: dict[Format, list[MadeLayerSource]] = {fmt: [] for fmt in formats}
     for layer in layers.made:
-        feed = LayerFeed(changes(layer.lower, layer.upper, source_date_epoch), mtime_clamp=source_date_epoch)
+        feed = LayerFeed(layer_tree(layer, source_date_epoch), mtime_clamp=source_date_epoch)
         feeds.append(feed)
         for fmt in formats:
             made[fmt].append(
@@ -148,7 +148,9 @@ def _stacks(
             )
     if not layers.kept and not feeds:
         # An image of nothing still has a layer (an empty tar), as a squashed one has.
-        feed = LayerFeed(changes(None, root, source_date_epoch), mtime_clamp=source_date_epoch)
+        # (A tree held in memory can be read again; one on disk is walked again.)
+        empty = tree if tree.contents is not None else changes(None, tree.root, source_date_epoch)
+        feed = LayerFeed(empty, mtime_clamp=source_date_epoch)
         feeds.append(feed)
         for fmt in formats:
             made[fmt].append(

@@ -25,7 +25,7 @@ from dualbuild.archive import decompressed_stream
 from dualbuild.emit.aci import AC_VERSION, emit_aci, write_aci
 from dualbuild.emit.artifact import Artifact, ImageSpec
 from dualbuild.emit.oci import canonical_json, rfc3339
-from dualbuild.layer.diff import WHITEOUT_PREFIX, changes
+from dualbuild.layer.diff import WHITEOUT_PREFIX, layer_tree
 from dualbuild.layer.feed import DirectLayer
 from dualbuild.layer.layers import ImageLayers, KeptLayer, MadeLayer
 from dualbuild.layer.tarwriter import (
@@ -97,7 +97,7 @@ def write_layer_aci(
         def write_rootfs(sink: Writable) -> None:
             _copy_kept(layer.blob, sink)
     else:
-        tree = changes(layer.lower, layer.upper, sde)
+        tree = layer_tree(layer, sde)
         kept = Tree(root=tree.root, entries=_without_whiteouts(tree), source_date_epoch=sde)
         write_rootfs = DirectLayer(kept, prefix=_PREFIX, mtime_clamp=sde).write_to
     written = write_aci(dest, canonical_json(manifest), write_rootfs, mtime=sde, tap=tap)
@@ -171,9 +171,8 @@ def _diff_id(layer: KeptLayer | MadeLayer, source_date_epoch: int) -> str:
     if isinstance(layer, KeptLayer):
         return layer.diff_id
     hasher = HashingWriter(None, "sha256")
-    DirectLayer(
-        changes(layer.lower, layer.upper, source_date_epoch), prefix="", mtime_clamp=source_date_epoch
-    ).write_to(hasher)
+    entries = layer_tree(layer, source_date_epoch)
+    DirectLayer(entries, prefix="", mtime_clamp=source_date_epoch).write_to(hasher)
     return hasher.digest()
 
 

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import os
 import stat
+from collections.abc import Callable
 
 from dualbuild.errors import BuildError
 from dualbuild.layer.tree import encode_name, resolve_in_root
@@ -21,6 +22,7 @@ from dualbuild.layer.tree import encode_name, resolve_in_root
 # What a file must end with to be looked at: __pycache__/X.TAG[.opt-N].pyc (Python 3.2+), and
 # X.pyc or X.pyo beside X.py (Python 2; Python 3 ignores them when the source is there).
 BYTECODE_SUFFIXES = (".pyc", ".pyo")
+SourceStat = Callable[[str], "tuple[int, int] | None"]
 _CACHE_DIRECTORY = "__pycache__"
 # Magic numbers (the first two bytes, little-endian; then b"\r\n") by header layout: PEP 552
 # (CPython 3.7+ and PyPy3) has a flags word before mtime and size; 3.3-3.6 mtime and size;
@@ -33,11 +35,12 @@ _MAGIC_TAIL = b"\r\n"
 _UINT32 = 0xFFFFFFFF
 
 
-def restamp(root_slash: bytes, path: str, data: bytes, clamp: int) -> bytes:
+def restamp(source_stat: SourceStat, path: str, data: bytes, clamp: int) -> bytes:
     """``data`` with the recorded source mtime moved to the clamped one, if it matched.
 
     Args:
-        root_slash: The tree's root, as bytes ending with a slash.
+        source_stat: The mtime and size of a source by its path in the tree (:func:`disk_source_stat`
+            for a tree on disk), None when there is no such regular file.
         path: The file's path in the tree (ending with one of :data:`BYTECODE_SUFFIXES`).
         data: The file's content, or for a big file its first chunk (at least the header).
         clamp: The mtime clamp of the layer.
@@ -53,7 +56,7 @@ def restamp(root_slash: bytes, path: str, data: bytes, clamp: int) -> bytes:
     source = _source_path(path)
     if source is None:
         return data
-    found = _source_stat(root_slash, source)
+    found = source_stat(source)
     if found is None:
         return data
     mtime, size = found
@@ -98,6 +101,11 @@ def _source_path(path: str) -> str | None:
     elif dots != 2:
         return None
     return parent + slash + name.partition(".")[0] + ".py"
+
+
+def disk_source_stat(root_slash: bytes) -> SourceStat:
+    """The source lookup of a tree on disk under ``root_slash`` (a root ending with a slash)."""
+    return lambda source: _source_stat(root_slash, source)
 
 
 def _source_stat(root_slash: bytes, source: str) -> tuple[int, int] | None:

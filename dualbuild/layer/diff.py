@@ -27,7 +27,7 @@ from collections.abc import Iterator
 from pathlib import Path
 
 from dualbuild.errors import BuildError
-from dualbuild.layer.layers import ImageLayers
+from dualbuild.layer.layers import ImageLayers, MadeLayer
 from dualbuild.layer.tree import Entry, EntryType, Tree, carried_xattrs, make_entry
 
 WHITEOUT_PREFIX = ".wh."
@@ -57,16 +57,29 @@ def changes(lower: Path | None, upper: Path, source_date_epoch: int) -> Tree:
     )
 
 
+def layer_tree(layer: MadeLayer, source_date_epoch: int) -> Tree:
+    """A made layer's entries: those given, or the difference of its two mounted trees."""
+    if layer.entries is not None:
+        return layer.entries
+    assert layer.upper is not None
+    return changes(layer.lower, layer.upper, source_date_epoch)
+
+
 def non_empty(layers: ImageLayers, source_date_epoch: int) -> ImageLayers:
     """The layers without the made ones that change nothing (a step that left the tree as it was).
 
     The emitters take the layers as they are: the image's layers and its ACI chain are then the
     same list, each layer looked at once for this.
     """
-    made = tuple(
-        layer for layer in layers.made if not Changes(layer.lower, layer.upper, source_date_epoch).empty()
-    )
+    made = tuple(layer for layer in layers.made if not _empty(layer, source_date_epoch))
     return dataclasses.replace(layers, made=made)
+
+
+def _empty(layer: MadeLayer, source_date_epoch: int) -> bool:
+    if layer.entries is not None:
+        return not any(True for _ in layer.entries.entries)
+    assert layer.upper is not None
+    return Changes(layer.lower, layer.upper, source_date_epoch).empty()
 
 
 class Changes:

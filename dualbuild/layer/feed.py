@@ -29,7 +29,7 @@ from collections.abc import Callable, Sequence
 from typing import Protocol
 
 from dualbuild.errors import BuildError
-from dualbuild.layer.bytecode import BYTECODE_SUFFIXES, restamp
+from dualbuild.layer.bytecode import BYTECODE_SUFFIXES, SourceStat, disk_source_stat, restamp
 from dualbuild.layer.tarwriter import (
     BLOCK,
     CHUNK,
@@ -40,7 +40,7 @@ from dualbuild.layer.tarwriter import (
     check_cancelled,
     padding,
 )
-from dualbuild.layer.tree import Entry, EntryType, Tree, encode_name
+from dualbuild.layer.tree import Entry, EntryType, Tree, TreeContents, encode_name
 
 # Files up to this size are read in one call and go through the buffer with the headers.
 _SMALL_FILE = 64 << 10
@@ -234,15 +234,23 @@ def write_entries(tree: Tree, fanouts: Sequence[_Fanout], clamp: int) -> None:
         Cancelled: the emit was cancelled.
     """
     root_slash = os.path.join(os.fsencode(tree.root), b"")
+    held = tree.contents
+    sources = held.source_stat if held is not None else disk_source_stat(root_slash)
     headers_of = HeaderPacker([fanout.prefix for fanout in fanouts], clamp)
     # Every entry's mtime went through both clamps; a pyc's source does here too.
     clamp = min(clamp, tree.source_date_epoch)
     entries = iter(tree.entries)
     while batch := list(itertools.islice(entries, _BATCH)):
         check_cancelled()
-        contents = [
-            _read_small(root_slash, entry, clamp) if _is_small_file(entry) else None for entry in batch
-        ]
+        if held is not None:
+            contents = [
+                _held_small(held, sources, entry, clamp) if _is_small_file(entry) else None for entry in batch
+            ]
+        else:
+            contents = [
+                _read_small(root_slash, sources, entry, clamp) if _is_small_file(entry) else None
+                for entry in batch
+            ]
         headers = [headers_of(entry) for entry in batch]
         for entry, data, entry_headers in zip(batch, contents, headers, strict=True):
             if data is not None:
@@ -252,8 +260,10 @@ def write_entries(tree: Tree, fanouts: Sequence[_Fanout], clamp: int) -> None:
                 continue
             for fanout, header in zip(fanouts, entry_headers, strict=True):
                 fanout.add(header)
-            if entry.type is EntryType.FILE:
-                _copy_large(root_slash, entry, fanouts, clamp)
+            if entry.type is EntryType.FILE and held is not None:
+                _copy_held(held, sources, entry, fanouts, clamp)
+            elif entry.type is EntryType.FILE:
+                _copy_large(root_slash, sources, entry, fanouts, clamp)
     for fanout in fanouts:
         fanout.add(_END_OF_ARCHIVE)
         fanout.flush()
@@ -272,7 +282,7 @@ def _open(source: bytes, entry: Entry) -> int:
         raise _changed(entry, exc.strerror or str(exc)) from exc
 
 
-def _read_small(root_slash: bytes, entry: Entry, clamp: int) -> bytes:
+def _read_small(root_slash: bytes, sources: SourceStat, entry: Entry, clamp: int) -> bytes:
     """A small file's content, read with one ``read`` of size + 1; a pyc's restamped.
 
     A regular file returns less than asked only at its end, so getting the extra byte means
@@ -297,11 +307,44 @@ def _read_small(root_slash: bytes, entry: Entry, clamp: int) -> bytes:
     if len(data) > size:
         raise _changed(entry, "it grew while being read")
     if entry.path.endswith(BYTECODE_SUFFIXES):
-        return restamp(root_slash, entry.path, data, clamp)
+        return restamp(sources, entry.path, data, clamp)
     return data
 
 
-def _copy_large(root_slash: bytes, entry: Entry, fanouts: Sequence[_Fanout], clamp: int) -> None:
+def _held_small(held: TreeContents, sources: SourceStat, entry: Entry, clamp: int) -> bytes:
+    """A small file's content from a tree held in memory; a pyc's restamped."""
+    data = held.read(entry.path, 0, entry.size)
+    if len(data) != entry.size:
+        raise _changed(entry, "its archive is shorter than its entry says")
+    if entry.path.endswith(BYTECODE_SUFFIXES):
+        return restamp(sources, entry.path, data, clamp)
+    return data
+
+
+def _copy_held(
+    held: TreeContents, sources: SourceStat, entry: Entry, fanouts: Sequence[_Fanout], clamp: int
+) -> None:
+    """A big file of a tree held in memory, in 1 MiB reads to every fanout."""
+    bytecode = entry.path.endswith(BYTECODE_SUFFIXES)
+    offset = 0
+    while offset < entry.size:
+        check_cancelled()
+        chunk = held.read(entry.path, offset, min(entry.size - offset, CHUNK))
+        if not chunk:
+            raise _changed(entry, "its archive is shorter than its entry says")
+        if bytecode:
+            chunk, bytecode = restamp(sources, entry.path, chunk, clamp), False
+        for fanout in fanouts:
+            fanout.add_large(chunk)
+        offset += len(chunk)
+    tail = padding(entry.size)
+    for fanout in fanouts:
+        fanout.add(tail)
+
+
+def _copy_large(
+    root_slash: bytes, sources: SourceStat, entry: Entry, fanouts: Sequence[_Fanout], clamp: int
+) -> None:
     """Stream exactly ``entry.size`` bytes of a big file in 1 MiB reads to every fanout.
 
     A big pyc's header is in its first read, and is restamped there.
@@ -321,7 +364,7 @@ def _copy_large(root_slash: bytes, entry: Entry, fanouts: Sequence[_Fanout], cla
             if not chunk:
                 raise _changed(entry, "it shrank while being read")
             if bytecode:
-                chunk, bytecode = restamp(root_slash, entry.path, chunk, clamp), False
+                chunk, bytecode = restamp(sources, entry.path, chunk, clamp), False
             for fanout in fanouts:
                 fanout.add_large(chunk)
             remaining -= len(chunk)

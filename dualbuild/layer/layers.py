@@ -10,6 +10,8 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
 
+from dualbuild.layer.tree import Tree
+
 
 @dataclass(frozen=True, kw_only=True)
 class KeptLayer:
@@ -36,13 +38,16 @@ class MadeLayer:
 
     Attributes:
         lower: The tree below (mounted), or None for the first layer of an image without a base.
-        upper: The tree this layer ends at (mounted).
+        upper: The tree this layer ends at (mounted); None when ``entries`` are given.
         created_by: The layer's history line (the stage or the step it holds).
+        entries: The layer's entries made already (of trees held in memory,
+            dualbuild.layer.memtree), instead of the difference of two mounted trees.
     """
 
     lower: Path | None
-    upper: Path
+    upper: Path | None
     created_by: str
+    entries: Tree | None = None
 
 
 @dataclass(frozen=True, kw_only=True)

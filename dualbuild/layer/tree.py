@@ -20,6 +20,7 @@ import stat
 from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Protocol
 
 from dualbuild.errors import BuildError
 
@@ -100,6 +101,19 @@ class Entry:
         return encode_name(self.path)
 
 
+class TreeContents(Protocol):
+    """The bytes of a tree that is not a directory on disk."""
+
+    def read(self, path: str, offset: int, size: int) -> bytes:
+        """``size`` bytes from ``offset`` of the regular file at ``path`` (fewer at its end)."""
+
+    def source_stat(self, path: str) -> tuple[int, int] | None:
+        """The mtime and size of the regular file ``path`` leads to inside the tree, or None."""
+
+    def file_bytes(self, path: str, limit: int) -> bytes | None:
+        """At most ``limit`` bytes of the regular file ``path`` leads to inside the tree, or None."""
+
+
 @dataclass(frozen=True, kw_only=True)
 class Tree:
     """A root filesystem directory as the canonical entries every format holds.
@@ -111,12 +125,15 @@ class Tree:
         source_date_epoch: The clamp applied to every mtime.
         warnings: What the walk left out and why (sockets, unknown file types); a streamed
             tree's fill in as its entries are read.
+        contents: Where the files' bytes are read when they are not under ``root`` (a tree
+            held in memory, dualbuild.layer.memtree); None: read from ``root``.
     """
 
     root: Path
     entries: Iterable[Entry]
     source_date_epoch: int
     warnings: Sequence[str] = ()
+    contents: TreeContents | None = None
 
     def source_path(self, entry: Entry) -> bytes:
         """The absolute on-disk path of an entry, as bytes (safe for any name)."""
@@ -387,6 +404,9 @@ def _lookup(tree: Tree, rel: str, name: str, what: str) -> list[str]:
 
 def _id_file(tree: Tree, rel: str) -> list[list[str]]:
     """The records of /etc/passwd or /etc/group in the tree, first match first (like getpwnam)."""
+    if tree.contents is not None:
+        data = tree.contents.file_bytes(rel, _MAX_ID_FILE)
+        return id_records(data.decode("utf-8", "surrogateescape")) if data is not None else []
     try:
         path = resolve_in_root(os.fsencode(tree.root), rel.encode())
     except BuildError:

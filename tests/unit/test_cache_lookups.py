@@ -31,7 +31,8 @@ def test_a_long_recipe_is_looked_up_with_one_listing_per_stage(
     )
     fake_run.answer("buildah", "images", stdout="[]")
     request = BuildRequest(
-        recipe=tmp_path / "recipe.toml", sign=False, options=BuildOptions(cache=True, keep=False),
+        recipe=tmp_path / "recipe.toml", sign=False,
+        options=BuildOptions(cache=True, keep=False, extract_base=True),
         environ={"XDG_CACHE_HOME": str(tmp_path / "cache")},
     )  # fmt: skip
     build(request)
@@ -69,7 +70,7 @@ def test_a_cached_tree_pruned_between_the_lookup_and_its_use_is_rebuilt(
 
     fake_run.answer("buildah", "from", behaviour=from_image)
     request = BuildRequest(
-        recipe=tmp_path / "recipe.toml", sign=False, options=BuildOptions(keep=False),
+        recipe=tmp_path / "recipe.toml", sign=False, options=BuildOptions(keep=False, extract_base=True),
         environ={"XDG_CACHE_HOME": str(tmp_path / "cache")},
     )  # fmt: skip
     report = build(request)

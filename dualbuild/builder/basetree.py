@@ -1,0 +1,196 @@
+"""A base's tree read into memory from its tarballs, its files' bytes left in them.
+
+A rootfs tarball is read as GNU tar would extract it (dualbuild.builder.tarballs: the same
+checks, the same refusals), an image's layers as its store applies them (``.wh.NAME`` removes a
+lower path, ``.wh..wh..opq`` a directory's lower content, a directory over a directory keeps what
+is in it). Only shapes whose result is certain are taken; for any other (an entry whose parent
+the archive never made, a name twice, a sparse file, a hard link to another layer) the build
+extracts the base as before, and :class:`NotHeld` says why.
+
+A compressed tarball or layer is decompressed once into the build's scratch folder, so a file's
+bytes can be read where they lie.
+"""
+
+from __future__ import annotations
+
+import posixpath
+import shutil
+import tarfile
+import time
+from collections.abc import Sequence
+from pathlib import Path
+
+from dualbuild.archive import decompressed, is_compressed
+from dualbuild.builder.tarballs import PlantedSymlinks, check_member
+from dualbuild.errors import BuildError
+from dualbuild.layer.diff import OPAQUE_WHITEOUT, WHITEOUT_PREFIX
+from dualbuild.layer.memtree import ArchiveFiles, MemoryTree, Node
+from dualbuild.layer.tree import EntryType
+
+_CHUNK = 1 << 20
+_XATTR_PAX = "SCHILY.xattr."
+_CARRIED_XATTRS = ("security.capability",)
+_CARRIED_PREFIXES = ("user.",)
+
+
+class NotHeld(Exception):
+    """A base the build does not read into memory; it is extracted instead. ``reason`` says why."""
+
+    def __init__(self, reason: str) -> None:
+        super().__init__(reason)
+        self.reason = reason
+
+
+def rootfs_tree(
+    tarball: Path, scratch: Path, files: ArchiveFiles, what: str = "rootfs tarball"
+) -> MemoryTree:
+    """The tree a rootfs tarball extracts to.
+
+    Raises:
+        NotHeld: the tarball has a shape whose extraction is not certain.
+        BuildError: an entry is unsafe (as extracting it would say), or the tarball is unreadable.
+    """
+    tree = MemoryTree(files)
+    _apply(tree, _uncompressed(tarball, scratch, files), f"{what} {tarball.name}", layered=False)
+    return tree
+
+
+def image_tree(blobs: Sequence[Path], scratch: Path, files: ArchiveFiles, what: str) -> MemoryTree:
+    """The tree an image's layers (bottom first) make, applied as its store applies them.
+
+    Raises:
+        NotHeld: a layer has a shape whose application is not certain.
+        BuildError: a layer is unreadable or has an unsafe entry.
+    """
+    tree = MemoryTree(files)
+    for number, blob in enumerate(blobs, 1):
+        _apply(tree, _uncompressed(blob, scratch, files), f"{what}, layer {number}", layered=True)
+    return tree
+
+
+def _uncompressed(path: Path, scratch: Path, files: ArchiveFiles) -> int:
+    """The index in ``files`` of the uncompressed tar of ``path`` (itself, or a copy in ``scratch``)."""
+    if not is_compressed(path):
+        return files.add(path)
+    copy = scratch / f"held-{len(files.paths)}.tar"
+    try:
+        with decompressed(path) as stream, copy.open("xb") as out:
+            shutil.copyfileobj(stream, out, _CHUNK)
+    except (OSError, EOFError) as error:
+        raise BuildError(f"{path.name} cannot be decompressed: {error}") from None
+    return files.add(copy)
+
+
+def _apply(tree: MemoryTree, source: int, where: str, *, layered: bool) -> None:
+    """Add one tar's entries to ``tree`` (a layer: with its whiteouts applied).
+
+    GNU tar restores a directory's mtime when it leaves the directory (at the first entry not
+    below it): an entry added to it later sets its mtime to the time of extraction, and so it
+    does here. A store restores every directory of a layer after the whole layer.
+    """
+    planted = PlantedSymlinks()
+    seen: set[str] = set()
+    # The directories whose times GNU tar restores later: the current entry's ancestors.
+    restoring: list[str] = []
+    now = int(time.time())
+    try:
+        with tarfile.open(tree.files.paths[source], mode="r:") as archive:
+            while (member := archive.next()) is not None:
+                # tarfile keeps every member it read; the tree holds what is needed.
+                archive.members.clear()  # type: ignore[attr-defined]
+                _check(member, planted, where)
+                path = posixpath.normpath(member.name)
+                if path in (".", ""):
+                    continue  # the root: not an entry of the tree
+                if path in seen:
+                    raise NotHeld(f"{where} names /{path} twice")
+                seen.add(path)
+                name = posixpath.basename(path)
+                parent = posixpath.dirname(path)
+                if layered and parent and parent not in seen:
+                    # The store would make the parent itself, with a mode and an mtime of its own.
+                    raise NotHeld(f"{where} has /{path} without its parent directory")
+                if layered and name.startswith(WHITEOUT_PREFIX):
+                    _whiteout(tree, parent, name, seen, where)
+                    continue
+                parent_node = tree.node(parent)
+                if parent_node is None or parent_node.type is not EntryType.DIR:
+                    raise NotHeld(f"{where} has /{path} without its parent directory before it")
+                while restoring and not path.startswith(restoring[-1] + "/"):
+                    restoring.pop()
+                touch = None if layered or not parent or restoring[-1:] == [parent] else now
+                if member.islnk():
+                    target = posixpath.normpath(member.linkname)
+                    node = tree.node(target) if target in seen else None
+                    if node is None or node.type is not EntryType.FILE:
+                        raise NotHeld(f"{where} links /{path} to /{target}, not a file before it")
+                    tree.link(path, target, touch=touch)
+                    continue
+                node = _node(member, source, where)
+                tree.put(path, node, touch=touch)
+                if node.type is EntryType.DIR:
+                    restoring.append(path)
+    except tarfile.TarError as error:
+        raise BuildError(f"{where} cannot be read: {error}") from None
+    except OSError as error:
+        raise BuildError(f"{where} cannot be read: {error.strerror or error}") from None
+
+
+def _check(member: tarfile.TarInfo, planted: PlantedSymlinks, where: str) -> None:
+    """The checks and refusals of extracting it (dualbuild.builder.tarballs), word for word."""
+    check_member(member, planted, where)
+    if member.issparse():
+        raise NotHeld(f"{where} has the sparse file {member.name!r}")
+
+
+def _whiteout(tree: MemoryTree, parent: str, name: str, seen: set[str], where: str) -> None:
+    if name == OPAQUE_WHITEOUT:
+        # What the layers below put in the directory is gone; this layer's own entries stay.
+        for child in tree.names(parent):
+            if posixpath.join(parent, child) not in seen:
+                tree.remove(posixpath.join(parent, child))
+        return
+    gone = posixpath.join(parent, name[len(WHITEOUT_PREFIX) :])
+    if gone in seen:
+        raise NotHeld(f"{where} both adds and removes /{gone}")
+    tree.remove(gone)
+
+
+def _node(member: tarfile.TarInfo, source: int, where: str) -> Node:
+    mtime = int(member.mtime)
+    if member.isreg():
+        kind = EntryType.FILE
+    elif member.isdir():
+        kind = EntryType.DIR
+    elif member.issym():
+        kind = EntryType.SYMLINK
+    elif member.ischr():
+        kind = EntryType.CHAR
+    elif member.isblk():
+        kind = EntryType.BLOCK
+    elif member.isfifo():
+        kind = EntryType.FIFO
+    else:
+        raise NotHeld(f"{where} has {member.name!r} of tar type {member.type!r}")
+    return Node(
+        kind, member.mode & 0o7777, member.uid, member.gid, mtime,
+        size=member.size if kind is EntryType.FILE else 0,
+        link_target=member.linkname if kind is EntryType.SYMLINK else "",
+        devmajor=member.devmajor if kind in (EntryType.CHAR, EntryType.BLOCK) else 0,
+        devminor=member.devminor if kind in (EntryType.CHAR, EntryType.BLOCK) else 0,
+        xattrs=_xattrs(member) if kind is not EntryType.SYMLINK else (),
+        source=source if kind is EntryType.FILE else -1,
+        offset=member.offset_data if kind is EntryType.FILE else 0,
+    )  # fmt: skip
+
+
+def _xattrs(member: tarfile.TarInfo) -> tuple[tuple[str, bytes], ...]:
+    """The carried xattrs of an entry: what GNU tar restores of them (--xattrs-include)."""
+    found = []
+    for key, value in member.pax_headers.items():
+        if not key.startswith(_XATTR_PAX):
+            continue
+        name = key[len(_XATTR_PAX) :]
+        if name in _CARRIED_XATTRS or name.startswith(_CARRIED_PREFIXES):
+            found.append((name, value.encode("utf-8", "surrogateescape")))
+    return tuple(sorted(found))
