@@ -56,6 +56,8 @@ def legacy_layout(source: Path, target: Path) -> Path:
     with tarfile.open(source) as old, tarfile.open(target, "w") as new:
         manifest = json.loads(_read(old, "manifest.json"))
         config_hex = manifest[0]["Config"].rsplit("/", 1)[-1]
+        # Each layer's blob path in the manifest, by the legacy <id>/layer.tar that links to it.
+        legacy: dict[str, str] = {}
         for member in old.getmembers():
             name = member.name.removeprefix("./")
             if name.startswith("blobs") or name in ("index.json", "oci-layout", "manifest.json"):
@@ -67,9 +69,10 @@ def legacy_layout(source: Path, target: Path) -> Path:
                 regular = tarfile.TarInfo(name)
                 regular.size, regular.mode, regular.mtime = blob.size, 0o644, member.mtime
                 new.addfile(regular, old.extractfile(blob))
-                manifest[0]["Layers"] = [name]
+                legacy[blob.name.removeprefix("./")] = name
                 continue
             new.addfile(member, old.extractfile(member) if member.isfile() else None)
+        manifest[0]["Layers"] = [legacy[layer] for layer in manifest[0]["Layers"]]
         manifest[0]["Config"] = f"{config_hex}.json"
         _add(new, f"{config_hex}.json", _read(old, "blobs/sha256/" + config_hex))
         _add(new, "manifest.json", json.dumps(manifest).encode())

@@ -23,7 +23,7 @@ from dualbuild.errors import BuildError
 DOCKER_ARCHIVE = "docker-archive"
 
 _GZIP_MAGIC = b"\x1f\x8b\x08"
-_ZSTD_MAGIC = b"\x28\xb5\x2f\xfd"
+ZSTD_MAGIC = b"\x28\xb5\x2f\xfd"
 _XZ_MAGICS = (b"\xfd7zXZ\x00", b"\x5d\x00\x00\x80")
 ACI_MANIFEST = "manifest"
 
@@ -54,11 +54,12 @@ def is_compressed(path: Path) -> bool:
     """
     with path.open("rb") as raw:
         magic = raw.read(10)
-    return (
-        magic.startswith((_GZIP_MAGIC, _ZSTD_MAGIC, *_XZ_MAGICS))
-        or _is_bzip2(magic)
-        or path.name.endswith((".zst", ".zstd"))
-    )
+    return is_compressed_magic(magic) or path.name.endswith((".zst", ".zstd"))
+
+
+def is_compressed_magic(magic: bytes) -> bool:
+    """Whether data starting with these (at least 10) bytes is gzip, bzip2, xz or zstd."""
+    return magic.startswith((_GZIP_MAGIC, ZSTD_MAGIC, *_XZ_MAGICS)) or _is_bzip2(magic)
 
 
 @contextmanager
@@ -72,7 +73,7 @@ def decompressed(path: Path) -> Iterator[IO[bytes]]:
     with path.open("rb") as raw:
         magic = raw.read(4)
         raw.seek(0)
-        if magic.startswith(_ZSTD_MAGIC) or path.name.endswith((".zst", ".zstd")):
+        if magic.startswith(ZSTD_MAGIC) or path.name.endswith((".zst", ".zstd")):
             with run.stream_stdout([run.find_tool("zstd", "read .zst"), "-dc", path]) as stream:
                 yield stream
             return

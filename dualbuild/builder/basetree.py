@@ -13,14 +13,21 @@ bytes can be read where they lie.
 
 from __future__ import annotations
 
+import json
 import posixpath
 import shutil
 import tarfile
 import time
-from collections.abc import Sequence
 from pathlib import Path
 
-from dualbuild.archive import decompressed, is_compressed
+from dualbuild.archive import (
+    DOCKER_ARCHIVE,
+    ZSTD_MAGIC,
+    decompressed,
+    decompressed_stream,
+    is_compressed,
+    is_compressed_magic,
+)
 from dualbuild.builder.tarballs import PlantedSymlinks, check_member
 from dualbuild.errors import BuildError
 from dualbuild.layer.diff import OPAQUE_WHITEOUT, WHITEOUT_PREFIX
@@ -28,6 +35,7 @@ from dualbuild.layer.memtree import ArchiveFiles, MemoryTree, Node
 from dualbuild.layer.tree import EntryType
 
 _CHUNK = 1 << 20
+_MAX_DOCUMENT = 64 << 20
 _XATTR_PAX = "SCHILY.xattr."
 _CARRIED_XATTRS = ("security.capability",)
 _CARRIED_PREFIXES = ("user.",)
@@ -55,17 +63,85 @@ def rootfs_tree(
     return tree
 
 
-def image_tree(blobs: Sequence[Path], scratch: Path, files: ArchiveFiles, what: str) -> MemoryTree:
-    """The tree an image's layers (bottom first) make, applied as its store applies them.
+def archive_image(
+    archive: Path, kind: str, scratch: Path, files: ArchiveFiles
+) -> tuple[MemoryTree, dict[str, object]]:
+    """The tree and the image config of a docker-archive or oci-archive, read where its layers lie.
+
+    A docker-archive's layers are named by its manifest.json, an oci-archive's by the manifest its
+    index.json names (keying checked that the archive holds one image).
 
     Raises:
-        NotHeld: a layer has a shape whose application is not certain.
-        BuildError: a layer is unreadable or has an unsafe entry.
+        NotHeld: the archive or a layer has a shape whose reading is not certain.
+        BuildError: a layer has an unsafe entry.
     """
+    what = f"{kind}:{archive.name}"
+    source = _uncompressed(archive, scratch, files)
+    try:
+        with tarfile.open(files.paths[source], mode="r:") as outer:
+            members = {posixpath.normpath(member.name): member for member in outer.getmembers()}
+
+            def document(name: str) -> object:
+                member = members.get(posixpath.normpath(name))
+                handle = outer.extractfile(member) if member is not None and member.isfile() else None
+                if handle is None:
+                    raise NotHeld(f"{what} has no file {name}")
+                return json.loads(handle.read(_MAX_DOCUMENT))
+
+            if kind == DOCKER_ARCHIVE:
+                listed = document("manifest.json")
+                first = listed[0] if isinstance(listed, list) and listed else {}
+                config_name = first.get("Config") if isinstance(first, dict) else None
+                layer_names = first.get("Layers") if isinstance(first, dict) else None
+            else:
+                index = document("index.json")
+                manifests = index.get("manifests") if isinstance(index, dict) else None
+                digest = manifests[0].get("digest") if isinstance(manifests, list) and manifests else None
+                manifest = document(_blob(digest, what))
+                config = manifest.get("config") if isinstance(manifest, dict) else None
+                config_name = _blob(config.get("digest") if isinstance(config, dict) else None, what)
+                layers = manifest.get("layers") if isinstance(manifest, dict) else None
+                layer_names = [
+                    _blob(d.get("digest") if isinstance(d, dict) else None, what) for d in layers or []
+                ]
+            if not isinstance(config_name, str) or not isinstance(layer_names, list):
+                raise NotHeld(f"{what} names no config or layers")
+            image_config = document(config_name)
+            spans = []
+            for name in layer_names:
+                member = members.get(posixpath.normpath(str(name)))
+                if member is None or not member.isfile():
+                    raise NotHeld(f"{what}: its layer {name} is not a file of the archive")
+                spans.append((member.offset_data, member.size))
+    except (tarfile.TarError, ValueError, RecursionError) as error:
+        raise NotHeld(f"{what} cannot be read here ({error})") from None
     tree = MemoryTree(files)
-    for number, blob in enumerate(blobs, 1):
-        _apply(tree, _uncompressed(blob, scratch, files), f"{what}, layer {number}", layered=True)
-    return tree
+    for number, (offset, size) in enumerate(spans, 1):
+        layer = _layer_source(files, files.add(files.paths[source], start=offset, size=size), scratch, what)
+        _apply(tree, layer, f"{what}, layer {number}", layered=True)
+    return tree, image_config if isinstance(image_config, dict) else {}
+
+
+def _blob(digest: object, what: str) -> str:
+    if not isinstance(digest, str) or not digest.startswith("sha256:") or "/" in digest:
+        raise NotHeld(f"{what} names the blob {digest!r}")
+    return "blobs/sha256/" + digest.removeprefix("sha256:")
+
+
+def _layer_source(files: ArchiveFiles, span: int, scratch: Path, what: str) -> int:
+    """A layer inside an archive: the span itself when it is a plain tar, else a decompressed copy."""
+    magic = files.read(span, 0, 10)
+    if not is_compressed_magic(magic):
+        return span
+    if magic.startswith(ZSTD_MAGIC):
+        raise NotHeld(f"{what} has a zstd layer")
+    copy = scratch / f"held-{len(files.paths)}.tar"
+    try:
+        with files.open(span) as raw, decompressed_stream(raw) as stream, copy.open("xb") as out:
+            shutil.copyfileobj(stream, out, _CHUNK)
+    except (OSError, EOFError) as error:
+        raise BuildError(f"{what}: a layer cannot be decompressed: {error}") from None
+    return files.add(copy)
 
 
 def _uncompressed(path: Path, scratch: Path, files: ArchiveFiles) -> int:
@@ -94,7 +170,7 @@ def _apply(tree: MemoryTree, source: int, where: str, *, layered: bool) -> None:
     restoring: list[str] = []
     now = int(time.time())
     try:
-        with tarfile.open(tree.files.paths[source], mode="r:") as archive:
+        with tree.files.open(source) as raw, tarfile.open(fileobj=raw, mode="r:") as archive:
             while (member := archive.next()) is not None:
                 # tarfile keeps every member it read; the tree holds what is needed.
                 archive.members.clear()  # type: ignore[attr-defined]

@@ -23,11 +23,11 @@ from contextlib import ExitStack, contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from dualbuild.builder.basetree import NotHeld, image_tree, rootfs_tree
+from dualbuild.builder.basetree import NotHeld, archive_image, rootfs_tree
 from dualbuild.builder.buildah import Buildah
 from dualbuild.builder.heldroot import HeldRoot
 from dualbuild.builder.keys import KeyedPlan, KeyedStage, key_plan
-from dualbuild.builder.layering import LayerTrees, base_layers, copied_config, history_line
+from dualbuild.builder.layering import LayerTrees, base_layers, history_line
 from dualbuild.builder.stages import (
     BuildOptions,
     BuildSession,
@@ -167,7 +167,7 @@ class HeldSession:
         stage = keyed.stage
         label = f"[{stage.number}/{len(self.plan.stages)} {stage.name}]"
         log.info("%s from %s (held in memory: no step needs a container)", label, stage.base.describe())
-        held = self._base(keyed, stage, built)
+        held = self._base(keyed, stage, built, trees)
         if trees.needed(stage.name, 0):
             held.positions[0] = held.tree.snapshot()
         root = HeldRoot(held.tree)
@@ -194,7 +194,9 @@ class HeldSession:
             )
         return held
 
-    def _base(self, keyed: KeyedStage, stage: PlannedStage, built: dict[str, _HeldStage]) -> _HeldStage:
+    def _base(
+        self, keyed: KeyedStage, stage: PlannedStage, built: dict[str, _HeldStage], trees: LayerTrees
+    ) -> _HeldStage:
         base = stage.base
         with status.show(f"reading {base.describe()}"):
             match base:
@@ -206,26 +208,32 @@ class HeldSession:
                     tree = rootfs_tree(keyed.base_file, self.scratch, self.files, what)
                     return _HeldStage(tree=tree, inherited=ImageConfig())
                 case ArchiveBase():
-                    return self._image_base(keyed, stage)
+                    return self._image_base(keyed, stage, trees.layered and stage is trees.chain[0])
                 case StageBase():
                     earlier = built[base.stage]
                     return _HeldStage(tree=earlier.tree.snapshot(), inherited=earlier.inherited)
         raise AssertionError(f"not a held base: {base!r}")
 
-    def _image_base(self, keyed: KeyedStage, stage: PlannedStage) -> _HeldStage:
-        """An archive's tree from its layers, copied as they are (the layered image keeps them)."""
-        directory = self.scratch / "base"
-        kept, history = base_layers(
-            stage, base_file=keyed.base_file, image_id=None, buildah=self.buildah, directory=directory,
-            tls_verify=self.options.tls_verify, authfile=self.options.authfile, read_only=True,
-        )  # fmt: skip
-        config = copied_config(directory, stage.base.describe())
-        tree = image_tree([layer.blob for layer in kept], self.scratch, self.files, stage.base.describe())
+    def _image_base(self, keyed: KeyedStage, stage: PlannedStage, layered: bool) -> _HeldStage:
+        """An archive's tree, read where its layers lie; its layers copied as they are if kept."""
+        assert keyed.base_file is not None
+        assert isinstance(stage.base, ArchiveBase)
+        tree, config = archive_image(keyed.base_file, str(stage.base.kind), self.scratch, self.files)
         inner = config.get("config")
-        return _HeldStage(
-            tree=tree, inherited=from_docker_config(inner if isinstance(inner, dict) else {}), kept=kept,
-            history=history,
-        )  # fmt: skip
+        held = _HeldStage(tree=tree, inherited=from_docker_config(inner if isinstance(inner, dict) else {}))
+        if layered:
+            try:
+                held.kept, held.history = base_layers(
+                    stage, base_file=keyed.base_file, image_id=None, buildah=self.buildah,
+                    directory=self.scratch / "base", tls_verify=self.options.tls_verify,
+                    authfile=self.options.authfile,
+                )  # fmt: skip
+            except BuildError as error:
+                # Extracting it says why as a layered build always has.
+                raise NotHeld(
+                    f"its layers cannot be kept as they are ({error.message.splitlines()[0]})"
+                ) from None
+        return held
 
     def _layers(self, trees: LayerTrees, built: dict[str, _HeldStage], source_date_epoch: int) -> ImageLayers:
         """The image's layers as layering.LayerTrees.image_layers makes them of mounted trees."""

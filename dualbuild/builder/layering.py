@@ -190,12 +190,8 @@ def base_layers(
     directory: Path,
     tls_verify: bool,
     authfile: Path | None,
-    read_only: bool = False,
 ) -> tuple[tuple[KeptLayer, ...], tuple[Mapping[str, object], ...]]:
     """The layers and history of an image base, its blobs copied as they are into ``directory``.
-
-    ``read_only``: the copy is all the build reads of the base (builder/held.py), not only
-    what a layered image keeps of it; a failure says so.
 
     A registry base is fetched again by the digest of the image the build used, so its
     compressed blobs are the registry's; an archive's are the archive's own.
@@ -227,11 +223,6 @@ def base_layers(
     try:
         run.run([*argv, source, f"oci:{directory}:base"], env=buildah.environment())
     except CommandError as error:
-        if read_only:
-            raise BuildError(
-                f"cannot use base {source!r}: skopeo copy failed\n{error.output_tail}",
-                hint="check that the archive holds one image (as docker save or podman save writes it)",
-            ) from None
         raise BuildError(
             f"cannot keep the layers of base {base.describe()}: skopeo copy failed\n{error.output_tail}",
             hint='[output] layers = "squash" makes one layer of the whole tree instead',
@@ -255,7 +246,11 @@ def _read_layout(
     directory: Path, what: str
 ) -> tuple[tuple[KeptLayer, ...], tuple[Mapping[str, object], ...]]:
     blobs = directory / "blobs" / "sha256"
-    manifest = _manifest(directory, what)
+    index = _json(directory / "index.json", what)
+    manifests = index.get("manifests") if isinstance(index, dict) else None
+    if not isinstance(manifests, list) or len(manifests) != 1 or not isinstance(manifests[0], dict):
+        raise BuildError(f"base {what}: the copy of its image is not one image")
+    manifest = _json(blobs / _hex(manifests[0].get("digest"), what), what)
     config_descriptor = manifest.get("config") if isinstance(manifest, dict) else None
     layers = manifest.get("layers") if isinstance(manifest, dict) else None
     if not isinstance(config_descriptor, dict) or not isinstance(layers, list):
@@ -286,28 +281,6 @@ def _read_layout(
     history = config.get("history") if isinstance(config, dict) else None
     entries = tuple(item for item in history if isinstance(item, dict)) if isinstance(history, list) else ()
     return tuple(kept), entries
-
-
-def copied_config(directory: Path, what: str) -> dict[str, object]:
-    """The image config of the base image :func:`base_layers` copied into ``directory``.
-
-    Raises:
-        BuildError: the copy cannot be read.
-    """
-    manifest = _manifest(directory, what)
-    descriptor = manifest.get("config") if isinstance(manifest, dict) else None
-    digest = descriptor.get("digest") if isinstance(descriptor, dict) else None
-    config = _json(directory / "blobs" / "sha256" / _hex(digest, what), what)
-    return config if isinstance(config, dict) else {}
-
-
-def _manifest(directory: Path, what: str) -> object:
-    """The manifest of the one image of an OCI layout."""
-    index = _json(directory / "index.json", what)
-    manifests = index.get("manifests") if isinstance(index, dict) else None
-    if not isinstance(manifests, list) or len(manifests) != 1 or not isinstance(manifests[0], dict):
-        raise BuildError(f"base {what}: the copy of its image is not one image")
-    return _json(directory / "blobs" / "sha256" / _hex(manifests[0].get("digest"), what), what)
 
 
 def _hex(digest: object, what: str) -> str:

@@ -10,6 +10,8 @@ from typing import Any
 import click
 
 from dualbuild import settings
+from dualbuild.builder.held import why_extracted
+from dualbuild.builder.stages import BuildOptions
 from dualbuild.cli.options import (
     build_request,
     json_option,
@@ -60,7 +62,13 @@ def plan(
     loaded = load_recipe(recipe, parse_build_args(build_args))
     resolved = settings.resolve(loaded, settings.Overrides(context=context, out_dir=out), os.environ)
     planned = make_plan(loaded, resolved)
-    click.echo(json.dumps(plan_to_dict(planned), indent=2) if as_json else plan_text(planned))
+    if as_json:
+        shown = plan_to_dict(planned)
+        # Why the stages need containers; null: they are built in memory.
+        shown["containers"] = why_extracted(planned, BuildOptions())
+        click.echo(json.dumps(shown, indent=2))
+        return
+    click.echo(plan_text(planned))
 
 
 def plan_text(planned: BuildPlan) -> str:
@@ -82,6 +90,12 @@ def plan_text(planned: BuildPlan) -> str:
                     f"cache {mount.id or mount.target} at {mount.target}" for mount in step.step.cache
                 ]
                 lines.append(f"    mounts: {', '.join(mounted)}")
+    reason = why_extracted(planned, BuildOptions())
+    lines.append(
+        "stages: in memory, the base never extracted (no step needs a container)"
+        if reason is None
+        else f"stages: in buildah containers ({reason})"
+    )
     lines.append(f"source_date_epoch: {planned.settings.source_date_epoch}")
     output = planned.recipe.output
     lines.append(f"layers: {output.layers} (the ACI: {output.aci_layers})")

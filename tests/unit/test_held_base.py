@@ -4,12 +4,13 @@ from __future__ import annotations
 
 import gzip
 import io
+import json
 import tarfile
 from pathlib import Path
 
 import pytest
 
-from dualbuild.builder.basetree import NotHeld, image_tree, rootfs_tree
+from dualbuild.builder.basetree import NotHeld, archive_image, rootfs_tree
 from dualbuild.builder.held import why_extracted
 from dualbuild.builder.stages import BuildOptions
 from dualbuild.errors import BuildError
@@ -82,6 +83,24 @@ def test_unsafe_entries_are_refused_as_extracting_refuses_them(tmp_path: Path, f
         rootfs_tree(tarball(tmp_path / "b.tar", ("up", SYMLINK, "/"), ("up/etc", DIR, b"")), tmp_path, files)
 
 
+def docker_archive(path: Path, *layers: Path, config: dict[str, object]) -> Path:
+    """A docker-archive of these layer tars and this config (manifest.json names them)."""
+    with tarfile.open(path, "w") as archive:
+        names = []
+        for number, layer in enumerate(layers):
+            names.append(f"{number}/layer.tar")
+            archive.add(layer, names[-1])
+        for name, data in (
+            ("config.json", config),
+            ("manifest.json", [{"Config": "config.json", "Layers": names}]),
+        ):
+            raw = json.dumps(data).encode()
+            info = tarfile.TarInfo(name)
+            info.size = len(raw)
+            archive.addfile(info, io.BytesIO(raw))
+    return path
+
+
 def test_image_layers_apply_whiteouts_as_a_store_does(tmp_path: Path, files: ArchiveFiles) -> None:
     lower = tarball(
         tmp_path / "1.tar",
@@ -92,12 +111,25 @@ def test_image_layers_apply_whiteouts_as_a_store_does(tmp_path: Path, files: Arc
         tmp_path / "2.tar",
         ("etc", DIR, b""), ("etc/.wh.a", FILE, b""),
         ("opt", DIR, b""), ("opt/.wh..wh..opq", FILE, b""), ("opt/new", FILE, b"new"),
+        compress=True,
     )  # fmt: skip
-    tree = image_tree([lower, upper], tmp_path, files, "docker-archive:x")
+    config = {"config": {"Env": ["A=1"]}}
+    archive = docker_archive(tmp_path / "image.tar", lower, upper, config=config)
+    tree, read = archive_image(archive, "docker-archive", tmp_path, files)
+    assert read == config
     assert [entry.path for entry in tree.tree(0).entries] == ["etc", "etc/b", "opt", "opt/new"]
-    files.close()
+    node = tree.node("etc/b")
+    assert node is not None
+    assert tree.content(node) == b"b"  # read where it lies, inside the archive
+    orphan = tarball(tmp_path / "3.tar", ("etc/c", FILE, b""))
     with pytest.raises(NotHeld, match="without its parent directory"):
-        image_tree([lower, tarball(tmp_path / "3.tar", ("etc/c", FILE, b""))], tmp_path, files, "x")
+        archive_image(
+            docker_archive(tmp_path / "bad.tar", lower, orphan, config=config),
+            "docker-archive",
+            tmp_path,
+            files,
+        )
+    files.close()
 
 
 def test_hard_links_share_one_node_until_a_name_goes(tmp_path: Path, files: ArchiveFiles) -> None:

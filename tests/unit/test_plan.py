@@ -140,6 +140,7 @@ def test_plan_json_on_stdout(recipe_path: Path) -> None:
     assert data["stages"][0]["steps"][0]["summary"] == "run echo ${GREETING} ${HOME}"
     assert data["stages"][1]["from"] == "stage:build"
     assert data["stages"][1]["final"] is True
+    assert data["containers"] == "stage build step 1 is run echo ${GREETING} ${HOME}"
 
 
 def test_plan_text_and_bad_build_arg(recipe_path: Path) -> None:
@@ -147,6 +148,7 @@ def test_plan_text_and_bad_build_arg(recipe_path: Path) -> None:
     assert result.exit_code == 0
     assert "[2/2 final] (final) from stage:build" in result.stdout
     assert "step 1/2 copy /opt/web/bin/ -> /usr/local/bin/ (from stage build)" in result.stdout
+    assert "stages: in buildah containers (stage build step 1 is run echo" in result.stdout
     bad = CliRunner().invoke(cli, ["plan", str(recipe_path), "--build-arg", "NOEQUALS"])
     assert bad.exit_code == 2
     assert "is not KEY=VALUE" in bad.stderr
