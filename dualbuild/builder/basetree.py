@@ -29,9 +29,11 @@ from dualbuild.archive import (
     is_compressed_magic,
 )
 from dualbuild.builder.tarballs import PlantedSymlinks, check_member
+from dualbuild.builder.tarheaders import Unread, headers
 from dualbuild.errors import BuildError
+from dualbuild.layer.archivefiles import ArchiveFiles
 from dualbuild.layer.diff import OPAQUE_WHITEOUT, WHITEOUT_PREFIX
-from dualbuild.layer.memtree import ArchiveFiles, MemoryTree, Node
+from dualbuild.layer.memtree import MemoryTree, Node
 from dualbuild.layer.tree import EntryType
 
 _CHUNK = 1 << 20
@@ -170,10 +172,8 @@ def _apply(tree: MemoryTree, source: int, where: str, *, layered: bool) -> None:
     restoring: list[str] = []
     now = int(time.time())
     try:
-        with tree.files.open(source) as raw, tarfile.open(fileobj=raw, mode="r:") as archive:
-            while (member := archive.next()) is not None:
-                # tarfile keeps every member it read; the tree holds what is needed.
-                archive.members.clear()  # type: ignore[attr-defined]
+        with tree.files.open(source) as raw:
+            for member in headers(raw):
                 _check(member, planted, where)
                 path = posixpath.normpath(member.name)
                 if path in (".", ""):
@@ -206,8 +206,8 @@ def _apply(tree: MemoryTree, source: int, where: str, *, layered: bool) -> None:
                 tree.put(path, node, touch=touch)
                 if node.type is EntryType.DIR:
                     restoring.append(path)
-    except tarfile.TarError as error:
-        raise BuildError(f"{where} cannot be read: {error}") from None
+    except Unread as why:
+        raise NotHeld(f"{where}: {why.reason}") from None
     except OSError as error:
         raise BuildError(f"{where} cannot be read: {error.strerror or error}") from None
 

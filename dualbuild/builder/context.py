@@ -69,11 +69,20 @@ class ContextCopy:
         entries: Every file, directory and symlink it copies, each source's in path order.
         excluded: The paths left out inside the sources, relative to the context (a left-out
             directory stands for everything in it).
+        counts: How many of ``entries`` each source has, in order.
     """
 
     sources: tuple[Path, ...]
     entries: tuple[Path, ...]
     excluded: tuple[str, ...] = ()
+    counts: tuple[int, ...] = ()
+
+    def by_source(self) -> Iterator[tuple[Path, tuple[Path, ...]]]:
+        """Each source with its entries (itself first)."""
+        at = 0
+        for source, count in zip(self.sources, self.counts, strict=True):
+            yield source, self.entries[at : at + count]
+            at += count
 
 
 def load_filter(context: Path, out_dir: Path, secret_files: Sequence[Path] = ()) -> ContextFilter:
@@ -137,6 +146,7 @@ def select(context_filter: ContextFilter, sources: tuple[str, ...]) -> ContextCo
     real_context = Path(os.path.realpath(context))
     copied: list[Path] = []
     entries: list[Path] = []
+    counts: list[int] = []
     excluded: list[str] = []
     for source in sources:
         pattern = os.fspath(context / source)
@@ -156,6 +166,7 @@ def select(context_filter: ContextFilter, sources: tuple[str, ...]) -> ContextCo
                 continue
             copied.append(path)
             entries.extend(walk.entries)
+            counts.append(len(walk.entries))
             excluded.extend(walk.excluded)
         if len(left_out) == len(matches):
             if context_filter.in_out_dir(left_out[0]):
@@ -171,7 +182,9 @@ def select(context_filter: ContextFilter, sources: tuple[str, ...]) -> ContextCo
     # before a copy runs) is left out whether it exists now or not; secrets' files always.
     always = [context_filter.out_dir, *sorted(context_filter.secret_files)]
     excluded.extend(item for item in always if item is not None and item not in excluded)
-    return ContextCopy(sources=tuple(copied), entries=tuple(entries), excluded=tuple(excluded))
+    return ContextCopy(
+        sources=tuple(copied), entries=tuple(entries), excluded=tuple(excluded), counts=tuple(counts)
+    )
 
 
 @dataclass

@@ -1,14 +1,16 @@
 """Stages of file steps only, built in memory: the base is never extracted.
 
-When no stage has a ``run`` or ``copy`` step and every chain starts from a rootfs or bootstrap
-tarball, a docker-archive or oci-archive, or scratch, nothing needs a container: the base's
-tarballs are indexed (dualbuild.builder.basetree), the file steps are done on the tree in
-memory by the same code that does them on a mounted root (dualbuild.builder.filesteps over
-dualbuild.builder.heldroot), and the emitters read each file's bytes from the base's archive.
-An image base's own layers are kept byte for byte as in the extracting build; only the layers
-of the build are written. The artifacts are the bytes the extracting build writes (a test
-builds both ways), and so is the build key: the step cache is neither read nor filled, since
-doing the steps again costs less than looking them up.
+When no stage has a ``run`` step or a copy from another stage, and every chain starts from a
+rootfs or bootstrap tarball, a docker-archive or oci-archive, or scratch, nothing needs a
+container: the base's tarballs are indexed (dualbuild.builder.basetree), the file steps are done
+on the tree in memory by the same code that does them on a mounted root
+(dualbuild.builder.filesteps over dualbuild.builder.heldroot), a copy from the context as
+``buildah copy`` does it (dualbuild.builder.heldcopy), and the emitters read each file's bytes
+where it lies: in the base's archive, or in the context. An image base's own layers are kept
+byte for byte as in the extracting build; only the layers of the build are written. The
+artifacts are the bytes the extracting build writes (a test builds both ways), and so is the
+build key: the step cache is neither read nor filled, since doing the steps again costs less
+than looking them up.
 
 Any other stage, ``--extract-base``, an ACI dependency chain, or a base whose tarball has a shape
 that is not certain (NotHeld) is built with buildah as before.
@@ -25,6 +27,8 @@ from pathlib import Path
 
 from dualbuild.builder.basetree import NotHeld, archive_image, rootfs_tree
 from dualbuild.builder.buildah import Buildah
+from dualbuild.builder.filesteps import container_path
+from dualbuild.builder.heldcopy import copy_into
 from dualbuild.builder.heldroot import HeldRoot
 from dualbuild.builder.keys import KeyedPlan, KeyedStage, key_plan
 from dualbuild.builder.layering import LayerTrees, base_layers, history_line
@@ -40,14 +44,16 @@ from dualbuild.builder.step import file_step
 from dualbuild.errors import BuildError
 from dualbuild.files import scratch_directory
 from dualbuild.imageconfig import ImageConfig, apply_app, from_docker_config
+from dualbuild.layer.archivefiles import ArchiveFiles
 from dualbuild.layer.layers import ImageLayers, KeptLayer, MadeLayer
-from dualbuild.layer.memtree import ArchiveFiles, MemoryTree
+from dualbuild.layer.memtree import MemoryTree
 from dualbuild.leftovers import STORE_DIR
 from dualbuild.log import log, output_line, status
 from dualbuild.plan import BuildPlan, PlannedStage
 from dualbuild.recipe.model import (
     ArchiveBase,
     BootstrapBase,
+    CopyStep,
     MkdirStep,
     RemoveStep,
     RootfsBase,
@@ -71,7 +77,8 @@ def why_extracted(plan: BuildPlan, options: BuildOptions) -> str | None:
         if not isinstance(stage.base, _HELD_BASES):
             return f"stage {stage.name} starts from {stage.base.describe()}"
         for step in stage.steps:
-            if not isinstance(step.step, _FILE_STEPS):
+            from_context = isinstance(step.step, CopyStep) and step.step.from_stage is None
+            if not isinstance(step.step, _FILE_STEPS) and not from_context:
                 return f"stage {stage.name} step {step.number} is {step.summary}"
     return None
 
@@ -176,7 +183,10 @@ class HeldSession:
             log.info("%s  [in memory]", header)
             began = time.monotonic()
             try:
-                file_step(root, step)
+                if isinstance(step.step, CopyStep):
+                    _copy(held.tree, keyed, step.number, step.step, step.workdir)
+                else:
+                    file_step(root, step)
             except BuildError as error:
                 raise BuildError(
                     f"{label} step {step.number}/{len(stage.steps)}: {error.message}", hint=error.hint
@@ -251,3 +261,11 @@ class HeldSession:
                 entries = upper.changes(lower, source_date_epoch)
                 made.append(MadeLayer(lower=None, upper=None, created_by=line, entries=entries))
         return ImageLayers(kept=kept, history=bottom.history, made=tuple(made))
+
+
+def _copy(tree: MemoryTree, keyed: KeyedStage, number: int, step: CopyStep, workdir: str | None) -> None:
+    """A copy from the context, with the destination the extracting build hands buildah."""
+    dest = container_path(step.to, workdir) + ("/" if step.to.endswith("/") else "")
+    copy_into(
+        tree, keyed.sources[number], dest, owner=step.owner, mode=step.mode, clock=lambda: int(time.time())
+    )

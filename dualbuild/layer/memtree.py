@@ -18,17 +18,14 @@ and a node both still share is unchanged without being compared, as one inode of
 
 from __future__ import annotations
 
-import contextlib
 import copy
 import functools
-import io
-import os
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, BinaryIO
 
 from dualbuild.errors import BuildError
+from dualbuild.layer.archivefiles import ArchiveFiles
 from dualbuild.layer.diff import OPAQUE_WHITEOUT, WHITEOUT_PREFIX
 from dualbuild.layer.tree import Entry, EntryType, Tree, encode_name
 
@@ -76,92 +73,6 @@ class Node:
     source: int = -1
     offset: int = 0
     links: int = 1
-
-
-class ArchiveFiles:
-    """The uncompressed tars the nodes' contents lie in, opened on first read, closed together.
-
-    A source is a whole file, or a span of one (a layer inside an image archive); a node's
-    offset is from the start of its source.
-    """
-
-    def __init__(self) -> None:
-        self.paths: list[Path] = []
-        self._spans: list[tuple[int, int]] = []
-        self._fds: dict[int, int] = {}
-
-    def add(self, path: Path, *, start: int = 0, size: int = -1) -> int:
-        """Register a file, or ``size`` bytes of it from ``start``; its index for :attr:`Node.source`."""
-        self.paths.append(path)
-        self._spans.append((start, size))
-        return len(self.paths) - 1
-
-    def read(self, source: int, offset: int, size: int) -> bytes:
-        """``size`` bytes at ``offset`` of source ``source`` (fewer only at its end)."""
-        start, length = self._spans[source]
-        if length >= 0:
-            size = max(0, min(size, length - offset))
-        fd = self._fd(source)
-        data = os.pread(fd, size, start + offset)
-        while len(data) < size:
-            more = os.pread(fd, size - len(data), start + offset + len(data))
-            if not more:
-                break
-            data += more
-        return data
-
-    def open(self, source: int) -> BinaryIO:
-        """The source as a file of its own (a span of a file reads as if it were the whole)."""
-        return io.BufferedReader(_Window(self, source), _CHUNK)
-
-    def size(self, source: int) -> int:
-        """How many bytes the source holds."""
-        start, length = self._spans[source]
-        return length if length >= 0 else os.fstat(self._fd(source)).st_size - start
-
-    def _fd(self, source: int) -> int:
-        fd = self._fds.get(source)
-        if fd is None:
-            fd = os.open(self.paths[source], os.O_RDONLY | os.O_CLOEXEC)
-            self._fds[source] = fd
-        return fd
-
-    def close(self) -> None:
-        """Close every file opened for reading."""
-        for fd in self._fds.values():
-            with contextlib.suppress(OSError):
-                os.close(fd)
-        self._fds.clear()
-
-
-class _Window(io.RawIOBase):
-    """A source of :class:`ArchiveFiles` read as a file: for tarfile and the decompressors."""
-
-    def __init__(self, files: ArchiveFiles, source: int) -> None:
-        self._files = files
-        self._source = source
-        self._size = files.size(source)
-        self._at = 0
-
-    def readable(self) -> bool:
-        return True
-
-    def seekable(self) -> bool:
-        return True
-
-    def readinto(self, buffer: Any) -> int:
-        data = self._files.read(self._source, self._at, min(len(buffer), self._size - self._at))
-        buffer[: len(data)] = data
-        self._at += len(data)
-        return len(data)
-
-    def seek(self, offset: int, whence: int = io.SEEK_SET) -> int:
-        base = {io.SEEK_SET: 0, io.SEEK_CUR: self._at, io.SEEK_END: self._size}[whence]
-        self._at = max(0, base + offset)
-        return self._at
-
-    def tell(self) -> int:
-        return self._at
 
 
 def _parent(path: str) -> str:

@@ -14,7 +14,7 @@ from dualbuild.builder.basetree import NotHeld, archive_image, rootfs_tree
 from dualbuild.builder.held import why_extracted
 from dualbuild.builder.stages import BuildOptions
 from dualbuild.errors import BuildError
-from dualbuild.layer.memtree import ArchiveFiles
+from dualbuild.layer.archivefiles import ArchiveFiles
 from dualbuild.layer.tree import EntryType
 from dualbuild.plan import make_plan
 from dualbuild.recipe import load_recipe
@@ -174,7 +174,7 @@ aci_layers = "{aci_layers}"
         ("rootfs:b.tar", 'remove = ["/tmp"]', "squash", False, None),
         ("scratch", 'mkdir = "/etc"', "squash", False, None),
         ("rootfs:b.tar", 'run = "true"', "squash", False, "stage base step 1 is run"),
-        ("rootfs:b.tar", 'copy = ["b.tar"]\n  to = "/"', "squash", False, "stage base step 1 is copy"),
+        ("rootfs:b.tar", 'copy = ["b.tar"]\n  to = "/"', "squash", False, None),
         ("docker.io/library/debian:12", 'mkdir = "/x"', "squash", False, "starts from docker.io"),
         ("rootfs:b.tar", 'mkdir = "/x"', "dependencies", False, "ACI dependency chain"),
         ("rootfs:b.tar", 'mkdir = "/x"', "squash", True, "--extract-base"),
@@ -189,3 +189,18 @@ def test_what_is_built_in_memory(
     plan = make_plan(recipe, resolve(recipe, Overrides(), {"XDG_CACHE_HOME": str(tmp_path)}))
     found = why_extracted(plan, BuildOptions(extract_base=extract))
     assert (found is None) if why is None else (found is not None and why in found)
+
+
+def test_a_copy_from_another_stage_needs_containers(tmp_path: Path) -> None:
+    (tmp_path / "recipe.toml").write_text(
+        '[image]\nname = "example.com/t"\nversion = "1"\n'
+        '[[stages]]\nname = "one"\nfrom = "scratch"\n  [[stages.steps]]\n  mkdir = "/x"\n'
+        '[[stages]]\nname = "two"\nfrom = "scratch"\n'
+        '  [[stages.steps]]\n  copy = "/x"\n  from = "one"\n  to = "/"\n'
+        '[output]\nformats = ["docker"]\n'
+    )
+    recipe = load_recipe(tmp_path / "recipe.toml", {})
+    plan = make_plan(recipe, resolve(recipe, Overrides(), {"XDG_CACHE_HOME": str(tmp_path)}))
+    found = why_extracted(plan, BuildOptions())
+    assert found is not None
+    assert "stage two step 1 is copy /x" in found
