@@ -138,6 +138,8 @@ def _build_and_write(
         built = building.build()
         run.check_interrupted()
         timings["stages"] = keying + time.monotonic() - start
+        # Part of "stages": the bases found and hashed, every position keyed.
+        timings["keying"] = keying
         spec = ImageSpec(
             image=plan.recipe.image, config=built.config, source_date_epoch=plan.settings.source_date_epoch
         )

@@ -281,12 +281,16 @@ def test_a_held_image_runs_in_docker(
     (project / "recipe.toml").write_text(RECIPE.format(stages=stages, user="0", epoch=EPOCH, layers="stages"))
     _build(project, cli_env, "dist")
     docker("load", "-i", str(next((project / "dist").glob("*.docker.tar"))))
-    ran = docker("run", "--rm", "--network", "none", "example.com/held:1.0.0")
-    assert ran.stdout.splitlines()[:2] == ["built in memory", "answer = 42"]
-    assert "No such file or directory" in ran.stdout  # /bin/cat was removed
-    # The base's own layer is kept, the file steps' one added: its config says so too.
-    history = docker("history", "--no-trunc", "--format", "{{.CreatedBy}}", "example.com/held:1.0.0").stdout
-    assert "dualbuild: stage" in history
+    try:
+        ran = docker("run", "--rm", "--network", "none", "example.com/held:1.0.0")
+        assert ran.stdout.splitlines()[:2] == ["built in memory", "answer = 42"]
+        assert "No such file or directory" in ran.stdout  # /bin/cat was removed
+        # The base's own layer is kept, the file steps' one added: its config says so too.
+        history = docker("history", "--no-trunc", "--format", "{{.CreatedBy}}", "example.com/held:1.0.0")
+        assert "dualbuild: stage" in history.stdout
+    finally:
+        # Other tests count the layers Docker stores: this image's must not stay.
+        docker("rmi", "example.com/held:1.0.0", check=False)
 
 
 def test_a_tarball_of_another_shape_is_extracted(project: Path, cli_env: dict[str, str]) -> None:
@@ -336,8 +340,11 @@ from = { bootstrap = "debian", suite = "bookworm", variant = "minbase", packages
     extracted = _build(tmp_path, cli_env, "extracted", "--extract-base", "--no-cache")
     assert held == extracted
     docker("load", "-i", str(next((tmp_path / "held").glob("*.docker.tar"))))
-    ran = docker("run", "--rm", "--network", "none", "example.com/held:1.0.0")
-    assert ran.stdout.splitlines() == ["0", '{"python": 3}'], ran.stdout
+    try:
+        ran = docker("run", "--rm", "--network", "none", "example.com/held:1.0.0")
+        assert ran.stdout.splitlines() == ["0", '{"python": 3}'], ran.stdout
+    finally:
+        docker("rmi", "example.com/held:1.0.0", check=False)
 
 
 COPY_STEPS = """
