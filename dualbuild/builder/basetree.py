@@ -14,10 +14,12 @@ bytes can be read where they lie.
 from __future__ import annotations
 
 import json
+import lzma
 import posixpath
 import shutil
 import tarfile
 import time
+import zlib
 from pathlib import Path
 
 from dualbuild.archive import (
@@ -30,7 +32,7 @@ from dualbuild.archive import (
 )
 from dualbuild.builder.tarballs import PlantedSymlinks, check_member
 from dualbuild.builder.tarheaders import Unread, headers
-from dualbuild.errors import BuildError
+from dualbuild.errors import BuildError, DualbuildError
 from dualbuild.layer.archivefiles import ArchiveFiles
 from dualbuild.layer.diff import OPAQUE_WHITEOUT, WHITEOUT_PREFIX
 from dualbuild.layer.memtree import MemoryTree, Node
@@ -115,7 +117,7 @@ def archive_image(
                 if member is None or not member.isfile():
                     raise NotHeld(f"{what}: its layer {name} is not a file of the archive")
                 spans.append((member.offset_data, member.size))
-    except (tarfile.TarError, ValueError, RecursionError) as error:
+    except (tarfile.TarError, ValueError, RecursionError, AttributeError, TypeError) as error:
         raise NotHeld(f"{what} cannot be read here ({error})") from None
     tree = MemoryTree(files)
     for number, (offset, size) in enumerate(spans, 1):
@@ -141,8 +143,8 @@ def _layer_source(files: ArchiveFiles, span: int, scratch: Path, what: str) -> i
     try:
         with files.open(span) as raw, decompressed_stream(raw) as stream, copy.open("xb") as out:
             shutil.copyfileobj(stream, out, _CHUNK)
-    except (OSError, EOFError) as error:
-        raise BuildError(f"{what}: a layer cannot be decompressed: {error}") from None
+    except (OSError, EOFError, zlib.error, lzma.LZMAError) as error:
+        raise NotHeld(f"{what}: a layer cannot be decompressed here ({error})") from None
     return files.add(copy)
 
 
@@ -154,8 +156,8 @@ def _uncompressed(path: Path, scratch: Path, files: ArchiveFiles) -> int:
     try:
         with decompressed(path) as stream, copy.open("xb") as out:
             shutil.copyfileobj(stream, out, _CHUNK)
-    except (OSError, EOFError) as error:
-        raise BuildError(f"{path.name} cannot be decompressed: {error}") from None
+    except (OSError, EOFError, zlib.error, lzma.LZMAError, DualbuildError) as error:
+        raise NotHeld(f"{path.name} cannot be decompressed here ({error})") from None
     return files.add(copy)
 
 
@@ -174,7 +176,7 @@ def _apply(tree: MemoryTree, source: int, where: str, *, layered: bool) -> None:
     try:
         with tree.files.open(source) as raw:
             for member in headers(raw):
-                _check(member, planted, where)
+                _check(member, planted, where, layered=layered)
                 path = posixpath.normpath(member.name)
                 if path in (".", ""):
                     continue  # the root: not an entry of the tree
@@ -203,6 +205,11 @@ def _apply(tree: MemoryTree, source: int, where: str, *, layered: bool) -> None:
                     tree.link(path, target, touch=touch)
                     continue
                 node = _node(member, source, where)
+                below = tree.node(path)
+                lower_xattrs = below.xattrs if below is not None and below.type is EntryType.DIR else ()
+                if layered and node.type is EntryType.DIR and lower_xattrs and lower_xattrs != node.xattrs:
+                    # Whether the lower directory's xattrs show through depends on the store's driver.
+                    raise NotHeld(f"{where} has /{path} over a directory with other xattrs")
                 tree.put(path, node, touch=touch)
                 if node.type is EntryType.DIR:
                     restoring.append(path)
@@ -212,24 +219,49 @@ def _apply(tree: MemoryTree, source: int, where: str, *, layered: bool) -> None:
         raise BuildError(f"{where} cannot be read: {error.strerror or error}") from None
 
 
-def _check(member: tarfile.TarInfo, planted: PlantedSymlinks, where: str) -> None:
-    """The checks and refusals of extracting it (dualbuild.builder.tarballs), word for word."""
-    check_member(member, planted, where)
+def _check(member: tarfile.TarInfo, planted: PlantedSymlinks, where: str, *, layered: bool) -> None:
+    """The checks and refusals of extracting it (dualbuild.builder.tarballs), word for word.
+
+    An image's layer is applied by the store, which has rules of its own for such entries: the
+    extracting build says what they are.
+    """
+    try:
+        check_member(member, planted, where)
+    except BuildError as refused:
+        if layered:
+            raise NotHeld(f"{where}: {refused.message}") from None
+        raise
     if member.issparse():
         raise NotHeld(f"{where} has the sparse file {member.name!r}")
+    if member.type == tarfile.REGTYPE and member.name.endswith("/"):
+        # GNU tar makes a directory of it, tarfile a file: not certain.
+        raise NotHeld(f"{where} has the regular file {member.name!r}, named as a directory")
 
 
 def _whiteout(tree: MemoryTree, parent: str, name: str, seen: set[str], where: str) -> None:
     if name == OPAQUE_WHITEOUT:
-        # What the layers below put in the directory is gone; this layer's own entries stay.
-        for child in tree.names(parent):
-            if posixpath.join(parent, child) not in seen:
-                tree.remove(posixpath.join(parent, child))
+        # Nothing the layers below put anywhere in the directory is left; this layer's own stay.
+        _clear_below(tree, parent, seen)
         return
-    gone = posixpath.join(parent, name[len(WHITEOUT_PREFIX) :])
+    target = name[len(WHITEOUT_PREFIX) :]
+    if target in ("", ".", ".."):
+        raise NotHeld(f"{where} has the whiteout {posixpath.join(parent, name)!r} of no entry")
+    gone = posixpath.join(parent, target)
     if gone in seen:
         raise NotHeld(f"{where} both adds and removes /{gone}")
     tree.remove(gone)
+
+
+def _clear_below(tree: MemoryTree, directory: str, seen: set[str]) -> None:
+    """Remove what lies below ``directory`` and is not this layer's (``seen``), at every depth."""
+    for child in tree.names(directory):
+        path = posixpath.join(directory, child)
+        if path not in seen:
+            tree.remove(path)
+            continue
+        node = tree.node(path)
+        if node is not None and node.type is EntryType.DIR:
+            _clear_below(tree, path, seen)
 
 
 def _node(member: tarfile.TarInfo, source: int, where: str) -> Node:
@@ -254,19 +286,20 @@ def _node(member: tarfile.TarInfo, source: int, where: str) -> Node:
         link_target=member.linkname if kind is EntryType.SYMLINK else "",
         devmajor=member.devmajor if kind in (EntryType.CHAR, EntryType.BLOCK) else 0,
         devminor=member.devminor if kind in (EntryType.CHAR, EntryType.BLOCK) else 0,
-        xattrs=_xattrs(member) if kind is not EntryType.SYMLINK else (),
+        # The kernel takes user.* only on files and directories, a capability only on files.
+        xattrs=_xattrs(member, kind) if kind in (EntryType.FILE, EntryType.DIR) else (),
         source=source if kind is EntryType.FILE else -1,
         offset=member.offset_data if kind is EntryType.FILE else 0,
     )  # fmt: skip
 
 
-def _xattrs(member: tarfile.TarInfo) -> tuple[tuple[str, bytes], ...]:
+def _xattrs(member: tarfile.TarInfo, kind: EntryType) -> tuple[tuple[str, bytes], ...]:
     """The carried xattrs of an entry: what GNU tar restores of them (--xattrs-include)."""
     found = []
     for key, value in member.pax_headers.items():
         if not key.startswith(_XATTR_PAX):
             continue
         name = key[len(_XATTR_PAX) :]
-        if name in _CARRIED_XATTRS or name.startswith(_CARRIED_PREFIXES):
+        if (name in _CARRIED_XATTRS and kind is EntryType.FILE) or name.startswith(_CARRIED_PREFIXES):
             found.append((name, value.encode("utf-8", "surrogateescape")))
     return tuple(sorted(found))

@@ -185,6 +185,9 @@ class _Copier:
 
     def _clear(self, place: str, existing: Node | None) -> None:
         if existing is not None:
+            if self.tree.hard_linked(place):
+                # See heldroot._no_hard_links: the result depends on the layer the file lies in.
+                raise NotHeld(f"the copy replaces /{place}, which has hard links")
             self.tree.remove(place, touch=self.now)
 
     def _add(self, place: str, node: Node) -> None:

@@ -14,6 +14,7 @@ import os
 import time
 from collections.abc import Callable
 
+from dualbuild.builder.basetree import NotHeld
 from dualbuild.errors import BuildError
 from dualbuild.layer.memtree import MemoryTree, Node
 from dualbuild.layer.tree import EntryType
@@ -90,6 +91,7 @@ class HeldRoot:
 
     def remove(self, place: str) -> None:
         """Remove what is there, a directory with everything in it."""
+        _no_hard_links(self.tree, place)
         self.tree.remove(place, touch=self._clock())
 
     def write(self, place: str, content: bytes, mode: int, uid: int, gid: int) -> None:
@@ -104,6 +106,7 @@ class HeldRoot:
         if node.type is not EntryType.FILE:
             # On disk this would write into a device or a FIFO of the image: never wanted.
             raise BuildError(f"write /{place}: the path is a {node.type}, not a regular file")
+        _no_hard_links(self.tree, place)
         node = self.tree.change(place)
         node.data, node.source, node.offset, node.size = content, -1, 0, len(content)
         node.mode, node.uid, node.gid, node.mtime = mode, uid, gid, now
@@ -118,3 +121,18 @@ class HeldRoot:
 
 def _without_capability(xattrs: tuple[tuple[str, bytes], ...]) -> tuple[tuple[str, bytes], ...]:
     return tuple(item for item in xattrs if item[0] != _CAPABILITY)
+
+
+def _no_hard_links(tree: MemoryTree, place: str) -> None:
+    """Leave a change to a file with several names to the extracting build.
+
+    On a mounted root the names stay one inode only while the file is in the container's own
+    layer: one in a lower layer (an image base's, or a tree the build went on from) is copied
+    up when written, and a removed name leaves the others' link count as it was. Which of the
+    two a file is depends on the build's layering and steps, so neither is guessed here.
+
+    Raises:
+        NotHeld: the path, or something below it, is such a file.
+    """
+    if tree.hard_linked(place):
+        raise NotHeld(f"/{place} has hard links, whose change depends on the layer it lies in")

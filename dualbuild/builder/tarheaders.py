@@ -59,6 +59,14 @@ def headers(stream: BinaryIO) -> Iterator[tarfile.TarInfo]:
     Raises:
         Unread: the tar uses what this reader leaves to tarfile, or a header is damaged.
     """
+    try:
+        yield from _headers(stream)
+    except ValueError as error:
+        # A number field that is not one, a pax value that is not a number: not a tar we read.
+        raise Unread(f"a damaged header ({error})") from None
+
+
+def _headers(stream: BinaryIO) -> Iterator[tarfile.TarInfo]:
     offset = 0
     long_name: str | None = None
     long_link: str | None = None

@@ -129,8 +129,8 @@ def plan_text(planned: BuildPlan) -> str:
 @click.option(
     "--extract-base",
     is_flag=True,
-    help="Extract the base into a buildah container even when no step needs one (by default, stages of"
-    " write, mkdir, symlink and remove steps on a tarball, archive or scratch base are built in memory).",
+    help="Extract the base into a buildah container even when no step needs one (by default, stages"
+    " without run steps or copies from a stage, on a tarball, archive or scratch base, are built in memory).",
 )
 @click.option(
     "--check-reproducible",
@@ -143,8 +143,8 @@ def build(recipe: Path, check_reproducible: bool, as_json: bool, **given: Any) -
 
     Every step's result is cached by the content of what it depends on (run steps by their
     text, as Docker does); an unchanged rebuild reuses the artifacts it finds up to date.
-    Stages without run or copy steps on a tarball, archive or scratch base need no container:
-    their base is read where it lies, never extracted.
+    Stages without run steps (or copies from another stage) on a tarball, archive or scratch base
+    need no container: their base is read where it lies, never extracted.
     """
     request = build_request(recipe, given)
     if check_reproducible:

@@ -9,6 +9,7 @@ from __future__ import annotations
 import contextlib
 import io
 import os
+import threading
 from pathlib import Path
 from typing import Any, BinaryIO
 
@@ -31,7 +32,11 @@ class ArchiveFiles:
         self._spans: list[tuple[int, int]] = []
         # What a file a copy step read must still be (size, mtime, inode) when its bytes are.
         self._expected: dict[int, tuple[int, int, int]] = {}
-        self._fds: dict[int, int] = {}
+        # Each thread reads through descriptors of its own (the emitters' producers read at the
+        # same time): one thread never closes a descriptor another is reading.
+        self._local = threading.local()
+        self._all: list[dict[int, int]] = []
+        self._lock = threading.Lock()
 
     def add(
         self, path: Path, *, start: int = 0, size: int = -1, expect: tuple[int, int, int] | None = None
@@ -50,8 +55,7 @@ class ArchiveFiles:
     def read(self, source: int, offset: int, size: int) -> bytes:
         """``size`` bytes at ``offset`` of source ``source`` (fewer only at its end)."""
         start, length = self._spans[source]
-        if length >= 0:
-            size = max(0, min(size, length - offset))
+        size = max(0, min(size, length - offset) if length >= 0 else size)
         fd = self._fd(source)
         data = os.pread(fd, size, start + offset)
         while len(data) < size:
@@ -71,32 +75,49 @@ class ArchiveFiles:
         return length if length >= 0 else os.fstat(self._fd(source)).st_size - start
 
     def _fd(self, source: int) -> int:
-        fd = self._fds.get(source)
-        if fd is not None:
-            return fd
-        if len(self._fds) >= _OPEN_FILES:
-            # A copy step's thousands of files: the one read longest ago is closed.
-            oldest = next(iter(self._fds))
-            os.close(self._fds.pop(oldest))
-        fd = os.open(self.paths[source], os.O_RDONLY | os.O_CLOEXEC)
-        expected = self._expected.get(source)
+        fds: dict[int, int] | None = getattr(self._local, "fds", None)
+        if fds is None:
+            fds = self._local.fds = {}
+            with self._lock:
+                self._all.append(fds)
+        fd = fds.pop(source, None)
+        if fd is None:
+            if len(fds) >= _OPEN_FILES:
+                # A copy step's thousands of files: the one read longest ago is closed.
+                os.close(fds.pop(next(iter(fds))))
+            fd = self._open(source)
+        fds[source] = fd  # last: the most recently read
+        return fd
+
+    def _open(self, source: int) -> int:
+        path, expected = self.paths[source], self._expected.get(source)
+        try:
+            fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC)
+        except FileNotFoundError:
+            if expected is None:
+                raise
+            raise BuildError(
+                f"{path} was removed while the image was being built",
+                hint="nothing may modify the build context while dualbuild builds",
+            ) from None
         if expected is not None:
             st = os.fstat(fd)
             if (st.st_size, st.st_mtime_ns, st.st_ino) != expected:
                 os.close(fd)
                 raise BuildError(
-                    f"{self.paths[source]} changed while the image was being built",
+                    f"{path} changed while the image was being built",
                     hint="nothing may modify the build context while dualbuild builds",
                 )
-        self._fds[source] = fd
         return fd
 
     def close(self) -> None:
-        """Close every file opened for reading."""
-        for fd in self._fds.values():
-            with contextlib.suppress(OSError):
-                os.close(fd)
-        self._fds.clear()
+        """Close every file opened for reading, by any thread (once none reads any more)."""
+        with self._lock:
+            for fds in self._all:
+                for fd in fds.values():
+                    with contextlib.suppress(OSError):
+                        os.close(fd)
+                fds.clear()
 
 
 class _Window(io.RawIOBase):
@@ -115,7 +136,7 @@ class _Window(io.RawIOBase):
         return True
 
     def readinto(self, buffer: Any) -> int:
-        data = self._files.read(self._source, self._at, min(len(buffer), self._size - self._at))
+        data = self._files.read(self._source, self._at, max(0, min(len(buffer), self._size - self._at)))
         buffer[: len(data)] = data
         self._at += len(data)
         return len(data)

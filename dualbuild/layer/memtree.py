@@ -1,10 +1,11 @@
 """A tree held in memory: a base's entries read from its tar layers, the file steps done on them.
 
-A stage of file steps only (write, mkdir, symlink, remove) on a tarball or an image archive needs
-the base's entries, not its files on disk: extracting ~170 MB of a Debian tree costs seconds of
-system time, writing the image from it one read. So the base's tars are only indexed: every
-path's metadata is kept here, a regular file's bytes stay where they lie in the archive (its
-file and offset) until the emitters read them, and a file a step writes holds its bytes here.
+A stage of file steps only (write, mkdir, symlink, remove, a copy from the context) on a tarball
+or an image archive needs the base's entries, not its files on disk: extracting ~170 MB of a
+Debian tree costs seconds of system time, writing the image from it one read. So the base's tars
+are only indexed: every path's metadata is kept here, a regular file's bytes stay where they lie
+(an archive or a context file, and the offset: dualbuild.layer.archivefiles) until the emitters
+read them, and a file a write step makes holds its bytes here.
 
 The tree answers what the mounted root answers the rest of dualbuild, by the same rules: the
 entries of the whole-tree walk (dualbuild.layer.tree: parents first, siblings sorted by name
@@ -106,6 +107,15 @@ class MemoryTree:
     def names(self, directory: str) -> list[str]:
         """The names in a directory, sorted by their bytes."""
         return sorted(self._children.get(directory, {}), key=encode_name)
+
+    def hard_linked(self, path: str) -> bool:
+        """Whether ``path``, or anything below it, is a regular file with other names too."""
+        node = self._nodes.get(path)
+        if node is None:
+            return False
+        if node.type is _LINKABLE:
+            return node.links > 1
+        return any(self.hard_linked(_join(path, name)) for name in self._children.get(path, {}))
 
     def resolve(self, path: str, *, follow_last: bool = True) -> str:
         """``path`` with the tree's symlinks followed inside it, as layer.tree.resolve_in_root does.

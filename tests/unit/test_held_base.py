@@ -6,6 +6,7 @@ import gzip
 import io
 import json
 import tarfile
+import threading
 from pathlib import Path
 
 import pytest
@@ -65,6 +66,7 @@ def test_a_compressed_rootfs_is_read_from_its_decompressed_copy(tmp_path: Path, 
         ((("etc/motd", FILE, b"x"),), "without its parent directory before it"),
         ((("etc", DIR, b""), ("etc/a", FILE, b"1"), ("etc/a", FILE, b"2")), "names /etc/a twice"),
         ((("etc", DIR, b""), ("etc/b", LINK, "etc/a")), "not a file before it"),
+        ((("etc/", FILE, b""),), "named as a directory"),
     ],
 )
 def test_shapes_whose_extraction_is_not_certain_are_left_to_it(
@@ -121,6 +123,22 @@ def test_image_layers_apply_whiteouts_as_a_store_does(tmp_path: Path, files: Arc
     node = tree.node("etc/b")
     assert node is not None
     assert tree.content(node) == b"b"  # read where it lies, inside the archive
+    # An opaque directory hides what the layers below put at any depth in it.
+    deep = tarball(
+        tmp_path / "4.tar", ("opt", DIR, b""), ("opt/sub", DIR, b""), ("opt/.wh..wh..opq", FILE, b"")
+    )
+    deep_archive = docker_archive(tmp_path / "deep.tar", lower, deep, config=config)
+    tree, _ = archive_image(deep_archive, "docker-archive", tmp_path, files)
+    assert [entry.path for entry in tree.tree(0).entries] == ["etc", "etc/a", "etc/b", "opt", "opt/sub"]
+    for number, (bad, reason) in enumerate(
+        [
+            (tarball(tmp_path / "5.tar", (".wh.", FILE, b"")), "of no entry"),
+            (tarball(tmp_path / "6.tar", ("/etc", DIR, b"")), "an absolute path"),
+        ]
+    ):
+        refused = docker_archive(tmp_path / f"refused-{number}.tar", lower, bad, config=config)
+        with pytest.raises(NotHeld, match=reason):
+            archive_image(refused, "docker-archive", tmp_path, files)
     orphan = tarball(tmp_path / "3.tar", ("etc/c", FILE, b""))
     with pytest.raises(NotHeld, match="without its parent directory"):
         archive_image(
@@ -204,3 +222,44 @@ def test_a_copy_from_another_stage_needs_containers(tmp_path: Path) -> None:
     found = why_extracted(plan, BuildOptions())
     assert found is not None
     assert "stage two step 1 is copy /x" in found
+
+
+def test_special_files_carry_no_xattrs_the_kernel_refuses_them(tmp_path: Path, files: ArchiveFiles) -> None:
+    out = io.BytesIO()
+    with tarfile.open(fileobj=out, mode="w", format=tarfile.PAX_FORMAT) as archive:
+        for name, kind in (("fifo", tarfile.FIFOTYPE), ("file", tarfile.REGTYPE), ("dir", tarfile.DIRTYPE)):
+            info = tarfile.TarInfo(name)
+            info.type = kind
+            info.pax_headers = {"SCHILY.xattr.user.x": "1", "SCHILY.xattr.security.capability": "c"}
+            archive.addfile(info)
+    (tmp_path / "base.tar").write_bytes(out.getvalue())
+    tree = rootfs_tree(tmp_path / "base.tar", tmp_path, files)
+    xattrs = {entry.path: dict(entry.xattrs) for entry in tree.tree(0).entries}
+    assert xattrs == {
+        "dir": {"user.x": b"1"},
+        "fifo": {},
+        "file": {"security.capability": b"c", "user.x": b"1"},
+    }
+
+
+def test_threads_read_their_own_descriptors(tmp_path: Path) -> None:
+    # More files than are kept open: one thread closing a descriptor must not hit the other.
+    files = ArchiveFiles()
+    for number in range(600):
+        (tmp_path / str(number)).write_bytes(str(number).encode() * 10)
+        files.add(tmp_path / str(number))
+    wrong: list[int] = []
+
+    def read_all() -> None:
+        for _ in range(5):
+            for number in range(600):
+                if files.read(number, 0, 100) != str(number).encode() * 10:
+                    wrong.append(number)
+
+    threads = [threading.Thread(target=read_all) for _ in range(2)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    files.close()
+    assert wrong == []

@@ -75,3 +75,11 @@ def test_damaged_and_unusual_tars_are_left_to_tarfile() -> None:
         tar.addfile(tarfile.TarInfo("a"))
     with pytest.raises(Unread, match="global"):
         list(headers(io.BufferedReader(io.BytesIO(out.getvalue()))))  # type: ignore[arg-type]
+
+
+def test_a_number_field_that_is_not_one_is_left_to_tarfile() -> None:
+    data = bytearray(_ustar_only())
+    data[100:108] = b"zzzzzzz\0"  # the first entry's mode
+    data[148:156] = b"%06o\0 " % (sum(data[:148]) + 8 * 32 + sum(data[156:512]))
+    with pytest.raises(Unread, match="damaged header"):
+        list(headers(io.BufferedReader(io.BytesIO(bytes(data)))))  # type: ignore[arg-type]
