@@ -151,8 +151,13 @@ class Buildah:
         return name
 
     def remove_container(self, container: str) -> None:
-        """Remove a container this session made (unmounting it), before the session ends."""
-        self._run("rm", container, check=False)
+        """Remove a container this session made (unmounting it), before the session ends.
+
+        Not stopped half-way by an interrupt (see commit_as): a ``buildah rm`` killed while it
+        works can leave the container's overlay mounted and its record gone, so that no later
+        ``buildah rm`` unmounts it.
+        """
+        self._run("rm", container, check=False, shield=True)
         self.containers.remove(container)
 
     def commit_as(self, container: str, image: str, *, tree_digest: str) -> None:

@@ -65,6 +65,8 @@ class FakeRun:
     calls: list[list[str]] = field(default_factory=list)
     stdin: list[bytes] = field(default_factory=list)
     answers: list[Answer] = field(default_factory=list)
+    # The calls run with shield=True (an interrupt waits for them to finish).
+    shielded: list[list[str]] = field(default_factory=list)
 
     def answer(
         self, *tokens: str, stdout: str = "", returncode: int = 0, tail: str = "",
@@ -93,7 +95,9 @@ class FakeRun:
             raise CommandError(args, code, tail)
         return run.Result(code, stdout, tail)
 
-    def run(self, argv: Sequence[Any], *, check: bool = True, **_kwargs: object) -> run.Result:
+    def run(self, argv: Sequence[Any], *, check: bool = True, **kwargs: object) -> run.Result:
+        if kwargs.get("shield"):
+            self.shielded.append([os.fspath(a) for a in argv])
         return self._respond(argv, check)
 
     @contextmanager

@@ -605,3 +605,16 @@ def test_an_image_buildah_left_half_written_is_removed_and_the_listing_asked_aga
     fake_run.answer("buildah", "images", returncode=125, tail="Error: the store is locked")
     with pytest.raises(CommandError):
         Buildah().list_images("localhost/dualbuild-cache")
+
+
+def test_commands_an_interrupt_must_not_cut_short_are_shielded(fake_run: FakeRun) -> None:
+    # A commit, a mount or an rm killed half-way leaves the store with a mount or an image record
+    # no later command cleans up: an interrupt waits for them.
+    buildah = Buildah()
+    fake_run.answer("buildah", "from", stdout="dualbuild-1-x-0-stage\n")
+    fake_run.answer("buildah", "mount", stdout="/var/lib/containers/storage/overlay/x/merged\n")
+    container = buildah.new_container("scratch", label="stage")
+    buildah.mount(container)
+    buildah.remove_container(container)
+    shielded = [[os.path.basename(argv[0]), *argv[1:]] for argv in fake_run.shielded]
+    assert [argv[1] for argv in shielded if argv[0] == "buildah"] == ["from", "mount", "rm"]
